@@ -1,0 +1,338 @@
+"""Video data: index a dataset layout, sample clips, decode only the frames a sample needs.
+
+One dataset class, `VideoDataset`, serves every task. Its `mode` picks what a sample is:
+- "prp": a playback-rate perception sample (method.md section 2): a 16-frame clip taken at a
+  random rate s in {1, 2, 4, 8}, its 32-frame twice-as-dense reconstruction target with the
+  supervision flags, and the low-resolution difference motion mask (DPAU);
+- "clip": 16 consecutive frames and the action label (supervised pretraining, fine-tuning).
+Frames travel as uint8 and become floats in [0, 1] on the training device (`to_float`).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import decord
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Sampler
+
+RATES = (1, 2, 4, 8)
+MASK_LOW, MASK_HIGH = 0.8, 2.0  # motion masks are rescaled into this range
+DPAU_GRID = 13  # the pooled difference map is 13x13 at any clip size (28/112 window, 7/112 stride)
+
+
+class DataError(Exception):
+    """A dataset that cannot be read as given: the message names the path and the problem."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Index: which videos, which labels, which split
+
+
+@dataclass(frozen=True)
+class Video:
+    path: Path
+    label: int  # 0-based class index
+    group: str  # videos of one group (UCF101's gGG) never straddle train and validation
+
+
+@dataclass(frozen=True)
+class DatasetIndex:
+    name: str
+    root: Path
+    classes: tuple[str, ...]
+    train: tuple[Video, ...]
+    test: tuple[Video, ...]
+
+
+UCF_GROUP = re.compile(r"_g(\d+)_c\d+", re.IGNORECASE)
+
+
+DATASET_KINDS = ("synth", "ucf101")
+
+
+def load_index(spec: str | Path, split: int = 1) -> DatasetIndex:
+    """Index a dataset given as `[kind:]path`, kind one of DATASET_KINDS (auto-detected)."""
+    kind, sep, rest = str(spec).partition(":")
+    if not (sep and kind in DATASET_KINDS):
+        kind, rest = "", str(spec)
+    root = Path(rest).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data root {root} does not exist or is not a folder")
+    if not kind:
+        is_synth = (root / "videos").is_dir() and (root / "classInd.txt").is_file()
+        kind = "synth" if is_synth else "ucf101"
+    if kind == "synth":
+        return read_ucf_layout("synth", root, root / "videos", root, split)
+    video_dir = root / "UCF-101" if (root / "UCF-101").is_dir() else root
+    return read_ucf_layout("ucf101", root, video_dir, root / "ucfTrainTestlist", split)
+
+
+def read_ucf_layout(
+    name: str, root: Path, video_dir: Path, list_dir: Path, split: int
+) -> DatasetIndex:
+    """UCF101's list format: classInd.txt, trainlist0N.txt (`path label`), testlist0N.txt."""
+    class_file = list_dir / "classInd.txt"
+    lists = [list_dir / f"trainlist0{split}.txt", list_dir / f"testlist0{split}.txt"]
+    for f in (class_file, *lists):
+        if not f.is_file():
+            raise DataError(f"{f} is missing: expected the UCF101 list layout under {list_dir}")
+    classes = [line.split()[1] for line in class_file.read_text().splitlines() if line.strip()]
+    label_of = {c.lower(): i for i, c in enumerate(classes)}
+
+    def read_list(path: Path) -> tuple[Video, ...]:
+        videos = []
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            rel = line.split()[0]
+            cls = rel.split("/")[0].lower()
+            if cls not in label_of:
+                raise DataError(f"{path}: class folder of {rel!r} is not in {class_file.name}")
+            group = UCF_GROUP.search(rel)
+            videos.append(
+                Video(video_dir / rel, label_of[cls], group.group(1) if group else Path(rel).stem)
+            )
+        if not videos:
+            raise DataError(f"{path} lists no videos")
+        return tuple(videos)
+
+    train, test = read_list(lists[0]), read_list(lists[1])
+    return DatasetIndex(name, root, tuple(classes), train, test)
+
+
+def split_by_group(
+    videos: tuple[Video, ...], val_fraction: float, seed: int
+) -> tuple[tuple[Video, ...], tuple[Video, ...]]:
+    """Hold out whole groups for validation (the original split by clip and leaked, method.md 7)."""
+    groups = sorted({(v.label, v.group) for v in videos})
+    rng = random.Random(seed)
+    rng.shuffle(groups)
+    n_val = max(1, round(val_fraction * len(groups))) if val_fraction > 0 else 0
+    held = set(groups[:n_val])
+    train = tuple(v for v in videos if (v.label, v.group) not in held)
+    val = tuple(v for v in videos if (v.label, v.group) in held)
+    return train, val
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling: which frame indices a sample needs
+
+
+@dataclass(frozen=True)
+class PRPIndices:
+    start: int
+    rate: int
+    clip: np.ndarray  # (T,) the input clip: every rate-th frame
+    target: np.ndarray  # (2T,) twice as dense; for rate 1, odd positions are fillers
+    target_weight: np.ndarray  # (2T,) 1 where the target frame is supervised
+    dpau: np.ndarray  # (rate, 4) per chunk of T original frames, the frames differenced
+
+
+def allowed_rates(num_frames: int, clip_len: int, rates: tuple[int, ...] = RATES) -> list[int]:
+    """Rate s needs clip_len * s + 1 frames (method.md section 2)."""
+    return [s for s in rates if num_frames >= clip_len * s + 1]
+
+
+def sample_dilated_clip(num_frames: int, rate: int, clip_len: int, start: int) -> PRPIndices:
+    """Frame indices of a PRP sample at playback `rate` starting at frame `start`."""
+    span = clip_len * rate
+    if start < 0 or start + span >= num_frames:
+        raise ValueError(f"rate {rate} from frame {start} needs {start + span + 1} frames")
+    clip = start + rate * np.arange(clip_len)
+    if rate == 1:
+        # f0, (f0+f1)/2, f1, ..., f15, f15: the filler at 2i+1 is built from clip[i], clip[i+1]
+        target = np.repeat(clip, 2)
+        weight = np.tile([1.0, 0.0], clip_len)
+    else:
+        target = start + (rate // 2) * np.arange(2 * clip_len)
+        weight = np.ones(2 * clip_len)
+    chunk_offsets = np.linspace(0, clip_len - 1, 4).round().astype(int)  # 0,5,10,15 for T=16
+    dpau = start + clip_len * np.arange(rate)[:, None] + chunk_offsets[None, :]
+    return PRPIndices(start, rate, clip, target, weight.astype(np.float32), dpau)
+
+
+def motion_mask_dpau(chunks: torch.Tensor) -> torch.Tensor:
+    """Difference motion attention (DPAU) at low resolution.
+
+    chunks: (s, 4, H, W, 3) uint8, per chunk of T original frames the 4 differenced frames.
+    Returns (3, s, 13, 13) in [0.8, 2.0]; `upsample_mask` brings it to the target's size.
+    """
+    x = chunks.float().div_(255).permute(0, 4, 1, 2, 3)  # (s, 3, 4, H, W)
+    diff = (x[:, :, 1:] - x[:, :, :-1]).pow(2)  # (s, 3, 3, H, W)
+    h, w = diff.shape[-2:]
+    pooled = F.avg_pool3d(diff, kernel_size=(3, h // 4, w // 4), stride=(3, h // 16, w // 16))
+    pooled = pooled[:, :, 0]  # (s, 3, 13, 13)
+    return rescale_per_map(pooled.flatten(2)).view_as(pooled).transpose(0, 1).contiguous()
+
+
+def rescale_per_map(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Min-max normalise the last dim into [0.8, 2.0]; a flat map becomes all ones before rescaling
+    (the original divided by zero here and trained on NaN)."""
+    lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
+    span = hi - lo
+    norm = torch.where(span > eps, (x - lo) / span.clamp_min(eps), torch.ones_like(x))
+    return MASK_LOW + (MASK_HIGH - MASK_LOW) * norm
+
+
+def upsample_mask(mask: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
+    """(B, C, t, h, w) -> (B, C, *size), trilinear as in the original."""
+    return F.interpolate(mask, size=size, mode="trilinear", align_corners=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+def open_video(path: Path, size: tuple[int, int]):
+    """A decord reader that resizes on decode to size=(H, W); len() is the frame count."""
+    return decord.VideoReader(str(path), width=size[1], height=size[0], num_threads=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The dataset
+
+
+class VideoDataset(Dataset):
+    """Samples of one task from a list of videos.
+
+    An item is addressed by `(index, epoch)` (plain `index` means epoch 0): its randomness comes
+    from a generator seeded by (seed, epoch, index), so samples do not depend on the number of
+    workers or on the order they run in, and a resumed run draws the same samples.
+    A video that fails to decode is skipped: another one is drawn, and the sample says which
+    paths were skipped (`"skipped"`, newline-joined) so the training loop can count and log them.
+    """
+
+    def __init__(
+        self,
+        videos: tuple[Video, ...],
+        mode: str = "prp",
+        clip_len: int = 16,
+        resize: tuple[int, int] = (128, 171),
+        crop: int = 112,
+        train: bool = True,
+        seed: int = 0,
+        rates: tuple[int, ...] = RATES,
+        max_skips: int = 20,
+    ) -> None:
+        if mode not in ("prp", "clip"):
+            raise ValueError(f"unknown mode {mode!r}: use 'prp' or 'clip'")
+        if crop > min(resize):
+            raise ValueError(f"crop {crop} is larger than the resized frame {resize}")
+        self.videos, self.mode, self.clip_len = videos, mode, clip_len
+        self.resize, self.crop, self.train = resize, crop, train
+        self.seed, self.rates, self.max_skips = seed, rates, max_skips
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        rng = np.random.default_rng([self.seed, epoch, index])
+        skipped = []
+        for _ in range(self.max_skips + 1):
+            video = self.videos[index]
+            try:
+                sample = self.load(video, rng)
+            except (decord.DECORDError, RuntimeError, OSError, ValueError) as err:
+                skipped.append(f"{video.path}: {str(err).splitlines()[0][:200]}")
+                index = int(rng.integers(len(self.videos)))
+                continue
+            sample["index"] = index
+            sample["skipped"] = "\n".join(skipped)
+            return sample
+        raise DataError(f"{len(skipped)} videos in a row could not be read, last: {skipped[-1]}")
+
+    def load(self, video: Video, rng: np.random.Generator) -> dict:
+        """One sample of `video`; raises if it cannot be decoded or is too short."""
+        reader = open_video(video.path, self.resize)
+        num_frames = len(reader)
+        if self.mode == "clip":
+            if num_frames < self.clip_len:
+                raise ValueError(f"{num_frames} frames, fewer than the clip's {self.clip_len}")
+            start = (
+                int(rng.integers(num_frames - self.clip_len + 1))
+                if self.train
+                else max(0, (num_frames - self.clip_len) // 2)
+            )
+            frames = reader.get_batch(list(range(start, start + self.clip_len))).asnumpy()
+            return {"clip": self.to_clip(self.crop_frames(frames, rng)), "label": video.label}
+
+        rates = allowed_rates(num_frames, self.clip_len, self.rates)
+        if not rates:
+            raise ValueError(f"{num_frames} frames, too short for any playback rate")
+        rate = rates[int(rng.integers(len(rates)))]
+        start = int(rng.integers(num_frames - self.clip_len * rate))
+        ids = sample_dilated_clip(num_frames, rate, self.clip_len, start)
+        needed = np.concatenate([ids.target, ids.dpau.ravel()])
+        wanted, where = np.unique(needed, return_inverse=True)  # decode each frame once
+        frames = self.crop_frames(reader.get_batch(wanted.tolist()).asnumpy(), rng)
+        n_target = len(ids.target)
+        target = frames[where[:n_target]]  # (2T, h, w, 3)
+        if rate == 1:  # fillers: mean of the neighbouring real frames, the last repeats f15
+            nxt = np.concatenate([target[2::2], target[-1:]])
+            target[1::2] = ((target[0::2].astype(np.uint16) + nxt + 1) // 2).astype(np.uint8)
+        chunks = torch.from_numpy(frames[where[n_target:]]).view(rate, 4, *frames.shape[1:])
+        dpau = motion_mask_dpau(chunks)  # (3, s, 13, 13)
+        return {
+            "clip": self.to_clip(target[0::2]),  # the input is every other target frame
+            "target": self.to_clip(target),
+            "target_weight": torch.from_numpy(ids.target_weight),
+            "dpau": dpau.repeat_interleave(2 * self.clip_len // rate, dim=1),  # (3, 2T, 13, 13)
+            "rate": RATES.index(rate),
+            "label": video.label,
+        }
+
+    def crop_frames(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One crop for all frames: random when training (SMP), centred otherwise (PRP)."""
+        h, w = frames.shape[1:3]
+        c = self.crop
+        if self.train:
+            top, left = int(rng.integers(h - c + 1)), int(rng.integers(w - c + 1))
+        else:
+            top, left = (h - c) // 2, (w - c) // 2
+        return frames[:, top : top + c, left : left + c]
+
+    @staticmethod
+    def to_clip(frames: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)  # (3, T, H, W)
+
+
+def to_float(clip: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, T, H, W) -> float in [0, 1]; no mean/std normalisation (method.md 1)."""
+    return clip.float().div_(255)
+
+
+class EpochSampler(Sampler):
+    """Yields `(index, epoch)` keys: a permutation per epoch from (seed, epoch), sharded over
+    `world_size` ranks (padded so every rank gets as many), starting `skip` keys in."""
+
+    def __init__(
+        self, n: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1
+    ) -> None:
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def __len__(self) -> int:
+        return -(-self.n // self.world_size) - self.skip
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        per_rank = -(-self.n // self.world_size)
+        order += order[: per_rank * self.world_size - self.n]
+        mine = order[self.rank :: self.world_size]
+        return ((i, self.epoch) for i in mine[self.skip :])
