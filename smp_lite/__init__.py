@@ -1,3 +1,3 @@
-"""smp-lite: self-supervised motion perception (SMP) and playback-rate perception (PRP) for video."""
+"""smp-lite: self-supervised motion perception (SMP) and playback-rate perception (PRP)."""
 
 __version__ = "0.1.0"

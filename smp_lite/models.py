@@ -208,7 +208,7 @@ class MotionNet(nn.Module):
         _, c2, c3, c4, c5 = self.backbone(x)
         # strict=False: without MG there is only the c5 head
         maps = [head.conv(c) for head, c in zip(self.rate_heads, (c5, c4, c3, c2), strict=False)]
-        logits = [head.fc(pooled_feature(m)) for head, m in zip(self.rate_heads, maps)]
+        logits = [head.fc(pooled_feature(m)) for head, m in zip(self.rate_heads, maps, strict=True)]
         # rate_map: the c5 head's map right before pooling, whose class-activation map is SMP's
         # convolution motion attention (logits = fc(mean(map)) = mean(fc(map)))
         out: dict[str, Tensor | list[Tensor]] = {"logits": logits, "c5": c5, "rate_map": maps[0]}

@@ -1,0 +1,719 @@
+"""Training: one loop for every task, with the task's loss plugged in.
+
+Tasks (method.md sections 2-4):
+- "prp": playback-rate perception: rate head on c5 + decoder reconstructing the 32-frame target,
+  weighted by the difference motion mask (DPAU);
+- "smp": PRP plus the convolution motion mask (CAM) blended with DPAU by a schedule, and
+  multiple-granularity rate heads on c4, c3, c2;
+- "supervised": action labels with cross-entropy.
+
+`train(cfg)` runs on a CPU, one GPU or several under torchrun, and writes to `cfg.out`:
+config.json, metrics.jsonl (one row per epoch), last.pt (every epoch) and best.pt (lowest
+validation loss), all in one checkpoint format (`save_checkpoint` / `load_checkpoint`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import types
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+from tqdm.auto import tqdm
+
+from . import __version__
+from .data import (
+    RATES,
+    DataError,
+    EpochSampler,
+    VideoDataset,
+    load_index,
+    rescale_per_map,
+    split_by_group,
+    to_float,
+    upsample_mask,
+)
+from .models import ARCHS, ActionNet, MotionNet
+
+TASKS = ("smp", "prp", "supervised")
+LAMBDA_SCHEDULES = ("exp", "linear", "sigmoid", "dpau", "cam")
+CHECKPOINT_FORMAT = "smp-lite/1"
+
+
+class TrainError(Exception):
+    """A run that cannot start or go on: the message says why and what to do."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "r3d18"
+    task: str = "smp"
+    data: str = "data/synth"
+    split: int = 1
+    out: str = ""  # empty: runs/<task>-<arch>-<dataset folder>
+    preset: str = "quick"
+    epochs: int = 6
+    batch_size: int = 16
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "plateau"  # plateau (PRP/SMP) or cosine with warm-up (supervised)
+    warmup_epochs: int = 0
+    plateau_patience: int = 50
+    clip_len: int = 16
+    resize: tuple[int, int] = (128, 171)
+    crop: int = 112
+    val_fraction: float = 0.1  # of the training groups, held out to pick best.pt
+    lam_schedule: str = "exp"
+    mg: bool = True  # multiple-granularity rate heads (SMP)
+    workers: int = 2
+    device: str = "auto"
+    precision: str = "auto"  # auto, bf16, fp16, fp32
+    channels_last: bool | None = None  # None: on where it pays (GPU, CPU with bf16)
+    seed: int = 0
+    limit_batches: int = 0  # >0: stop each epoch after this many batches (smoke runs)
+    resume: bool = False
+    overwrite: bool = False
+
+
+# Settings each preset fills in; paper = method.md, quick = a few CPU minutes on generated data.
+PRESETS: dict[str, dict[str, dict]] = {
+    "paper": {
+        "motion": dict(
+            epochs=300,
+            batch_size=8,
+            lr=0.01,
+            schedule="plateau",
+            warmup_epochs=0,
+            clip_len=16,
+            resize=(128, 171),
+            crop=112,
+        ),
+        "supervised": dict(
+            epochs=300,
+            batch_size=32,
+            lr=0.1,
+            schedule="cosine",
+            warmup_epochs=5,
+            clip_len=16,
+            resize=(128, 171),
+            crop=112,
+        ),
+    },
+    "quick": {
+        "motion": dict(
+            epochs=8,
+            batch_size=16,
+            lr=0.01,
+            schedule="plateau",
+            warmup_epochs=0,
+            clip_len=16,
+            resize=(64, 85),
+            crop=64,
+        ),
+        "supervised": dict(
+            epochs=8,
+            batch_size=16,
+            lr=0.05,
+            schedule="cosine",
+            warmup_epochs=1,
+            clip_len=16,
+            resize=(64, 85),
+            crop=64,
+        ),
+    },
+}
+
+
+def make_config(task: str = "smp", preset: str | None = None, **overrides) -> TrainConfig:
+    """A config from a preset (default: quick on generated data, paper on real data) and
+    explicit overrides; an override of None keeps the preset's value."""
+    if task not in TASKS:
+        raise TrainError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    data = str(overrides.get("data", TrainConfig.data))
+    preset = preset or ("quick" if is_generated(data) else "paper")
+    if preset not in PRESETS:
+        raise TrainError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    values = PRESETS[preset]["supervised" if task == "supervised" else "motion"] | overrides
+    names = {f.name for f in fields(TrainConfig)}
+    unknown = set(values) - names
+    if unknown:
+        raise TrainError(f"unknown settings: {', '.join(sorted(unknown))}")
+    cfg = TrainConfig(task=task, preset=preset, **values)
+    validate(cfg)
+    return cfg
+
+
+def is_generated(data: str) -> bool:
+    kind, sep, path = data.partition(":")
+    return (
+        kind == "synth" or (not sep and Path(data, "meta.json").is_file()) or data == "data/synth"
+    )
+
+
+def validate(cfg: TrainConfig) -> None:
+    checks = [
+        (cfg.arch in ARCHS, f"unknown architecture {cfg.arch!r}: choose one of {', '.join(ARCHS)}"),
+        (cfg.epochs > 0, f"epochs must be positive, got {cfg.epochs}"),
+        (cfg.batch_size > 0, f"batch size must be positive, got {cfg.batch_size}"),
+        (cfg.lr > 0, f"learning rate must be positive, got {cfg.lr}"),
+        (cfg.crop % 16 == 0, f"crop {cfg.crop} must be divisible by 16"),
+        (
+            cfg.clip_len >= 8 and cfg.clip_len % 8 == 0,
+            f"clip length {cfg.clip_len} must be a multiple of 8",
+        ),
+        (cfg.crop <= min(cfg.resize), f"crop {cfg.crop} is larger than resize {cfg.resize}"),
+        (0 <= cfg.val_fraction < 1, f"val fraction must be in [0, 1), got {cfg.val_fraction}"),
+        (
+            cfg.lam_schedule in LAMBDA_SCHEDULES,
+            f"unknown lambda schedule {cfg.lam_schedule!r}: "
+            f"choose one of {', '.join(LAMBDA_SCHEDULES)}",
+        ),
+        (cfg.precision in ("auto", "bf16", "fp16", "fp32"), f"unknown precision {cfg.precision!r}"),
+        (cfg.schedule in ("plateau", "cosine"), f"unknown lr schedule {cfg.schedule!r}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise TrainError(message)
+
+
+def default_out(cfg: TrainConfig) -> Path:
+    data_name = Path(cfg.data.partition(":")[2] or cfg.data).name or "data"
+    return Path("runs") / f"{cfg.task}-{cfg.arch}-{data_name}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Motion masks and the lambda schedule (SMP, method.md section 3)
+
+
+def motion_mask_cam(
+    fc_weight: torch.Tensor, rate_map: torch.Tensor, rate: torch.Tensor, size: tuple[int, int, int]
+) -> torch.Tensor:
+    """Convolution motion attention: the class-activation map of the ground-truth rate.
+
+    fc_weight (4, C) and rate_map (B, C, t, h, w) are detached; returns (B, 3, *size) in
+    [0.8, 2.0], normalised per time slice.
+    """
+    w = fc_weight.detach().float()[rate]  # (B, C)
+    cam = torch.einsum("bc,bcthw->bthw", w, rate_map.detach().float())  # (B, t, h, w)
+    b, t, h, wd = cam.shape
+    cam = rescale_per_map(cam.reshape(b, t, h * wd)).view(b, 1, t, h, wd)
+    return upsample_mask(cam, size).expand(-1, 3, -1, -1, -1)
+
+
+def blend_lambda(schedule: str, epoch: int, total: int) -> float:
+    """Weight of the CAM mask at 1-based `epoch` of `total` (DPAU gets 1 - lambda)."""
+    if schedule == "exp":
+        scale = 75.0 if total > 100 else 25.0
+        return math.exp((epoch - total) / scale)
+    if schedule == "linear":
+        return epoch / total
+    if schedule == "sigmoid":
+        return 1.0 / (1.0 + math.exp(-10.0 * (epoch / total - 0.5)))
+    if schedule == "dpau":
+        return 0.0
+    if schedule == "cam":
+        return 1.0
+    raise ValueError(f"unknown lambda schedule {schedule!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Task losses: each returns (loss, {loss term: value}, {head: (logits, labels)})
+
+StepOutput = tuple[
+    torch.Tensor, dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor]]
+]
+HEAD_NAMES = ("rate_c5", "rate_c4", "rate_c3", "rate_c2")
+
+
+def motion_step(model: nn.Module, batch: dict, cfg: TrainConfig, epoch: int) -> StepOutput:
+    clip = to_float(batch["clip"])  # (B, 3, T, H, W)
+    target = to_float(batch["target"])  # (B, 3, 2T, H, W)
+    rate = batch["rate"]
+    out = model(clip)
+    size = tuple(target.shape[2:])
+    mask = upsample_mask(batch["dpau"].float(), size)  # (B, 3, 2T, H, W)
+    if cfg.task == "smp":
+        lam = blend_lambda(cfg.lam_schedule, epoch + 1, cfg.epochs)
+        if lam > 0:
+            head = unwrap(model).rate_heads[0]
+            cam = motion_mask_cam(head.fc.weight, out["rate_map"], rate, size)
+            mask = lam * cam + (1 - lam) * mask
+    weight = batch["target_weight"][:, None, :, None, None]  # (B, 1, 2T, 1, 1) supervised frames
+    sq_err = (out["recon"].float() - target).pow(2) * mask * weight
+    recon = sq_err.sum() / (weight.sum() * 3 * size[1] * size[2]).clamp_min(1)
+    ces = [F.cross_entropy(logits.float(), rate) for logits in out["logits"]]
+    loss = recon + 0.1 * ces[0]
+    terms = {"recon": recon.detach(), "ce": ces[0].detach()}
+    if len(ces) > 1:  # multiple granularity: the c4, c3, c2 heads share one 0.1 weight
+        ce_mg = torch.stack(ces[1:]).mean()
+        loss = loss + 0.1 * ce_mg
+        terms["ce_mg"] = ce_mg.detach()
+    heads = {
+        name: (logits.detach(), rate)
+        for name, logits in zip(HEAD_NAMES, out["logits"], strict=False)
+    }
+    return loss, terms, heads
+
+
+def supervised_step(model: nn.Module, batch: dict, cfg: TrainConfig, epoch: int) -> StepOutput:
+    logits = model(to_float(batch["clip"]))
+    loss = F.cross_entropy(logits.float(), batch["label"])
+    return loss, {"ce": loss.detach()}, {"action": (logits.detach(), batch["label"])}
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    if cfg.task == "supervised":
+        return ActionNet(cfg.arch, num_classes)
+    return MotionNet(cfg.arch, mg=cfg.task == "smp" and cfg.mg, decoder=True)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices and precision
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def cpu_has_native_bf16() -> bool:
+    """bf16 autocast pays on a CPU only with native bf16 units (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_precision(precision: str, device: torch.device) -> str:
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
+def guard_cpu_bf16_conv3d(model: nn.Module) -> nn.Module:
+    """Run 3D convs over depth-2 inputs in fp32 when bf16 autocast is on the CPU.
+
+    PyTorch 2.14 with oneDNN computes garbage bf16 weight gradients (relative error ~1, up to
+    1e34) for a Conv3d with temporal kernel > 1 and temporal stride 1 over an input of depth 2,
+    which a 16-frame clip meets at c5 (docs/benchmarks.md). Those layers are tiny (c5 is
+    2 x H/16 x W/16), so computing just them in fp32 keeps bf16's speed. State dicts are unchanged.
+    """
+    for conv in model.modules():
+        if isinstance(conv, nn.Conv3d) and conv.kernel_size[0] > 1 and conv.stride[0] == 1:
+            conv.forward = types.MethodType(conv3d_fp32_at_depth2, conv)
+    return model
+
+
+def conv3d_fp32_at_depth2(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    if x.shape[2] == 2 and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return nn.Conv3d.forward(conv, x.float())
+    return nn.Conv3d.forward(conv, x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: one format for every task
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write atomically: a kill during the save leaves the previous file intact."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a smp-lite checkpoint; never runs code from the file (weights_only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise TrainError(
+            f"{path} is not a readable checkpoint: {str(err).splitlines()[0]}"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise TrainError(f"{path} is not a smp-lite checkpoint (format {CHECKPOINT_FORMAT})")
+    return state
+
+
+def read_metrics(run: str | Path) -> list[dict]:
+    """The per-epoch rows of a run folder's metrics.jsonl."""
+    lines = (Path(run) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class EpochMeter:
+    """Running means of the loss terms and accuracies of the heads, synced across ranks."""
+
+    device: torch.device
+    means: dict[str, MeanMetric] = field(default_factory=dict)
+    accs: dict[str, MulticlassAccuracy] = field(default_factory=dict)
+    num_classes: int = len(RATES)
+
+    def update(self, loss: torch.Tensor, terms: dict, heads: dict) -> None:
+        for name, value in {"loss": loss.detach(), **terms}.items():
+            self.means.setdefault(name, MeanMetric().to(self.device)).update(value.float())
+        for name, (logits, labels) in heads.items():
+            acc = self.accs.setdefault(
+                name, MulticlassAccuracy(logits.shape[1], average="micro").to(self.device)
+            )
+            acc.update(logits.float(), labels)
+
+    def compute(self, prefix: str) -> dict[str, float]:
+        row = {f"{prefix}_{k}": m.compute().item() for k, m in self.means.items()}
+        row |= {f"{prefix}_acc_{k}": m.compute().item() for k, m in self.accs.items()}
+        return row
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> dict:
+    """Run (or resume) one training run; returns the final metrics row plus the run's paths."""
+    validate(cfg)
+    rank, world, local_rank = init_distributed()
+    device = pick_device(cfg.device, local_rank)
+    precision = pick_precision(cfg.precision, device)
+    channels_last = (
+        cfg.channels_last
+        if cfg.channels_last is not None
+        else (device.type == "cuda" or precision == "bf16")
+    )
+    out = Path(cfg.out) if cfg.out else default_out(cfg)
+    is_main = rank == 0
+    prepare_out(out, cfg, is_main)
+
+    index = load_index(cfg.data, cfg.split)
+    train_videos, val_videos = split_by_group(index.train, cfg.val_fraction, cfg.seed)
+    mode = "clip" if cfg.task == "supervised" else "prp"
+    common = dict(mode=mode, clip_len=cfg.clip_len, resize=cfg.resize, crop=cfg.crop, seed=cfg.seed)
+    train_set = VideoDataset(train_videos, train=True, **common)
+    val_set = VideoDataset(val_videos, train=False, **common) if val_videos else None
+    train_sampler = EpochSampler(len(train_set), cfg.seed, True, rank, world)
+    train_loader = make_loader(train_set, train_sampler, cfg, device, drop_last=True)
+    val_loader = None
+    if val_set is not None:  # the same clips every epoch: fixed keys (index, 0), no shuffling
+        val_loader = make_loader(
+            val_set,
+            EpochSampler(len(val_set), cfg.seed, False, rank, world),
+            cfg,
+            device,
+            drop_last=False,
+        )
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, len(index.classes)).to(device)
+    if device.type == "cpu" and precision == "bf16":
+        guard_cpu_bf16_conv3d(model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg, len(train_loader))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    step_fn: Callable[..., StepOutput] = (
+        supervised_step if cfg.task == "supervised" else motion_step
+    )
+
+    start_epoch, step, best_val, skipped = 0, 0, math.inf, set()
+    if cfg.resume and (out / "last.pt").is_file():
+        state = load_checkpoint(out / "last.pt")
+        check_compatible(state, cfg, out / "last.pt")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, step, best_val = state["epoch"], state["step"], state["best_val"]
+        skipped = set(state["skipped_videos"])
+        torch.set_rng_state(state["rng_cpu"])
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    autocast = dict(
+        device_type=device.type,
+        dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
+        enabled=precision in ("bf16", "fp16"),
+    )
+    row: dict = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        train_sampler.set_epoch(epoch)
+        model.train()
+        meter = EpochMeter(device)
+        n_clips, t0 = 0, time.perf_counter()
+        bar = tqdm(
+            train_loader,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not (progress and is_main),
+            leave=False,
+            dynamic_ncols=True,
+        )
+        for i, batch in enumerate(bar):
+            if cfg.limit_batches and i >= cfg.limit_batches:
+                break
+            skipped |= note_skipped(batch, skipped, is_main)
+            batch = to_device(batch, device, channels_last)
+            with torch.autocast(**autocast):
+                loss, terms, heads = step_fn(model, batch, cfg, epoch)
+            if not torch.isfinite(loss):
+                raise TrainError(
+                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step}: "
+                    f"stopped; the last good checkpoint is {out / 'last.pt'}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            if cfg.schedule == "cosine":
+                scheduler.step()
+            step += 1
+            n_clips += batch["clip"].shape[0] * world
+            meter.update(loss, terms, heads)
+            bar.set_postfix(
+                loss=f"{loss.item():.4f}",
+                **{
+                    k.replace("rate_", "acc_"): f"{(v[0].argmax(1) == v[1]).float().mean():.2f}"
+                    for k, v in list(heads.items())[:1]
+                },
+            )
+        elapsed = time.perf_counter() - t0
+        row = {
+            "epoch": epoch + 1,
+            "step": step,
+            "lr": optimizer.param_groups[0]["lr"],
+            "clips_per_s": n_clips / max(elapsed, 1e-9),
+            **meter.compute("train"),
+        }
+        if val_loader is not None:
+            row |= evaluate(model, val_loader, step_fn, cfg, epoch, device, channels_last, autocast)
+        val_loss = row.get("val_loss", row["train_loss"])
+        if cfg.schedule == "plateau":
+            scheduler.step(val_loss)
+        row["skipped_videos"] = len(skipped)
+        is_best = val_loss < best_val
+        best_val = min(best_val, val_loss)
+        if is_main:
+            state = {
+                "format": CHECKPOINT_FORMAT,
+                "version": __version__,
+                "arch": cfg.arch,
+                "task": cfg.task,
+                "config": config_dict(cfg),
+                "classes": list(index.classes),
+                "model": unwrap(model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": epoch + 1,
+                "step": step,
+                "best_val": best_val,
+                "metrics": row,
+                "skipped_videos": sorted(skipped),
+                "rng_cpu": torch.get_rng_state(),
+            }
+            save_checkpoint(out / "last.pt", state)
+            if is_best:
+                save_checkpoint(out / "best.pt", state)
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+            if progress:
+                tqdm.write(format_row(row))
+    if world > 1:
+        dist.destroy_process_group()
+    return {**row, "out": str(out), "best_val": best_val}
+
+
+def evaluate(model, loader, step_fn, cfg, epoch, device, channels_last, autocast) -> dict:
+    model.eval()
+    meter = EpochMeter(device)
+    with torch.no_grad():
+        for i, batch in enumerate(loader):
+            if cfg.limit_batches and i >= cfg.limit_batches:
+                break
+            batch = to_device(batch, device, channels_last)
+            with torch.autocast(**autocast):
+                meter.update(*step_fn(model, batch, cfg, epoch))
+    return meter.compute("val")
+
+
+def make_loader(
+    dataset: VideoDataset,
+    sampler: EpochSampler,
+    cfg: TrainConfig,
+    device: torch.device,
+    drop_last: bool,
+) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        persistent_workers=cfg.workers > 0,
+        pin_memory=device.type == "cuda",
+        drop_last=drop_last and len(sampler) >= cfg.batch_size,
+        worker_init_fn=quiet_worker,
+    )
+
+
+def quiet_worker(_: int) -> None:
+    torch.set_num_threads(1)  # decoding workers must not fight the training step for cores
+
+
+def to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
+    moved = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            v = v.to(device, non_blocking=True)
+            if channels_last and v.dim() == 5:
+                v = v.contiguous(memory_format=torch.channels_last_3d)
+        moved[k] = v
+    return moved
+
+
+def note_skipped(batch: dict, seen: set[str], is_main: bool) -> set[str]:
+    """Videos the loader skipped in this batch; each is logged once, by name."""
+    new = {line for text in batch.pop("skipped") for line in text.splitlines() if line} - seen
+    if is_main:
+        for line in sorted(new):
+            tqdm.write(f"skipped unreadable video {line}", file=sys.stderr)
+    return new
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD; the rate heads' final Linear ("fc8" in the original) learns 10x faster."""
+    fast = [p for n, p in model.named_parameters() if n.startswith("rate_heads.") and ".fc." in n]
+    fast_ids = {id(p) for p in fast}
+    base = [p for p in model.parameters() if id(p) not in fast_ids]
+    groups = [{"params": base, "lr": cfg.lr}]
+    if fast:
+        groups.append({"params": fast, "lr": cfg.lr * 10})
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    if cfg.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=0.1, patience=cfg.plateau_patience
+        )
+    steps = max(1, cfg.limit_batches or steps_per_epoch)
+    warmup, total = cfg.warmup_epochs * steps, cfg.epochs * steps
+
+    def warmup_cosine(step: int) -> float:  # linear warm-up to lr, then cosine decay to 0
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine)
+
+
+def init_distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank); initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if world > 1:
+        return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+    return 0, 1, 0
+
+
+def config_dict(cfg: TrainConfig) -> dict:
+    return {**asdict(cfg), "resize": list(cfg.resize)}
+
+
+def prepare_out(out: Path, cfg: TrainConfig, is_main: bool) -> None:
+    """Create the run folder; refuse to mix two runs in one folder."""
+    if not is_main:
+        return
+    existing = out / "config.json"
+    if existing.is_file() and not (cfg.resume or cfg.overwrite):
+        raise TrainError(
+            f"{out} already holds a run: pass --resume to continue it or --overwrite to replace it"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if cfg.overwrite and not cfg.resume:
+            for name in ("metrics.jsonl", "last.pt", "best.pt"):
+                (out / name).unlink(missing_ok=True)
+        meta = {**config_dict(cfg), "version": __version__, "git_commit": git_commit()}
+        (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    except OSError as err:
+        raise TrainError(f"cannot write to output folder {out}: {err.strerror}") from None
+
+
+def check_compatible(state: dict, cfg: TrainConfig, path: Path) -> None:
+    if state["arch"] != cfg.arch or state["task"] != cfg.task:
+        raise TrainError(
+            f"{path} holds a {state['task']} {state['arch']} run, not {cfg.task} {cfg.arch}"
+        )
+
+
+def format_row(row: dict) -> str:
+    keys = [
+        "epoch",
+        "train_loss",
+        "val_loss",
+        "train_acc_rate_c5",
+        "val_acc_rate_c5",
+        "train_acc_action",
+        "val_acc_action",
+        "clips_per_s",
+    ]
+    return "  ".join(
+        f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}"
+        for k in keys
+        if k in row
+    )
+
+
+__all__ = ["DataError", "TrainConfig", "TrainError", "make_config", "train", "load_checkpoint"]
