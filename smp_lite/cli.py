@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -25,13 +26,13 @@ state = {"debug": False}
 
 
 def friendly_errors(fn):
-    """User mistakes end in one line on stderr and exit code 1 (2 for bad options), no traceback
-    unless --debug."""
+    """User mistakes end in one line on stderr and exit code 1 (2 for bad options: ValueError,
+    which ConfigError is), no traceback unless --debug; Ctrl-C exits 130."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from .data import DataError
-        from .train import TrainError
+        from .errors import TrainError
 
         try:
             return fn(*args, **kwargs)
@@ -96,9 +97,44 @@ def data_synth(
         typer.echo(f"figure: {plot_class_grid(root, figure)}")
 
 
+@data_app.command("check")
+@friendly_errors
+def data_check(
+    root: Annotated[
+        str,
+        typer.Argument(
+            help="Dataset as [kind:]PATH, kind synth, ucf101, hmdb51 or csv (PATH a .csv file)."
+        ),
+    ],
+    split: Annotated[int, typer.Option(help="Official train/test split (1, 2 or 3).")] = 1,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Also write the full report as JSON here.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Processes decoding videos (default: all cores).")
+    ] = None,
+) -> None:
+    """Report classes, videos per split, and missing, unlisted, undecodable or short videos."""
+    import json
+
+    from .check import check_dataset, format_report
+    from .data import DataError
+
+    report = check_dataset(root, split=split, workers=workers)
+    typer.echo(format_report(report))
+    if json_file is not None:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        json_file.write_text(json.dumps(report, indent=2) + "\n")
+        typer.echo(f"report: {json_file}")
+    if not report["usable"]:
+        train = report["videos"]["train"]
+        raise DataError(f"{root}: none of the {train} training videos can be sampled")
+
+
 @app.command()
 @friendly_errors
 def pretrain(
+    ctx: typer.Context,
     arch: Annotated[
         str, typer.Option(help="Backbone: c3d, r3d10, r21d10, r3d18, r21d18.")
     ] = "r3d18",
@@ -108,7 +144,7 @@ def pretrain(
     data: Annotated[
         str,
         typer.Option(
-            help="Dataset as [kind:]PATH, kind synth or ucf101. The default generated "
+            help="Dataset as [kind:]PATH, kind synth, ucf101, hmdb51 or csv. The default generated "
             "dataset is created if absent."
         ),
     ] = DEFAULT_DATA,
@@ -162,11 +198,25 @@ def pretrain(
     limit_batches: Annotated[
         int, typer.Option(help="Stop each epoch after N batches (0 = all; for smoke tests).")
     ] = 0,
-    resume: Annotated[bool, typer.Option(help="Continue the run in OUT from last.pt.")] = False,
+    save_every: Annotated[
+        int | None,
+        typer.Option(help="Also save last.pt every N steps within an epoch (0 = never) [100]."),
+    ] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="Initialise the backbone from this checkpoint: a smp-lite one of the same "
+            "architecture, or one of the original PRP/SMP code (c3d, r3d10, r21d10)."
+        ),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the run in OUT from last.pt, mid-epoch too.")
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace the run in OUT.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Pretrain a backbone by motion perception (SMP), playback rate (PRP) or action labels."""
+    from .errors import RunInterrupted
     from .train import make_config, train
 
     cfg = make_config(
@@ -191,6 +241,8 @@ def pretrain(
         channels_last=channels_last,
         seed=seed,
         limit_batches=limit_batches,
+        save_every=save_every,
+        init_from=str(init_from) if init_from else None,
         resume=resume,
         overwrite=overwrite,
     )
@@ -199,8 +251,28 @@ def pretrain(
 
         typer.echo(f"no dataset given: generating the default one in {DEFAULT_DATA}")
         synthesize(DEFAULT_DATA)
-    result = train(cfg, progress=progress)
+    try:
+        result = train(cfg, progress=progress)
+    except RunInterrupted as stopped:
+        command = resume_command(ctx, stopped.checkpoint.parent)
+        typer.echo(f"{stopped}; to go on from there, run:\n  {command}", err=True)
+        raise typer.Exit(130) from None
     typer.echo(f"done: {result['out']} (best validation loss {result['best_val']:.4f})")
+
+
+def resume_command(ctx: typer.Context, out: Path) -> str:
+    """This pretrain command with the options the user gave, ending in --resume --out OUT."""
+    args = ["smp-lite", *(["--debug"] if state["debug"] else []), "pretrain"]
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)
+        if param.name in ("out", "resume", "overwrite") or source.name != "COMMANDLINE":
+            continue
+        value = ctx.params[param.name]
+        if isinstance(value, bool):  # typer's --flag/--no-flag pairs
+            args.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            args += [param.opts[0], str(value)]
+    return shlex.join([*args, "--resume", "--out", str(out)])
 
 
 def parse_size(text: str) -> tuple[int, int]:

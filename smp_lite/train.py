@@ -8,21 +8,26 @@ Tasks (method.md sections 2-4):
 - "supervised": action labels with cross-entropy.
 
 `train(cfg)` runs on a CPU, one GPU or several under torchrun, and writes to `cfg.out`:
-config.json, metrics.jsonl (one row per epoch), last.pt (every epoch) and best.pt (lowest
-validation loss), all in one checkpoint format (`save_checkpoint` / `load_checkpoint`).
+config.json, metrics.jsonl (one row per epoch), last.pt (every epoch and every `save_every`
+steps) and best.pt (lowest validation loss), in one checkpoint format (checkpoint.py).
+`resume` goes on from last.pt, mid-epoch too, to the same numbers an uninterrupted run gets;
+Ctrl-C or SIGTERM stops between two steps after saving last.pt (docs/reliability.md).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
-import subprocess
+import signal
 import sys
+import threading
 import time
 import types
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -30,13 +35,21 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
 from tqdm.auto import tqdm
 
 from . import __version__
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    check_compatible,
+    check_out,
+    config_dict,
+    load_backbone,
+    load_checkpoint,
+    read_metrics,
+    save_checkpoint,
+    write_run_folder,
+)
 from .data import (
-    RATES,
     DataError,
     EpochSampler,
     VideoDataset,
@@ -46,16 +59,11 @@ from .data import (
     to_float,
     upsample_mask,
 )
+from .errors import ConfigError, RunInterrupted, TrainError
 from .models import ARCHS, ActionNet, MotionNet
 
 TASKS = ("smp", "prp", "supervised")
 LAMBDA_SCHEDULES = ("exp", "linear", "sigmoid", "dpau", "cam")
-CHECKPOINT_FORMAT = "smp-lite/1"
-
-
-class TrainError(Exception):
-    """A run that cannot start or go on: the message says why and what to do."""
-
 
 # ---------------------------------------------------------------------------------------------
 # Configuration
@@ -89,6 +97,8 @@ class TrainConfig:
     channels_last: bool | None = None  # None: on where it pays (GPU, CPU with bf16)
     seed: int = 0
     limit_batches: int = 0  # >0: stop each epoch after this many batches (smoke runs)
+    save_every: int = 100  # steps between mid-epoch saves of last.pt (0: at epoch ends only)
+    init_from: str = ""  # checkpoint to initialise the backbone from (smp-lite or original code)
     resume: bool = False
     overwrite: bool = False
 
@@ -115,17 +125,17 @@ def make_config(task: str = "smp", preset: str | None = None, **overrides) -> Tr
     """A config from a preset (default: quick on generated data, paper on real data) and
     explicit overrides; an override of None keeps the preset's value."""
     if task not in TASKS:
-        raise TrainError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
+        raise ConfigError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
     overrides = {k: v for k, v in overrides.items() if v is not None}
     data = str(overrides.get("data", TrainConfig.data))
     preset = preset or ("quick" if is_generated(data) else "paper")
     if preset not in PRESETS:
-        raise TrainError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
     values = PRESETS[preset]["supervised" if task == "supervised" else "motion"] | overrides
     names = {f.name for f in fields(TrainConfig)}
     unknown = set(values) - names
     if unknown:
-        raise TrainError(f"unknown settings: {', '.join(sorted(unknown))}")
+        raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
     cfg = TrainConfig(task=task, preset=preset, **values)
     validate(cfg)
     return cfg
@@ -158,10 +168,11 @@ def validate(cfg: TrainConfig) -> None:
         ),
         (cfg.precision in ("auto", "bf16", "fp16", "fp32"), f"unknown precision {cfg.precision!r}"),
         (cfg.schedule in ("plateau", "cosine"), f"unknown lr schedule {cfg.schedule!r}"),
+        (cfg.save_every >= 0, f"save every must be 0 or more steps, got {cfg.save_every}"),
     ]
     for ok, message in checks:
         if not ok:
-            raise TrainError(message)
+            raise ConfigError(message)
 
 
 def default_out(cfg: TrainConfig) -> Path:
@@ -308,85 +319,56 @@ def conv3d_fp32_at_depth2(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints: one format for every task
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically: a kill during the save leaves the previous file intact."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a smp-lite checkpoint; never runs code from the file (weights_only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise TrainError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise TrainError(
-            f"{path} is not a readable checkpoint: {str(err).splitlines()[0]}"
-        ) from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise TrainError(f"{path} is not a smp-lite checkpoint (format {CHECKPOINT_FORMAT})")
-    return state
-
-
-def read_metrics(run: str | Path) -> list[dict]:
-    """The per-epoch rows of a run folder's metrics.jsonl."""
-    lines = (Path(run) / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).parent,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-# ---------------------------------------------------------------------------------------------
 # The loop
 
 
-@dataclass
 class EpochMeter:
-    """Running means of the loss terms and accuracies of the heads, synced across ranks."""
+    """Clip-weighted means of the loss terms and accuracies of the heads over one epoch.
 
-    device: torch.device
-    means: dict[str, MeanMetric] = field(default_factory=dict)
-    accs: dict[str, MulticlassAccuracy] = field(default_factory=dict)
-    num_classes: int = len(RATES)
+    Plain (sum, count) pairs, so that a mid-epoch checkpoint can hold them and a resumed epoch
+    ends with the same numbers; `totals` sums them over DDP ranks (a collective call).
+    """
+
+    def __init__(self, device: torch.device, world: int = 1):
+        self.device, self.world = device, world
+        self.sums: dict[str, torch.Tensor] = {}  # name -> float64 (sum, count)
+
+    def add(self, name: str, total: torch.Tensor, count: int) -> None:
+        pair = self.sums.setdefault(name, torch.zeros(2, dtype=torch.float64, device=self.device))
+        pair[0] += total
+        pair[1] += count
 
     def update(self, loss: torch.Tensor, terms: dict, heads: dict) -> None:
+        n = next(iter(heads.values()))[1].shape[0]  # clips in the batch
         for name, value in {"loss": loss.detach(), **terms}.items():
-            self.means.setdefault(name, MeanMetric().to(self.device)).update(value.float())
+            self.add(name, value.double() * n, n)
         for name, (logits, labels) in heads.items():
-            acc = self.accs.setdefault(
-                name, MulticlassAccuracy(logits.shape[1], average="micro").to(self.device)
-            )
-            acc.update(logits.float(), labels)
+            self.add(f"acc_{name}", (logits.argmax(1) == labels).sum(), labels.numel())
+
+    def totals(self) -> dict[str, torch.Tensor]:
+        if self.world == 1:
+            return dict(self.sums)
+        names = sorted(self.sums)
+        stacked = torch.stack([self.sums[name] for name in names])
+        dist.all_reduce(stacked)
+        return dict(zip(names, stacked, strict=True))
 
     def compute(self, prefix: str) -> dict[str, float]:
-        row = {f"{prefix}_{k}": m.compute().item() for k, m in self.means.items()}
-        row |= {f"{prefix}_acc_{k}": m.compute().item() for k, m in self.accs.items()}
-        return row
+        return {f"{prefix}_{k}": (v[0] / v[1]).item() for k, v in self.totals().items()}
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {k: v.cpu() for k, v in self.totals().items()}
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        self.sums = {k: v.to(self.device) for k, v in state.items()}
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
-    """Run (or resume) one training run; returns the final metrics row plus the run's paths."""
+    """Run (or resume) one training run; returns the final metrics row plus the run's paths.
+
+    Ctrl-C or SIGTERM stops the run between two steps, after saving last.pt, by raising
+    RunInterrupted (a KeyboardInterrupt).
+    """
     validate(cfg)
     rank, world, local_rank = init_distributed()
     device = pick_device(cfg.device, local_rank)
@@ -398,7 +380,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     )
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     is_main = rank == 0
-    prepare_out(out, cfg, is_main)
+    check_out(out, cfg)  # refusals come before anything is read or written
 
     index = load_index(cfg.data, cfg.split)
     train_videos, val_videos = split_by_group(index.train, cfg.val_fraction, cfg.seed)
@@ -408,6 +390,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     val_set = VideoDataset(val_videos, train=False, **common) if val_videos else None
     train_sampler = EpochSampler(len(train_set), cfg.seed, True, rank, world)
     train_loader = make_loader(train_set, train_sampler, cfg, device, drop_last=True)
+    epoch_batches = min(len(train_loader), cfg.limit_batches or len(train_loader))
     val_loader = None
     if val_set is not None:  # the same clips every epoch: fixed keys (index, 0), no shuffling
         val_loader = make_loader(
@@ -420,6 +403,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, len(index.classes)).to(device)
+    if cfg.init_from and not cfg.resume:
+        load_backbone(model, cfg.init_from, cfg.arch)
     if device.type == "cpu" and precision == "bf16":
         guard_cpu_bf16_conv3d(model)
     if channels_last:
@@ -431,21 +416,58 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         supervised_step if cfg.task == "supervised" else motion_step
     )
 
-    start_epoch, step, best_val, skipped = 0, 0, math.inf, set()
-    if cfg.resume and (out / "last.pt").is_file():
+    # where the run stands: `batches_done` batches of epoch `start_epoch` (0-based) are done
+    start_epoch, batches_done, step, best_val, skipped = 0, 0, 0, math.inf, set()
+    meter_sums: dict[str, torch.Tensor] = {}
+    if cfg.resume:
         state = load_checkpoint(out / "last.pt")
-        check_compatible(state, cfg, out / "last.pt")
+        check_compatible(state, cfg, index.classes, out / "last.pt")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, step, best_val = state["epoch"], state["step"], state["best_val"]
+        batches_done, meter_sums = state.get("batches_done", 0), state.get("meter", {})
         skipped = set(state["skipped_videos"])
         torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda" and "rng_cuda" in state:
+            torch.cuda.set_rng_state(state["rng_cuda"], device)
+    if is_main:
+        write_run_folder(out, cfg, start_epoch)
     if world > 1:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+
+    def run_state(epoch: int, batches: int, meter_state: dict, metrics: dict) -> dict:
+        """Everything a resumed run needs to go on as this one would: `epoch` epochs and
+        `batches` batches of the next are done."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": __version__,
+            "arch": cfg.arch,
+            "task": cfg.task,
+            "config": config_dict(cfg),
+            "classes": list(index.classes),
+            "model": unwrap(model).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "epoch": epoch,
+            "batches_done": batches,
+            "meter": meter_state,
+            "step": step,
+            "best_val": best_val,
+            "metrics": metrics,
+            "skipped_videos": sorted(skipped),
+            "rng_cpu": torch.get_rng_state(),
+            **({"rng_cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
+        }
+
+    def save_mid_epoch(epoch: int, meter: EpochMeter) -> None:
+        meter_state = meter.state()  # on every rank: a collective under DDP
+        if is_main:
+            save_checkpoint(out / "last.pt", run_state(epoch, batches_done, meter_state, {}))
 
     autocast = dict(
         device_type=device.type,
@@ -453,103 +475,135 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         enabled=precision in ("bf16", "fp16"),
     )
     row: dict = {}
-    for epoch in range(start_epoch, cfg.epochs):
-        train_sampler.set_epoch(epoch)
-        model.train()
-        meter = EpochMeter(device)
-        n_clips, t0 = 0, time.perf_counter()
-        bar = tqdm(
-            train_loader,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=not (progress and is_main),
-            leave=False,
-            dynamic_ncols=True,
-        )
-        for i, batch in enumerate(bar):
-            if cfg.limit_batches and i >= cfg.limit_batches:
-                break
-            skipped |= note_skipped(batch, skipped, is_main)
-            batch = to_device(batch, device, channels_last)
-            with torch.autocast(**autocast):
-                loss, terms, heads = step_fn(model, batch, cfg, epoch)
-            if not torch.isfinite(loss):
-                raise TrainError(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step}: "
-                    f"stopped; the last good checkpoint is {out / 'last.pt'}"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            if cfg.schedule == "cosine":
-                scheduler.step()
-            step += 1
-            n_clips += batch["clip"].shape[0] * world
-            meter.update(loss, terms, heads)
-            bar.set_postfix(
-                loss=f"{loss.item():.4f}",
-                **{
-                    k.replace("rate_", "acc_"): f"{(v[0].argmax(1) == v[1]).float().mean():.2f}"
-                    for k, v in list(heads.items())[:1]
-                },
+    with stop_on_signals() as stop:
+        for epoch in range(start_epoch, cfg.epochs):
+            # the sampler skips within this rank's shard: batches_done batches of batch_size keys,
+            # so a resumed epoch decodes no sample twice and its batches are the same as before
+            train_sampler.set_epoch(epoch, skip=batches_done * cfg.batch_size)
+            meter = EpochMeter(device, world)
+            if batches_done and is_main:  # the other ranks' sums were added into rank 0's
+                meter.load(meter_sums)
+            model.train()
+            n_clips, t0 = 0, time.perf_counter()
+            bar = tqdm(
+                itertools.islice(train_loader, epoch_batches - batches_done),
+                desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                total=epoch_batches,
+                initial=batches_done,
+                disable=not (progress and is_main),
+                leave=False,
+                dynamic_ncols=True,
             )
-        elapsed = time.perf_counter() - t0
-        row = {
-            "epoch": epoch + 1,
-            "step": step,
-            "lr": optimizer.param_groups[0]["lr"],
-            "clips_per_s": n_clips / max(elapsed, 1e-9),
-            **meter.compute("train"),
-        }
-        if val_loader is not None:
-            row |= evaluate(model, val_loader, step_fn, cfg, epoch, device, channels_last, autocast)
-        val_loss = row.get("val_loss", row["train_loss"])
-        if cfg.schedule == "plateau":
-            scheduler.step(val_loss)
-        row["skipped_videos"] = len(skipped)
-        is_best = val_loss < best_val
-        best_val = min(best_val, val_loss)
-        if is_main:
-            state = {
-                "format": CHECKPOINT_FORMAT,
-                "version": __version__,
-                "arch": cfg.arch,
-                "task": cfg.task,
-                "config": config_dict(cfg),
-                "classes": list(index.classes),
-                "model": unwrap(model).state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
+            for batch in bar:
+                skipped |= note_skipped(batch, skipped, is_main)
+                batch = to_device(batch, device, channels_last)
+                with torch.autocast(**autocast):
+                    loss, terms, heads = step_fn(model, batch, cfg, epoch)
+                if not torch.isfinite(loss):
+                    last = out / "last.pt"
+                    saved = f"last good checkpoint: {last}" if last.is_file() else "nothing saved"
+                    raise TrainError(
+                        f"loss became {loss.item()} at step {step + 1} (epoch {epoch + 1}, "
+                        f"batch {batches_done + 1}): stopped; {saved}"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                if cfg.schedule == "cosine":
+                    scheduler.step()
+                step += 1
+                batches_done += 1
+                n_clips += batch["clip"].shape[0] * world
+                meter.update(loss, terms, heads)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+                if stop_requested(stop, world, device):
+                    save_mid_epoch(epoch, meter)
+                    raise RunInterrupted(out / "last.pt")
+                if cfg.save_every and step % cfg.save_every == 0 and batches_done < epoch_batches:
+                    save_mid_epoch(epoch, meter)
+            elapsed = time.perf_counter() - t0
+            row = {
                 "epoch": epoch + 1,
                 "step": step,
-                "best_val": best_val,
-                "metrics": row,
-                "skipped_videos": sorted(skipped),
-                "rng_cpu": torch.get_rng_state(),
+                "lr": optimizer.param_groups[0]["lr"],
+                "clips_per_s": n_clips / max(elapsed, 1e-9),
+                **meter.compute("train"),
             }
-            save_checkpoint(out / "last.pt", state)
-            if is_best:
-                save_checkpoint(out / "best.pt", state)
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
-            if progress:
-                tqdm.write(format_row(row))
+            if val_loader is not None:
+                val_row = evaluate(
+                    model, val_loader, step_fn, cfg, epoch, device, channels_last, autocast, stop
+                )
+                if val_row is None:  # stopped during validation: the epoch's training is saved
+                    save_mid_epoch(epoch, meter)
+                    raise RunInterrupted(out / "last.pt")
+                row |= val_row
+            val_loss = row.get("val_loss", row["train_loss"])
+            if cfg.schedule == "plateau":
+                scheduler.step(val_loss)
+            row["skipped_videos"] = len(skipped)
+            is_best = val_loss < best_val
+            best_val = min(best_val, val_loss)
+            batches_done = 0
+            if is_main:
+                # metrics first and last.pt last: a kill in between repeats the epoch on resume,
+                # which then drops the epoch's row and rewrites best.pt
+                with open(out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                state = run_state(epoch + 1, 0, {}, row)
+                if is_best:
+                    save_checkpoint(out / "best.pt", state)
+                save_checkpoint(out / "last.pt", state)
+                if progress:
+                    tqdm.write(format_row(row))
     if world > 1:
         dist.destroy_process_group()
     return {**row, "out": str(out), "best_val": best_val}
 
 
-def evaluate(model, loader, step_fn, cfg, epoch, device, channels_last, autocast) -> dict:
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """While training, SIGINT (Ctrl-C) and SIGTERM set an event the loop checks after each step,
+    so it stops at a step boundary with everything saved; a second Ctrl-C stops at once."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop  # signal handlers can only be set from the main thread
+        return
+
+    def request_stop(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def stop_requested(stop: threading.Event, world: int, device: torch.device) -> bool:
+    if world == 1:
+        return stop.is_set()
+    flag = torch.tensor(float(stop.is_set()), device=device)  # any rank stopping stops them all
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def evaluate(
+    model, loader, step_fn, cfg, epoch, device, channels_last, autocast, stop
+) -> dict | None:
+    """The validation metrics row, or None when a stop was requested."""
     model.eval()
-    meter = EpochMeter(device)
+    meter = EpochMeter(device, dist.get_world_size() if dist.is_initialized() else 1)
     with torch.no_grad():
-        for i, batch in enumerate(loader):
-            if cfg.limit_batches and i >= cfg.limit_batches:
-                break
+        for batch in itertools.islice(loader, cfg.limit_batches or None):
             batch = to_device(batch, device, channels_last)
             with torch.autocast(**autocast):
                 meter.update(*step_fn(model, batch, cfg, epoch))
+            if stop_requested(stop, meter.world, device):
+                return None
     return meter.compute("val")
 
 
@@ -574,6 +628,7 @@ def make_loader(
 
 def quiet_worker(_: int) -> None:
     torch.set_num_threads(1)  # decoding workers must not fight the training step for cores
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the main process to handle
 
 
 def to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
@@ -636,37 +691,6 @@ def init_distributed() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
-def config_dict(cfg: TrainConfig) -> dict:
-    return {**asdict(cfg), "resize": list(cfg.resize)}
-
-
-def prepare_out(out: Path, cfg: TrainConfig, is_main: bool) -> None:
-    """Create the run folder; refuse to mix two runs in one folder."""
-    if not is_main:
-        return
-    existing = out / "config.json"
-    if existing.is_file() and not (cfg.resume or cfg.overwrite):
-        raise TrainError(
-            f"{out} already holds a run: pass --resume to continue it or --overwrite to replace it"
-        )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        if cfg.overwrite and not cfg.resume:
-            for name in ("metrics.jsonl", "last.pt", "best.pt"):
-                (out / name).unlink(missing_ok=True)
-        meta = {**config_dict(cfg), "version": __version__, "git_commit": git_commit()}
-        (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-    except OSError as err:
-        raise TrainError(f"cannot write to output folder {out}: {err.strerror}") from None
-
-
-def check_compatible(state: dict, cfg: TrainConfig, path: Path) -> None:
-    if state["arch"] != cfg.arch or state["task"] != cfg.task:
-        raise TrainError(
-            f"{path} holds a {state['task']} {state['arch']} run, not {cfg.task} {cfg.arch}"
-        )
-
-
 def format_row(row: dict) -> str:
     keys = [
         "epoch",
@@ -685,4 +709,16 @@ def format_row(row: dict) -> str:
     )
 
 
-__all__ = ["DataError", "TrainConfig", "TrainError", "make_config", "train", "load_checkpoint"]
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "RunInterrupted",
+    "TrainConfig",
+    "TrainError",
+    "load_backbone",
+    "load_checkpoint",
+    "make_config",
+    "read_metrics",
+    "save_checkpoint",
+    "train",
+]

@@ -1,12 +1,20 @@
 from __future__ import annotations
 
+import os
 import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
+from smp_lite.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from smp_lite.cli import app
-from smp_lite.train import load_checkpoint, read_metrics
+from smp_lite.train import ConfigError, load_checkpoint, read_metrics
 
 runner = CliRunner()
 
@@ -38,6 +46,8 @@ def test_top_level_help_lists_commands() -> None:
                 "--resume",
                 "--overwrite",
                 "--lam-schedule",
+                "--save-every",
+                "--init-from",
             ],
         ),
         (["data", "synth"], ["--out", "--preset", "--seed", "--workers", "--figure"]),
@@ -88,22 +98,116 @@ def test_pretrain_end_to_end(ucf_tiny, tmp_path) -> None:
     assert load_checkpoint(out / "best.pt")["arch"] == "c3d"
 
 
+TINY = [
+    "--arch",
+    "r3d10",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "2",
+    "--clip-len",
+    "8",
+    "--resize",
+    "32x40",
+    "--crop",
+    "32",
+    "--workers",
+    "0",
+    "--val-fraction",
+    "0.25",
+    "--precision",
+    "fp32",
+    "--no-progress",
+]
+
+
 @pytest.mark.parametrize(
-    "args, message",
+    "args, code, message",
     [
-        (["--arch", "vgg16"], "unknown architecture 'vgg16'"),
-        (["--task", "jigsaw"], "unknown task 'jigsaw'"),
-        (["--epochs", "0"], "epochs must be positive"),
-        (["--crop", "50"], "divisible by 16"),
-        (["--data", "/no/such/folder"], "does not exist"),
+        (["--arch", "vgg16"], 2, "unknown architecture 'vgg16'"),
+        (["--task", "jigsaw"], 2, "unknown task 'jigsaw'"),
+        (["--epochs", "0"], 2, "epochs must be positive"),
+        (["--epochs", "-3"], 2, "epochs must be positive"),
+        (["--batch-size", "0"], 2, "batch size must be positive"),
+        (["--batch-size", "-1"], 2, "batch size must be positive"),
+        (["--crop", "50"], 2, "divisible by 16"),
+        (["--resize", "big"], 2, "is not HxW"),
+        (["--save-every", "-1"], 2, "save every must be 0 or more"),
+        (["--data", "/no/such/folder"], 1, "does not exist"),
     ],
 )
-def test_bad_input_is_one_line_and_nonzero(args, message, tmp_path) -> None:
+def test_bad_input_is_one_line_and_nonzero(args, code, message, tmp_path) -> None:
     result = runner.invoke(app, ["pretrain", "--out", str(tmp_path / "r"), *args])
-    assert result.exit_code != 0
+    assert result.exit_code == code, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.output
     assert "Traceback" not in result.output
+    assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+def test_debug_shows_the_exception(tmp_path) -> None:
+    result = runner.invoke(app, ["--debug", "pretrain", "--out", str(tmp_path), "--epochs", "0"])
+    assert result.exit_code != 0 and isinstance(result.exception, ConfigError)
+
+
+def test_a_folder_holding_another_run_is_left_alone(ucf_tiny, tmp_path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text('{"task": "prp"}\n')
+    (out / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    result = runner.invoke(app, ["pretrain", "--data", str(ucf_tiny), "--out", str(out), *TINY])
+    assert result.exit_code == 1 and "already holds a run" in result.output
+    assert "--resume" in result.output and "--overwrite" in result.output
+    assert (out / "config.json").read_text() == '{"task": "prp"}\n'  # nothing lost
+    assert (out / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
+
+
+def write_bad_checkpoints(folder):
+    """name -> (path, message): checkpoints --init-from must refuse in one line."""
+    folder.mkdir()
+    (folder / "corrupt.pt").write_bytes(b"PK\x03\x04 truncated zip")
+    c3d = {"format": CHECKPOINT_FORMAT, "arch": "c3d", "model": {}}
+    save_checkpoint(folder / "c3d.pt", c3d)
+    torch.save({"head.weight": torch.zeros(4, 8)}, folder / "stranger.pth")
+    return {
+        "missing": (folder / "none.pt", "does not exist"),
+        "corrupt": (folder / "corrupt.pt", "is not a readable checkpoint"),
+        "wrong architecture": (folder / "c3d.pt", "holds a c3d backbone, not r3d10"),
+        "foreign keys": (folder / "stranger.pth", "unexpected key 'head.weight'"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "empty data root",
+        "out under a file",
+        "resume with nothing",
+        "init-from missing",
+        "init-from corrupt",
+        "init-from wrong architecture",
+        "init-from foreign keys",
+    ],
+)
+def test_bad_runs_fail_in_one_line_with_exit_code_1(case, ucf_tiny, tmp_path) -> None:
+    data, out, extra = str(ucf_tiny), tmp_path / "run", []
+    if case == "empty data root":
+        (tmp_path / "empty").mkdir()
+        data, message = str(tmp_path / "empty"), "classInd.txt is missing"
+    elif case == "out under a file":
+        (tmp_path / "file").write_text("x")
+        out, message = tmp_path / "file" / "run", "cannot write to output folder"
+    elif case == "resume with nothing":
+        extra, message = ["--resume"], "nothing to resume"
+    else:
+        path, message = write_bad_checkpoints(tmp_path / "ckpt")[case.removeprefix("init-from ")]
+        extra = ["--init-from", str(path)]
+    result = runner.invoke(app, ["pretrain", "--data", data, "--out", str(out), *TINY, *extra])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert message in lines[0], lines[0]
+    assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 def test_data_synth_tiny(tmp_path) -> None:
@@ -113,3 +217,88 @@ def test_data_synth_tiny(tmp_path) -> None:
     assert (out / "classInd.txt").is_file() and (out / "trainlist01.txt").is_file()
     bad = runner.invoke(app, ["data", "synth", "--out", str(tmp_path / "x"), "--preset", "huge"])
     assert bad.exit_code != 0 and "huge" in bad.output
+
+
+# ---------------------------------------------------------------------------------------------
+# Killed and interrupted runs: the real command in a subprocess
+
+
+def pretrain_command(data, out, *extra: str) -> list[str]:
+    """Two epochs of three batches, last.pt after every step: ~1 s of training on a CPU."""
+    options = [*TINY, "--task", "smp", "--epochs", "2", "--save-every", "1"]
+    cli = [sys.executable, "-m", "smp_lite.cli"]
+    return [*cli, "pretrain", "--data", f"synth:{data}", "--out", str(out), *options, *extra]
+
+
+# one thread: the same float sums in every process, whatever the machine
+ENV = os.environ | {"OMP_NUM_THREADS": "1"}
+
+
+def start_and_stop_mid_epoch(command: list[str], out, sig: int) -> subprocess.Popen:
+    """Start a run and send `sig` once a mid-epoch last.pt is there."""
+    proc = subprocess.Popen(command, env=ENV, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "last.pt").is_file() and load_checkpoint(out / "last.pt")["batches_done"] > 0:
+            proc.send_signal(sig)
+            break
+        time.sleep(0.01)
+    proc.wait(timeout=120)
+    return proc
+
+
+def final_numbers(out) -> tuple[list[dict], dict]:
+    rows = [{k: v for k, v in r.items() if k != "clips_per_s"} for r in read_metrics(out)]
+    return rows, load_checkpoint(out / "last.pt")["model"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(ucf_tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    subprocess.run(pretrain_command(ucf_tiny, out), env=ENV, check=True, capture_output=True)
+    return final_numbers(out)
+
+
+def assert_same_run(out, uninterrupted) -> None:
+    rows, weights = final_numbers(out)
+    assert rows == uninterrupted[0]  # losses and accuracies of both epochs, train and val
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for name, value in uninterrupted[1].items():
+        assert torch.equal(weights[name], value), name
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_same_numbers(ucf_tiny, tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    killed = start_and_stop_mid_epoch(pretrain_command(ucf_tiny, out), out, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    state = load_checkpoint(out / "last.pt")
+    assert state["epoch"] < 2 and state["batches_done"] > 0  # killed mid-epoch
+    resumed = subprocess.run(
+        pretrain_command(ucf_tiny, out, "--resume"), env=ENV, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(out, uninterrupted)
+
+
+def test_ctrl_c_saves_and_prints_the_resume_command(ucf_tiny, tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    stopped = start_and_stop_mid_epoch(pretrain_command(ucf_tiny, out), out, signal.SIGINT)
+    stderr = stopped.stderr.read()
+    assert stopped.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert f"interrupted: saved {out / 'last.pt'}" in stderr
+    command = shlex.split(stderr.strip().splitlines()[-1])
+    assert command[:2] == ["smp-lite", "pretrain"] and command[-3:] == [
+        "--resume",
+        "--out",
+        str(out),
+    ]
+    assert load_checkpoint(out / "last.pt")["batches_done"] > 0  # saved mid-epoch
+    resumed = subprocess.run(
+        [sys.executable, "-m", "smp_lite.cli", *command[1:]],
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(out, uninterrupted)

@@ -1,0 +1,270 @@
+"""Checkpoints and run folders: one smp-lite checkpoint format for every task, atomic saves,
+loading a backbone from a smp-lite checkpoint or from one of the original PRP/SMP code, and the
+checks that keep one run per folder.
+
+A smp-lite checkpoint is a dict with "format" = CHECKPOINT_FORMAT, the architecture, task and
+configuration of its run, and the states the training loop needs to resume (train.py).
+Every load uses `torch.load(weights_only=True)`: a checkpoint file never runs code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from . import __version__
+from .errors import TrainError
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
+
+CHECKPOINT_FORMAT = "smp-lite/1"
+ORIGINAL_ARCHS = ("c3d", "r3d10", "r21d10")  # the backbones the original PRP/SMP code has
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write atomically: a kill during the save leaves the previous file intact."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_torch_file(path: str | Path) -> object:
+    path = Path(path)
+    if not path.is_file():
+        raise TrainError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise TrainError(
+            f"{path} is not a readable checkpoint: {str(err).strip().splitlines()[0]}"
+        ) from None
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a smp-lite checkpoint; never runs code from the file (weights_only)."""
+    state = read_torch_file(path)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise TrainError(f"{path} is not a smp-lite checkpoint (format {CHECKPOINT_FORMAT})")
+    return state
+
+
+def load_backbone(model: nn.Module, path: str | Path, arch: str) -> None:
+    """Initialise the `arch` backbone of `model` (a MotionNet/ActionNet, or a Backbone itself)
+    from `path`: a smp-lite checkpoint of any task, or a state dict of the original PRP/SMP code
+    (c3d, r3d10, r21d10). A mismatch raises a one-line TrainError naming what is wrong."""
+    backbone = getattr(model, "backbone", model)
+    path = Path(path)
+    state = read_torch_file(path)
+    if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT:
+        if state["arch"] != arch:
+            raise TrainError(f"checkpoint {path} holds a {state['arch']} backbone, not {arch}")
+        prefix = "backbone."
+        weights = {k[len(prefix) :]: v for k, v in state["model"].items() if k.startswith(prefix)}
+    else:
+        weights = from_original(state, arch, path)
+
+    expected = backbone.state_dict()
+    for key, value in weights.items():
+        if key not in expected:
+            raise TrainError(f"{path}: unexpected key {key!r} for a {arch} backbone")
+        if value.shape != expected[key].shape:
+            raise TrainError(
+                f"{path}: {key} has shape {tuple(value.shape)}, "
+                f"the {arch} backbone needs {tuple(expected[key].shape)}"
+            )
+    # BatchNorm's step counter is absent from checkpoints of PyTorch 0.4.0 and used by nothing
+    missing = [k for k in expected if k not in weights and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise TrainError(f"{path} lacks {len(missing)} tensors of a {arch} backbone: {missing[0]}")
+    backbone.load_state_dict(weights, strict=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints of the original PRP/SMP code
+
+
+def from_original(state: object, arch: str, path: Path) -> dict[str, torch.Tensor]:
+    """The backbone tensors of an original PRP/SMP checkpoint, under smp-lite's names.
+
+    Accepts a plain state dict or one wrapped as {"state_dict": ...} or {"model": ...}, with keys
+    `module.base_network.<name>` (DataParallel around the task model), `base_network.<name>` or
+    just `<name>`; the task's heads and decoder (keys outside base_network) are left out.
+    """
+    if isinstance(state, dict):
+        for wrapper in ("state_dict", "model"):
+            if isinstance(state.get(wrapper), dict):
+                state = state[wrapper]
+                break
+    if not (isinstance(state, dict) and state and all(torch.is_tensor(v) for v in state.values())):
+        raise TrainError(f"{path} is neither a smp-lite checkpoint nor a state dict")
+    weights = {k.removeprefix("module."): v for k, v in state.items()}
+    if any(k.startswith("base_network.") for k in weights):
+        weights = {
+            k.removeprefix("base_network."): v
+            for k, v in weights.items()
+            if k.startswith("base_network.")
+        }
+    else:  # a bare backbone; a fine-tuned one also holds its classifier, `linear`
+        weights = {k: v for k, v in weights.items() if not k.startswith("linear.")}
+
+    held = original_arch(weights)
+    if held is not None and held != arch:
+        raise TrainError(f"checkpoint {path} holds a {held} backbone (original code), not {arch}")
+    if arch not in ORIGINAL_ARCHS:
+        first = next(iter(weights))
+        raise TrainError(
+            f"{path}: unexpected key {first!r}: not a smp-lite checkpoint, and the original "
+            f"PRP/SMP code has no {arch} (only {', '.join(ORIGINAL_ARCHS)})"
+        )
+    names = original_names(arch)
+    converted = {}
+    for key, value in weights.items():
+        module, _, param = key.rpartition(".")
+        if module not in names:
+            raise TrainError(
+                f"{path}: unexpected key {key!r} for a {arch} backbone of the original code"
+            )
+        converted[f"{names[module]}.{param}"] = value
+    return converted
+
+
+def original_arch(weights: dict[str, torch.Tensor]) -> str | None:
+    """Which original backbone names these keys are, from a module only it has."""
+    if any(k.startswith("conv3a.") for k in weights):
+        return "c3d"
+    if any(".temporal_spatial_conv." in k for k in weights):
+        return "r3d10"
+    if any(".temporal_conv." in k for k in weights):
+        return "r21d10"
+    return None
+
+
+def original_names(arch: str) -> dict[str, str]:
+    """Module names of an original PRP/SMP backbone -> those of smp-lite's `build_backbone(arch)`.
+
+    C3D (PRP models/c3d.py): conv1, bn1, conv2, bn2, conv3a, bn3a, conv3b, bn3b, ..., conv5b, bn5b.
+    R3DNet and R2Plus1DNet with layer sizes (1,1,1,1) (VCOP models/r3d.py, r21d.py): stem conv1 +
+    bn1, then layers conv2..conv5 of one `block1` each: conv1, bn1, conv2, bn2 and, from conv3
+    on, the shortcut downsampleconv + downsamplebn. Each of their convs is a SpatioTemporalConv
+    holding `temporal_spatial_conv` (R3D) or `spatial_conv`, `bn`, `temporal_conv` (R(2+1)D).
+    """
+    if arch == "c3d":  # smp-lite: stage.layer, each layer a conv_bn_relu (conv .0, bn .1)
+        layers = ["1", "2", "3a", "3b", "4a", "4b", "5a", "5b"]
+        places = ["0.0", "1.0", "2.0", "2.1", "3.0", "3.1", "4.0", "4.1"]
+        names = {}
+        for layer, place in zip(layers, places, strict=True):
+            names[f"conv{layer}"] = f"stages.{place}.0"
+            names[f"bn{layer}"] = f"stages.{place}.1"
+        return names
+
+    def conv(original: str, ours: str) -> dict[str, str]:
+        if arch == "r3d10":
+            return {f"{original}.temporal_spatial_conv": ours}
+        # smp-lite's (2+1)D conv is Sequential(spatial conv, BN, ReLU, temporal conv)
+        return {
+            f"{original}.spatial_conv": f"{ours}.0",
+            f"{original}.bn": f"{ours}.1",
+            f"{original}.temporal_conv": f"{ours}.3",
+        }
+
+    names = conv("conv1", "stages.0.0") | {"bn1": "stages.0.1"}
+    for stage in range(1, 5):  # smp-lite: torchvision's BasicBlock, conv1 = (conv, BN, ReLU)
+        block, ours = f"conv{stage + 1}.block1", f"stages.{stage}.0"
+        names |= conv(f"{block}.conv1", f"{ours}.conv1.0") | {f"{block}.bn1": f"{ours}.conv1.1"}
+        names |= conv(f"{block}.conv2", f"{ours}.conv2.0") | {f"{block}.bn2": f"{ours}.conv2.1"}
+        if stage > 1:
+            names |= conv(f"{block}.downsampleconv", f"{ours}.downsample.0")
+            names[f"{block}.downsamplebn"] = f"{ours}.downsample.1"
+    return names
+
+
+# ---------------------------------------------------------------------------------------------
+# Run folders: config.json, metrics.jsonl, last.pt and best.pt
+
+
+def read_metrics(run: str | Path) -> list[dict]:
+    """The per-epoch rows of a run folder's metrics.jsonl."""
+    lines = (Path(run) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def config_dict(cfg: TrainConfig) -> dict:
+    return {**asdict(cfg), "resize": list(cfg.resize)}
+
+
+def check_out(out: Path, cfg: TrainConfig) -> None:
+    """Refuse to mix two runs in one folder, and to resume what is not there."""
+    if cfg.resume and not (out / "last.pt").is_file():
+        raise TrainError(
+            f"nothing to resume: {out / 'last.pt'} does not exist; "
+            "start the run without --resume (with --overwrite to replace what is there)"
+        )
+    if (out / "config.json").is_file() and not (cfg.resume or cfg.overwrite):
+        raise TrainError(
+            f"{out} already holds a run: pass --resume to continue it or --overwrite to replace it"
+        )
+
+
+def write_run_folder(out: Path, cfg: TrainConfig, epochs_done: int) -> None:
+    """Create the run folder and its config.json; on resume keep the metrics rows of the
+    `epochs_done` epochs last.pt holds (a kill after a row was written repeats its epoch)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if cfg.resume:
+            rows = read_metrics(out) if (out / "metrics.jsonl").is_file() else []
+            kept = "".join(json.dumps(r) + "\n" for r in rows if r["epoch"] <= epochs_done)
+            (out / "metrics.jsonl").write_text(kept)
+        elif cfg.overwrite:
+            for name in ("metrics.jsonl", "last.pt", "best.pt"):
+                (out / name).unlink(missing_ok=True)
+        meta = {**config_dict(cfg), "version": __version__, "git_commit": git_commit()}
+        (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    except OSError as err:
+        raise TrainError(f"cannot write to output folder {out}: {err.strerror}") from None
+
+
+# settings that make a run what it is: resuming with other values would not continue it
+RUN_SETTINGS = (
+    "arch task split batch_size clip_len resize crop val_fraction lam_schedule mg schedule seed"
+).split()
+
+
+def check_compatible(state: dict, cfg: TrainConfig, classes: tuple[str, ...], path: Path) -> None:
+    if state["arch"] != cfg.arch or state["task"] != cfg.task:
+        raise TrainError(
+            f"{path} holds a {state['task']} {state['arch']} run, not {cfg.task} {cfg.arch}"
+        )
+    saved, now = state["config"], config_dict(cfg)
+    for key in RUN_SETTINGS:
+        if saved.get(key) != now[key]:
+            raise TrainError(
+                f"{path} was run with {key} {saved.get(key)!r}, not {now[key]!r}: "
+                "resume with the options the run started with"
+            )
+    if list(state["classes"]) != list(classes):
+        raise TrainError(f"{path} was trained on other classes than those of {cfg.data}")
