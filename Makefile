@@ -24,6 +24,7 @@ reproduce: install
 	$(BIN)/smp-lite pretrain --arch r3d18 --task smp --data data/synth --out runs/smp-r3d18 --overwrite
 
 bench: install
+	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_decoders.py
 
 clean:

@@ -162,6 +162,10 @@ def pretrain(
     epochs: Annotated[int | None, typer.Option(help="Epochs [preset].")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Clips per batch [preset].")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate [preset].")] = None,
+    head_lr_scale: Annotated[
+        float | None,
+        typer.Option(help="Learning-rate factor of the rate heads' last layer [10, as in PRP]."),
+    ] = None,
     clip_len: Annotated[int | None, typer.Option(help="Frames per input clip [preset].")] = None,
     crop: Annotated[
         int | None, typer.Option(help="Square crop side, divisible by 16 [preset].")
@@ -229,6 +233,7 @@ def pretrain(
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
+        head_lr_scale=head_lr_scale,
         clip_len=clip_len,
         crop=crop,
         resize=parse_size(resize) if resize else None,

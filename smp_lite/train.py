@@ -80,6 +80,7 @@ class TrainConfig:
     epochs: int = 6
     batch_size: int = 16
     lr: float = 0.01
+    head_lr_scale: float = 10.0  # the rate heads' final Linear ("fc8") learns this much faster
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "plateau"  # plateau (PRP/SMP) or cosine with warm-up (supervised)
@@ -652,13 +653,13 @@ def note_skipped(batch: dict, seen: set[str], is_main: bool) -> set[str]:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD; the rate heads' final Linear ("fc8" in the original) learns 10x faster."""
+    """SGD; the rate heads' final Linear ("fc8" in the original) learns head_lr_scale faster."""
     fast = [p for n, p in model.named_parameters() if n.startswith("rate_heads.") and ".fc." in n]
     fast_ids = {id(p) for p in fast}
     base = [p for p in model.parameters() if id(p) not in fast_ids]
     groups = [{"params": base, "lr": cfg.lr}]
     if fast:
-        groups.append({"params": fast, "lr": cfg.lr * 10})
+        groups.append({"params": fast, "lr": cfg.lr * cfg.head_lr_scale})
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
