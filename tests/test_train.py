@@ -85,6 +85,8 @@ def test_rate_heads_learn_ten_times_faster() -> None:
     groups = make_optimizer(model, cfg).param_groups
     assert [g["lr"] for g in groups] == [0.01, 0.1]
     assert len(groups[1]["params"]) == 8  # weight and bias of four rate-head Linear layers
+    same = make_config("smp", "quick", arch="r3d10", lr=0.01, head_lr_scale=1.0)
+    assert [g["lr"] for g in make_optimizer(model, same).param_groups] == [0.01, 0.01]
 
 
 def test_presets_and_overrides() -> None:
