@@ -342,3 +342,11 @@ def test_training_counts_the_corrupt_video(layout, request, tmp_path) -> None:
     assert result["skipped_videos"] == 1
     [line] = load_checkpoint(tmp_path / "run" / "last.pt")["skipped_videos"]
     assert "#122_Cleaning" in line or "broken.avi" in line
+
+
+def test_training_on_the_official_ucf101_layout(official_ucf, tmp_path) -> None:
+    """.avi files under UCF-101/ with the official lists, split 2, the spelling mismatch too."""
+    cfg = tiny_config(f"ucf101:{official_ucf}", tmp_path / "run", epochs=1, split=2)
+    result = train(cfg, progress=False)
+    assert result["skipped_videos"] == 0 and result["epoch"] == 1
+    assert load_checkpoint(tmp_path / "run" / "best.pt")["config"]["split"] == 2
