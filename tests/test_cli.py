@@ -61,43 +61,6 @@ def test_every_option_is_explained(command, options) -> None:
         assert option in text, option
 
 
-def test_pretrain_end_to_end(ucf_tiny, tmp_path) -> None:
-    out = tmp_path / "run"
-    args = [
-        "pretrain",
-        "--arch",
-        "c3d",
-        "--task",
-        "prp",
-        "--data",
-        f"synth:{ucf_tiny}",
-        "--out",
-        str(out),
-        "--epochs",
-        "2",
-        "--batch-size",
-        "4",
-        "--clip-len",
-        "8",
-        "--resize",
-        "32x40",
-        "--crop",
-        "32",
-        "--workers",
-        "0",
-        "--limit-batches",
-        "2",
-        "--precision",
-        "fp32",
-        "--no-progress",
-    ]
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
-    assert "done:" in result.output
-    assert len(read_metrics(out)) == 2
-    assert load_checkpoint(out / "best.pt")["arch"] == "c3d"
-
-
 TINY = [
     "--arch",
     "r3d10",
@@ -119,6 +82,33 @@ TINY = [
     "fp32",
     "--no-progress",
 ]
+
+
+def test_pretrain_end_to_end(ucf_tiny, tmp_path) -> None:
+    out = tmp_path / "run"
+    args = [
+        "pretrain",
+        *TINY,
+        "--arch",
+        "c3d",
+        "--task",
+        "prp",
+        "--data",
+        f"synth:{ucf_tiny}",
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--limit-batches",
+        "2",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "done:" in result.output
+    assert len(read_metrics(out)) == 2
+    assert load_checkpoint(out / "best.pt")["arch"] == "c3d"
 
 
 @pytest.mark.parametrize(
