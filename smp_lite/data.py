@@ -330,6 +330,11 @@ class VideoDataset(Dataset):
     workers or on the order they run in, and a resumed run draws the same samples.
     A video that fails to decode is skipped: another one is drawn, and the sample says which
     paths were skipped (`"skipped"`, newline-joined) so the training loop can count and log them.
+
+    `views` > 1 (evaluation, train=False) reads each video several times: item i is view
+    i % views of video i // views. In "prp" mode view v plays the video at rates[v % len(rates)]
+    (every held-out video at every rate: a balanced rate-accuracy estimate); in "clip" mode the
+    views are clips centred at linspace(T/2, frames - T/2, views), the fine-tuning test protocol.
     """
 
     def __init__(
@@ -343,26 +348,30 @@ class VideoDataset(Dataset):
         seed: int = 0,
         rates: tuple[int, ...] = RATES,
         max_skips: int = 20,
+        views: int = 1,
     ) -> None:
         if mode not in ("prp", "clip"):
             raise ValueError(f"unknown mode {mode!r}: use 'prp' or 'clip'")
         if crop > min(resize):
             raise ValueError(f"crop {crop} is larger than the resized frame {resize}")
+        if views < 1 or (views > 1 and train):
+            raise ValueError(f"views must be 1 when training and >= 1 otherwise, got {views}")
         self.videos, self.mode, self.clip_len = videos, mode, clip_len
         self.resize, self.crop, self.train = resize, crop, train
-        self.seed, self.rates, self.max_skips = seed, rates, max_skips
+        self.seed, self.rates, self.max_skips, self.views = seed, rates, max_skips, views
 
     def __len__(self) -> int:
-        return len(self.videos)
+        return len(self.videos) * self.views
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         rng = np.random.default_rng([self.seed, epoch, index])
+        index, view = divmod(index, self.views)
         skipped = []
         for _ in range(self.max_skips + 1):
             video = self.videos[index]
             try:
-                sample = self.load(video, rng)
+                sample = self.load(video, rng, view)
             except (decord.DECORDError, RuntimeError, OSError, ValueError) as err:
                 skipped.append(f"{video.path}: {str(err).splitlines()[0][:200]}")
                 index = int(rng.integers(len(self.videos)))
@@ -372,25 +381,27 @@ class VideoDataset(Dataset):
             return sample
         raise DataError(f"{len(skipped)} videos in a row could not be read, last: {skipped[-1]}")
 
-    def load(self, video: Video, rng: np.random.Generator) -> dict:
-        """One sample of `video`; raises if it cannot be decoded or is too short."""
+    def load(self, video: Video, rng: np.random.Generator, view: int = 0) -> dict:
+        """One sample (view `view`) of `video`; raises if it cannot be decoded or is too short."""
         reader = open_video(video.path, self.resize)
         num_frames = len(reader)
         if self.mode == "clip":
             if num_frames < self.clip_len + 1:  # the same rule as "prp": rate 1 must fit
                 raise ValueError(f"{num_frames} frames, too short for a {self.clip_len}-frame clip")
-            start = (
-                int(rng.integers(num_frames - self.clip_len + 1))
-                if self.train
-                else max(0, (num_frames - self.clip_len) // 2)
-            )
+            if self.train:
+                start = int(rng.integers(num_frames - self.clip_len + 1))
+            else:  # centred at linspace(T/2, frames - T/2, views)[view]
+                last = num_frames - self.clip_len
+                start = round(last * view / (self.views - 1)) if self.views > 1 else last // 2
             frames = reader.get_batch(list(range(start, start + self.clip_len))).asnumpy()
             return {"clip": self.to_clip(self.crop_frames(frames, rng)), "label": video.label}
 
         rates = allowed_rates(num_frames, self.clip_len, self.rates)
         if not rates:
             raise ValueError(f"{num_frames} frames, too short for any playback rate")
-        rate = rates[int(rng.integers(len(rates)))]
+        rate = self.rates[view % len(self.rates)] if self.views > 1 else 0
+        if rate not in rates:  # training, or a view at a rate this video is too short for
+            rate = rates[int(rng.integers(len(rates)))]
         start = int(rng.integers(num_frames - self.clip_len * rate))
         ids = sample_dilated_clip(num_frames, rate, self.clip_len, start)
         needed = np.concatenate([ids.target, ids.dpau.ravel()])

@@ -50,6 +50,7 @@ from .checkpoint import (
     write_run_folder,
 )
 from .data import (
+    RATES,
     DataError,
     EpochSampler,
     VideoDataset,
@@ -355,7 +356,9 @@ class EpochMeter:
         return dict(zip(names, stacked, strict=True))
 
     def compute(self, prefix: str) -> dict[str, float]:
-        return {f"{prefix}_{k}": (v[0] / v[1]).item() for k, v in self.totals().items()}
+        totals = self.totals()
+        means = {f"{prefix}_{k}": (v[0] / v[1]).item() for k, v in totals.items()}
+        return means | {f"{prefix}_clips": int(totals["loss"][1].item())}
 
     def state(self) -> dict[str, torch.Tensor]:
         return {k: v.cpu() for k, v in self.totals().items()}
@@ -388,12 +391,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     mode = "clip" if cfg.task == "supervised" else "prp"
     common = dict(mode=mode, clip_len=cfg.clip_len, resize=cfg.resize, crop=cfg.crop, seed=cfg.seed)
     train_set = VideoDataset(train_videos, train=True, **common)
-    val_set = VideoDataset(val_videos, train=False, **common) if val_videos else None
+    # validation of a motion task plays every held-out video at every rate: balanced, 4x the clips
+    val_views = len(RATES) if mode == "prp" else 1
+    val_set = VideoDataset(val_videos, train=False, views=val_views, **common)
     train_sampler = EpochSampler(len(train_set), cfg.seed, True, rank, world)
     train_loader = make_loader(train_set, train_sampler, cfg, device, drop_last=True)
     epoch_batches = min(len(train_loader), cfg.limit_batches or len(train_loader))
     val_loader = None
-    if val_set is not None:  # the same clips every epoch: fixed keys (index, 0), no shuffling
+    if val_videos:  # the same clips every epoch: fixed keys (item, 0), no shuffling
         val_loader = make_loader(
             val_set,
             EpochSampler(len(val_set), cfg.seed, False, rank, world),

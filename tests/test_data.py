@@ -153,6 +153,28 @@ def test_clip_sample(ucf_tiny) -> None:
     assert torch.equal(ds[0]["clip"], s["clip"])  # centre crop, centre clip: fixed
 
 
+def test_eval_views_play_each_video_at_every_rate(ucf_tiny) -> None:
+    index = load_index(ucf_tiny)
+    videos = index.train[:2]
+    ds = VideoDataset(videos, mode="prp", resize=(64, 80), crop=48, train=False, views=len(RATES))
+    assert len(ds) == 2 * len(RATES)
+    samples = [ds[i] for i in range(len(ds))]
+    assert [s["index"] for s in samples] == [0] * 4 + [1] * 4
+    assert [s["rate"] for s in samples] == [0, 1, 2, 3] * 2  # 140 frames: every rate fits
+    with pytest.raises(ValueError, match="views"):
+        VideoDataset(videos, mode="prp", resize=(64, 80), crop=48, train=True, views=4)
+
+
+def test_eval_views_of_clips_follow_the_test_protocol(ucf_tiny) -> None:
+    index = load_index(ucf_tiny)
+    ds = VideoDataset(index.test[:1], mode="clip", resize=(64, 80), crop=64, train=False, views=3)
+    whole = open_video(index.test[0].path, (64, 80)).get_batch(list(range(140))).asnumpy()
+    whole = torch.from_numpy(whole[:, :, 8:72]).permute(3, 0, 1, 2)  # centre crop (3, 140, 64, 64)
+    # clips centred at linspace(8, 140 - 8, 3): they start at 0, 62 and 124
+    for view, start in enumerate([0, 62, 124]):
+        assert torch.equal(ds[view]["clip"], whole[:, start : start + 16])
+
+
 def test_unreadable_video_is_skipped_and_named(ucf_tiny, tmp_path) -> None:
     index = load_index(ucf_tiny)
     broken = tmp_path / "broken.mp4"

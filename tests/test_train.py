@@ -11,6 +11,7 @@ import torch
 import smp_lite.checkpoint
 import smp_lite.train
 from smp_lite.checkpoint import CHECKPOINT_FORMAT, load_backbone
+from smp_lite.data import load_index, split_by_group
 from smp_lite.models import ActionNet, MotionNet, build_backbone
 from smp_lite.train import (
     ConfigError,
@@ -133,6 +134,8 @@ def test_smp_run_writes_the_run_and_its_loss_goes_down(ucf_tiny, tmp_path) -> No
         "skipped_videos",
     ):
         assert key in rows[0], key
+    _, val_videos = split_by_group(load_index(str(ucf_tiny)).train, cfg.val_fraction, cfg.seed)
+    assert rows[0]["val_clips"] == 4 * len(val_videos) == 8  # every held-out video at every rate
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["task"] == "smp" and config["version"] and config["crop"] == 32
     state = load_checkpoint(tmp_path / "run" / "last.pt")
