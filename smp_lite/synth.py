@@ -1,11 +1,12 @@
 """Generated motion-video dataset in the UCF101 layout, for trying smp-lite without downloads.
 
-Each video shows 1-3 textured sprites over a textured background; the class is defined by HOW the
-sprites move (translate, rotate, zoom, orbit, bounce, ...), never by what they look like. Every
-video has its own natural speed, drawn log-uniformly over a factor ~3.5, so apparent speed alone
-is ambiguous between neighbouring playback rates, as in real video. Motion is continuous for the
-whole video (wrap-around, periodic motion, re-spawn) and stays well below aliasing even when the
-video is sampled at stride 8 at the fastest speed.
+Each video shows 1-3 textured sprites over a textured background seen by a slowly panning camera;
+the class is defined by HOW the sprites move (translate, rotate, zoom, orbit, bounce, ...), never
+by what they look like or how the camera moves. Every video has its own natural speed, drawn
+log-uniformly over a factor ~3.5, which scales both the sprites' and the camera's motion, so
+apparent speed alone is ambiguous between neighbouring playback rates, as in real video. Motion
+is continuous for the whole video (wrap-around, periodic motion, re-spawn) and stays well below
+aliasing even when the video is sampled at stride 8 at the fastest speed.
 
     from smp_lite.synth import synthesize
     root = synthesize("data/synth")  # root/videos, root/classInd.txt, root/trainlist01.txt, ...
@@ -53,6 +54,8 @@ class SynthConfig:
     max_objects: int = 3
     crf: int = 18
     gop: int = 32  # keyframe interval: cheap random access
+    pan_px: float = 0.8  # camera pan in px per frame at natural speed 1 (x a per-video 0.5-1)
+    grain: float = 0.2  # amplitude of the backgrounds' fine detail, which shows the camera motion
 
 
 PRESETS: dict[str, SynthConfig] = {
@@ -80,8 +83,10 @@ def render_video(
     """Render one video of `class_name`: (T, H, W, 3) uint8 frames and a dict describing it."""
     T, H, W = cfg.frames, cfg.height, cfg.width
     speed = float(math.exp(rng.uniform(*np.log(cfg.speed_range))))
-    background, background_kind = make_background(rng, H, W)  # (3, H, W)
-    frames = background.permute(1, 2, 0).expand(T, H, W, 3).clone()  # (T, H, W, 3)
+    pan = cfg.pan_px * speed * float(rng.uniform(0.5, 1.0))
+    reach = math.ceil(pan * (T - 1)) + 2  # px of background the camera travels over
+    background, background_kind = make_background(rng, H + reach, W + reach, cfg.grain)
+    frames = pan_camera(background, pan, float(rng.uniform(0, 2 * np.pi)), T, H, W)  # (T, H, W, 3)
     num_objects = int(rng.integers(1, cfg.max_objects + 1))
     shapes = []
     for _ in range(num_objects):
@@ -195,8 +200,29 @@ def object_motion(
     return cx, cy, angle, scale
 
 
-def make_background(rng: np.random.Generator, H: int, W: int) -> tuple[torch.Tensor, str]:
-    """A static textured background (3, H, W) in [0, 1], muted so the sprites stand out."""
+def pan_camera(
+    background: torch.Tensor, px_per_frame: float, direction: float, T: int, H: int, W: int
+) -> torch.Tensor:
+    """(T, H, W, 3) views of `background` (3, H', W') through a camera moving `px_per_frame`
+    along `direction` (radians), bilinear so that sub-pixel motion stays smooth."""
+    Hb, Wb = background.shape[1:]
+    dx, dy = math.cos(direction) * px_per_frame, math.sin(direction) * px_per_frame
+    t = torch.arange(T, dtype=torch.float32)
+    x0 = (Wb - W) / 2 + dx * (t - (T - 1) / 2)  # (T,) left edge of the view, centred path
+    y0 = (Hb - H) / 2 + dy * (t - (T - 1) / 2)
+    xs = (x0[:, None] + torch.arange(W) + 0.5) / Wb * 2 - 1  # (T, W) in grid_sample's [-1, 1]
+    ys = (y0[:, None] + torch.arange(H) + 0.5) / Hb * 2 - 1  # (T, H)
+    grid = torch.stack(torch.broadcast_tensors(xs[:, None, :], ys[:, :, None]), dim=-1)
+    views = F.grid_sample(background.expand(T, -1, -1, -1), grid, align_corners=False)
+    return views.permute(0, 2, 3, 1).contiguous()  # (T, 3, H, W) -> (T, H, W, 3)
+
+
+def make_background(
+    rng: np.random.Generator, H: int, W: int, grain: float
+) -> tuple[torch.Tensor, str]:
+    """A textured background (3, H, W) in [0, 1], muted so the sprites stand out: a coarse
+    pattern plus fine grey detail of amplitude `grain` (4-8 px), which shows camera motion
+    everywhere in the frame as real footage does."""
     kind = str(rng.choice(["blobs", "stripes", "checker", "gradient"]))
     ys, xs = torch.meshgrid(torch.linspace(0, 1, H), torch.linspace(0, W / H, W), indexing="ij")
     c1, c2 = random_colour(rng), random_colour(rng)
@@ -207,7 +233,10 @@ def make_background(rng: np.random.Generator, H: int, W: int) -> tuple[torch.Ten
     else:
         mix = texture_mix(kind, xs, ys, rng.uniform(0, np.pi), rng.uniform(1.5, 5))
         image = c1 * mix + c2 * (1 - mix)
-    return 0.25 + 0.5 * image, kind
+    cells = int(rng.integers(16, 32))  # per frame height
+    noise = torch.as_tensor(rng.uniform(-1, 1, (1, 1, cells, cells * W // H)), dtype=torch.float32)
+    detail = F.interpolate(noise, size=(H, W), mode="bicubic", align_corners=True)[0]
+    return (0.25 + 0.5 * image + grain * detail).clamp(0, 1), kind
 
 
 def texture_mix(
@@ -303,6 +332,12 @@ def synthesize(
             warnings.warn(
                 f"{out} holds preset {meta['preset']!r} seed {meta['seed']}, not {preset!r} "
                 f"seed {seed}; returning it as is (pass overwrite=True to regenerate)",
+                stacklevel=2,
+            )
+        elif meta["config"] != json.loads(json.dumps(asdict(cfg))):
+            warnings.warn(
+                f"{out} was generated by smp-lite {meta['version']} with other settings than "
+                f"preset {preset!r} has now; returning it as is (--overwrite regenerates it)",
                 stacklevel=2,
             )
         return out

@@ -3,6 +3,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 
 from smp_lite import __version__, synth
 from smp_lite.synth import (
@@ -10,6 +11,7 @@ from smp_lite.synth import (
     PRESETS,
     SynthConfig,
     object_motion,
+    pan_camera,
     read_video,
     render_video,
     sprite_grid,
@@ -132,6 +134,29 @@ def test_motion_not_aliased_at_stride_8(class_name):
         assert log_zoom[~respawn].max() < 0.35
 
 
+def test_camera_pan_moves_the_background_smoothly():
+    # a horizontal ramp seen through a camera panning right at 0.25 px per frame: every pixel
+    # brightens by exactly 0.25 px of ramp per frame (sub-pixel motion, no jumps)
+    H, W, T = 6, 10, 9
+    ramp = torch.arange(40, dtype=torch.float32).div(40).expand(3, 20, 40)  # (3, H', W')
+    views = pan_camera(ramp, 0.25, 0.0, T, H, W)  # (T, H, W, 3)
+    assert views.shape == (T, H, W, 3)
+    steps = views[1:] - views[:-1]
+    assert torch.allclose(steps, torch.full_like(steps, 0.25 / 40), atol=1e-6)
+    up = pan_camera(ramp.transpose(1, 2).contiguous(), 0.5, np.pi / 2, T, H, W)  # pans down
+    assert torch.allclose(up[1:] - up[:-1], torch.full_like(steps, 0.5 / 40), atol=1e-6)
+
+
+def test_background_moves_with_the_videos_natural_speed():
+    still = SynthConfig(frames=17, max_objects=1, pan_px=0.0)
+    panning = SynthConfig(frames=17, max_objects=1)
+    a, _ = render_video("Pulse", np.random.default_rng(5), still)
+    b, _ = render_video("Pulse", np.random.default_rng(5), panning)
+    corner = (slice(None), slice(0, 12), slice(0, 12))  # far from the pulsing sprite
+    assert np.abs(np.diff(a[corner].astype(int), axis=0)).max() == 0
+    assert np.abs(np.diff(b[corner].astype(int), axis=0)).mean() > 0.5
+
+
 def test_rotate_cw_is_clockwise_on_screen():
     # turned by +90 degrees, the sprite's +x side points down (+y in image coordinates)
     grid = sprite_grid(
@@ -154,6 +179,12 @@ def test_existing_dataset_is_returned_without_regenerating(root, meta):
     with pytest.warns(UserWarning, match="seed"):  # warns that it is not the asked-for seed
         assert synthesize(root, preset="tiny", seed=1, progress=False) == root
     assert meta_file.stat().st_mtime_ns == mtime
+
+
+def test_a_dataset_from_other_settings_is_named_when_reused(root, meta, monkeypatch):
+    monkeypatch.setitem(PRESETS, "tiny", SynthConfig(**{**meta["config"], "grain": 0.0}))
+    with pytest.warns(UserWarning, match="other settings"):
+        assert synthesize(root, preset="tiny", progress=False) == root
 
 
 @pytest.fixture
