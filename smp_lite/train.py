@@ -35,6 +35,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
+from torchmetrics import MeanMetric, Metric, SumMetric
+from torchmetrics.classification import MulticlassAccuracy
 from tqdm.auto import tqdm
 
 from . import __version__
@@ -325,46 +327,55 @@ def conv3d_fp32_at_depth2(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
 
 
 class EpochMeter:
-    """Clip-weighted means of the loss terms and accuracies of the heads over one epoch.
+    """Clip-weighted means of the loss terms, the accuracy of each head and the number of clips
+    over one epoch, as torchmetrics metrics (computing them reduces over DDP ranks).
 
-    Plain (sum, count) pairs, so that a mid-epoch checkpoint can hold them and a resumed epoch
-    ends with the same numbers; `totals` sums them over DDP ranks (a collective call).
+    `state` holds the metrics' states reduced over ranks, for a mid-epoch checkpoint; loaded on
+    rank 0 of a resumed run, they make the epoch end with the numbers an uninterrupted one gets.
     """
 
     def __init__(self, device: torch.device, world: int = 1):
         self.device, self.world = device, world
-        self.sums: dict[str, torch.Tensor] = {}  # name -> float64 (sum, count)
+        self.metrics: dict[str, Metric] = {}
 
-    def add(self, name: str, total: torch.Tensor, count: int) -> None:
-        pair = self.sums.setdefault(name, torch.zeros(2, dtype=torch.float64, device=self.device))
-        pair[0] += total
-        pair[1] += count
+    def metric(self, name: str, num_classes: int = 0) -> Metric:
+        """The metric `name`, created on first use: accuracy over `num_classes`, else a mean
+        (a sum for "clips")."""
+        if name not in self.metrics:
+            if num_classes:
+                metric = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+            else:
+                metric = SumMetric() if name == "clips" else MeanMetric()
+                metric.set_dtype(torch.float64)
+            metric.persistent(True)  # states go into state_dict, hence into checkpoints
+            self.metrics[name] = metric.to(self.device)
+        return self.metrics[name]
 
     def update(self, loss: torch.Tensor, terms: dict, heads: dict) -> None:
         n = next(iter(heads.values()))[1].shape[0]  # clips in the batch
+        self.metric("clips").update(n)
         for name, value in {"loss": loss.detach(), **terms}.items():
-            self.add(name, value.double() * n, n)
+            self.metric(name).update(value.double(), n)
         for name, (logits, labels) in heads.items():
-            self.add(f"acc_{name}", (logits.argmax(1) == labels).sum(), labels.numel())
-
-    def totals(self) -> dict[str, torch.Tensor]:
-        if self.world == 1:
-            return dict(self.sums)
-        names = sorted(self.sums)
-        stacked = torch.stack([self.sums[name] for name in names])
-        dist.all_reduce(stacked)
-        return dict(zip(names, stacked, strict=True))
+            self.metric(f"acc_{name}", logits.shape[1]).update(logits, labels)
 
     def compute(self, prefix: str) -> dict[str, float]:
-        totals = self.totals()
-        means = {f"{prefix}_{k}": (v[0] / v[1]).item() for k, v in totals.items()}
-        return means | {f"{prefix}_clips": int(totals["loss"][1].item())}
+        row = {f"{prefix}_{name}": m.compute().item() for name, m in self.metrics.items()}
+        row[f"{prefix}_clips"] = int(row[f"{prefix}_clips"])
+        return row
 
-    def state(self) -> dict[str, torch.Tensor]:
-        return {k: v.cpu() for k, v in self.totals().items()}
+    def state(self) -> dict[str, dict]:
+        """{name: {"classes": C (0: not an accuracy), "state": tensors}}; a collective call."""
+        state = {}
+        for name, m in self.metrics.items():
+            with m.sync_context(should_sync=self.world > 1):
+                tensors = {k: v.cpu() for k, v in m.state_dict().items()}
+            state[name] = {"classes": getattr(m, "num_classes", 0), "state": tensors}
+        return state
 
-    def load(self, state: dict[str, torch.Tensor]) -> None:
-        self.sums = {k: v.to(self.device) for k, v in state.items()}
+    def load(self, state: dict[str, dict]) -> None:
+        for name, saved in state.items():
+            self.metric(name, saved["classes"]).load_state_dict(saved["state"])
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
@@ -424,7 +435,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
 
     # where the run stands: `batches_done` batches of epoch `start_epoch` (0-based) are done
     start_epoch, batches_done, step, best_val, skipped = 0, 0, 0, math.inf, set()
-    meter_sums: dict[str, torch.Tensor] = {}
+    resumed_meter: dict[str, dict] = {}
     if cfg.resume:
         state = load_checkpoint(out / "last.pt")
         check_compatible(state, cfg, index.classes, out / "last.pt")
@@ -433,7 +444,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, step, best_val = state["epoch"], state["step"], state["best_val"]
-        batches_done, meter_sums = state.get("batches_done", 0), state.get("meter", {})
+        batches_done, resumed_meter = state.get("batches_done", 0), state.get("meter", {})
         skipped = set(state["skipped_videos"])
         torch.set_rng_state(state["rng_cpu"])
         if device.type == "cuda" and "rng_cuda" in state:
@@ -488,7 +499,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             train_sampler.set_epoch(epoch, skip=batches_done * cfg.batch_size)
             meter = EpochMeter(device, world)
             if batches_done and is_main:  # the other ranks' sums were added into rank 0's
-                meter.load(meter_sums)
+                meter.load(resumed_meter)
             model.train()
             n_clips, t0 = 0, time.perf_counter()
             bar = tqdm(
