@@ -19,7 +19,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# The README's results table: quick SMP and PRP pretraining of c3d and r3d18 (~25 min on 2 cores);
+# The README's results table: quick SMP and PRP pretraining of c3d and r3d18 (~17 min on 2 cores);
 # each run's per-epoch metrics end up in runs/<task>-<arch>/metrics.jsonl.
 reproduce: install
 	$(BIN)/smp-lite data synth --out data/synth --figure docs/synth_grid.png
