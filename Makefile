@@ -20,9 +20,10 @@ lint: install
 	$(BIN)/ruff format --check .
 
 # The README's results table: quick SMP and PRP pretraining of c3d and r3d18 (~17 min on 2 cores);
-# each run's per-epoch metrics end up in runs/<task>-<arch>/metrics.jsonl.
+# each run's per-epoch metrics end up in runs/<task>-<arch>/metrics.jsonl. The dataset is
+# regenerated (same seed, same frames): one left by an older smp-lite would give other numbers.
 reproduce: install
-	$(BIN)/smp-lite data synth --out data/synth --figure docs/synth_grid.png
+	$(BIN)/smp-lite data synth --out data/synth --overwrite --figure docs/synth_grid.png
 	for arch in c3d r3d18; do for task in smp prp; do \
 		$(BIN)/smp-lite pretrain --arch $$arch --task $$task --data data/synth \
 			--out runs/$$task-$$arch --overwrite || exit 1; \
