@@ -549,7 +549,17 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             }
             if val_loader is not None:
                 val_row = evaluate(
-                    model, val_loader, step_fn, cfg, epoch, device, channels_last, autocast, stop
+                    model,
+                    val_loader,
+                    step_fn,
+                    cfg,
+                    epoch,
+                    device,
+                    channels_last,
+                    autocast,
+                    stop,
+                    skipped,
+                    is_main,
                 )
                 if val_row is None:  # stopped during validation: the epoch's training is saved
                     save_mid_epoch(epoch, meter)
@@ -609,13 +619,15 @@ def stop_requested(stop: threading.Event, world: int, device: torch.device) -> b
 
 
 def evaluate(
-    model, loader, step_fn, cfg, epoch, device, channels_last, autocast, stop
+    model, loader, step_fn, cfg, epoch, device, channels_last, autocast, stop, skipped, is_main
 ) -> dict | None:
-    """The validation metrics row, or None when a stop was requested."""
+    """The validation metrics row, or None when a stop was requested; videos the loader skipped
+    are added to the set `skipped`."""
     model.eval()
     meter = EpochMeter(device, dist.get_world_size() if dist.is_initialized() else 1)
     with torch.no_grad():
         for batch in itertools.islice(loader, cfg.limit_batches or None):
+            skipped |= note_skipped(batch, skipped, is_main)
             batch = to_device(batch, device, channels_last)
             with torch.autocast(**autocast):
                 meter.update(*step_fn(model, batch, cfg, epoch))

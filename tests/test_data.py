@@ -366,6 +366,23 @@ def test_training_counts_the_corrupt_video(layout, request, tmp_path) -> None:
     assert "#122_Cleaning" in line or "broken.avi" in line
 
 
+def test_validation_counts_the_corrupt_video(official_hmdb, tmp_path) -> None:
+    videos = load_index(official_hmdb).train
+    # a seed whose validation part holds the corrupt video, and the training part does not
+    seed = next(
+        s
+        for s in range(100)
+        if any("#122" in v.path.name for v in split_by_group(videos, 0.5, s)[1])
+    )
+    cfg = tiny_config(
+        official_hmdb, tmp_path / "run", epochs=1, val_fraction=0.5, seed=seed, limit_batches=0
+    )
+    result = train(cfg, progress=False)
+    assert result["skipped_videos"] == 1
+    [line] = load_checkpoint(tmp_path / "run" / "last.pt")["skipped_videos"]
+    assert "#122_Cleaning" in line
+
+
 def test_training_on_the_official_ucf101_layout(official_ucf, tmp_path) -> None:
     """.avi files under UCF-101/ with the official lists, split 2, the spelling mismatch too."""
     cfg = tiny_config(f"ucf101:{official_ucf}", tmp_path / "run", epochs=1, split=2)
