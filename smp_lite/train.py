@@ -278,6 +278,60 @@ def unwrap(model: nn.Module) -> nn.Module:
 # Devices and precision
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """Where a run computes: the device, its precision and memory layout, and the DDP rank."""
+
+    device: torch.device
+    precision: str  # bf16, fp16 or fp32
+    channels_last: bool
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(
+            self.device.type,
+            dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16,
+            enabled=self.precision in ("bf16", "fp16"),
+        )
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """The model on the device, in the memory layout, with the CPU bf16 conv guard."""
+        model = model.to(self.device)
+        if self.device.type == "cpu" and self.precision == "bf16":
+            guard_cpu_bf16_conv3d(model)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last_3d)
+        return model
+
+    def to_device(self, batch: dict) -> dict:
+        moved = {}
+        for k, v in batch.items():
+            if isinstance(v, torch.Tensor):
+                v = v.to(self.device, non_blocking=True)
+                if self.channels_last and v.dim() == 5:
+                    v = v.contiguous(memory_format=torch.channels_last_3d)
+            moved[k] = v
+        return moved
+
+
+def make_runtime(
+    device: str = "auto", precision: str = "auto", channels_last: bool | None = None
+) -> Runtime:
+    """The runtime for these settings ("auto": GPU if present, bf16 where it pays, channels_last
+    on a GPU or with bf16); joins the process group under torchrun."""
+    rank, world, local_rank = init_distributed()
+    dev = pick_device(device, local_rank)
+    prec = pick_precision(precision, dev)
+    if channels_last is None:
+        channels_last = dev.type == "cuda" or prec == "bf16"
+    return Runtime(dev, prec, channels_last, rank, world)
+
+
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
@@ -385,16 +439,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     RunInterrupted (a KeyboardInterrupt).
     """
     validate(cfg)
-    rank, world, local_rank = init_distributed()
-    device = pick_device(cfg.device, local_rank)
-    precision = pick_precision(cfg.precision, device)
-    channels_last = (
-        cfg.channels_last
-        if cfg.channels_last is not None
-        else (device.type == "cuda" or precision == "bf16")
-    )
+    rt = make_runtime(cfg.device, cfg.precision, cfg.channels_last)
+    device, world, is_main = rt.device, rt.world, rt.is_main
     out = Path(cfg.out) if cfg.out else default_out(cfg)
-    is_main = rank == 0
     check_out(out, cfg)  # refusals come before anything is read or written
 
     index = load_index(cfg.data, cfg.split)
@@ -405,30 +452,27 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     # validation of a motion task plays every held-out video at every rate: balanced, 4x the clips
     val_views = len(RATES) if mode == "prp" else 1
     val_set = VideoDataset(val_videos, train=False, views=val_views, **common)
-    train_sampler = EpochSampler(len(train_set), cfg.seed, True, rank, world)
+    train_sampler = EpochSampler(len(train_set), cfg.seed, True, rt.rank, world)
     train_loader = make_loader(train_set, train_sampler, cfg, device, drop_last=True)
     epoch_batches = min(len(train_loader), cfg.limit_batches or len(train_loader))
     val_loader = None
     if val_videos:  # the same clips every epoch: fixed keys (item, 0), no shuffling
         val_loader = make_loader(
             val_set,
-            EpochSampler(len(val_set), cfg.seed, False, rank, world),
+            EpochSampler(len(val_set), cfg.seed, False, rt.rank, world),
             cfg,
             device,
             drop_last=False,
         )
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, len(index.classes)).to(device)
+    model = build_model(cfg, len(index.classes))
     if cfg.init_from and not cfg.resume:
         load_backbone(model, cfg.init_from, cfg.arch)
-    if device.type == "cpu" and precision == "bf16":
-        guard_cpu_bf16_conv3d(model)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last_3d)
+    model = rt.prepare(model)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, len(train_loader))
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=rt.precision == "fp16")
     step_fn: Callable[..., StepOutput] = (
         supervised_step if cfg.task == "supervised" else motion_step
     )
@@ -486,11 +530,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         if is_main:
             save_checkpoint(out / "last.pt", run_state(epoch, batches_done, meter_state, {}))
 
-    autocast = dict(
-        device_type=device.type,
-        dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
-        enabled=precision in ("bf16", "fp16"),
-    )
     row: dict = {}
     with stop_on_signals() as stop:
         for epoch in range(start_epoch, cfg.epochs):
@@ -513,8 +552,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             )
             for batch in bar:
                 skipped |= note_skipped(batch, skipped, is_main)
-                batch = to_device(batch, device, channels_last)
-                with torch.autocast(**autocast):
+                batch = rt.to_device(batch)
+                with rt.autocast():
                     loss, terms, heads = step_fn(model, batch, cfg, epoch)
                 if not torch.isfinite(loss):
                     last = out / "last.pt"
@@ -534,7 +573,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                 n_clips += batch["clip"].shape[0] * world
                 meter.update(loss, terms, heads)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
-                if stop_requested(stop, world, device):
+                if stop_requested(stop, rt):
                     save_mid_epoch(epoch, meter)
                     raise RunInterrupted(out / "last.pt")
                 if cfg.save_every and step % cfg.save_every == 0 and batches_done < epoch_batches:
@@ -548,19 +587,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                 **meter.compute("train"),
             }
             if val_loader is not None:
-                val_row = evaluate(
-                    model,
-                    val_loader,
-                    step_fn,
-                    cfg,
-                    epoch,
-                    device,
-                    channels_last,
-                    autocast,
-                    stop,
-                    skipped,
-                    is_main,
-                )
+                val_row = evaluate(model, val_loader, step_fn, cfg, epoch, rt, stop, skipped)
                 if val_row is None:  # stopped during validation: the epoch's training is saved
                     save_mid_epoch(epoch, meter)
                     raise RunInterrupted(out / "last.pt")
@@ -610,28 +637,35 @@ def stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
-def stop_requested(stop: threading.Event, world: int, device: torch.device) -> bool:
-    if world == 1:
+def stop_requested(stop: threading.Event, rt: Runtime) -> bool:
+    if rt.world == 1:
         return stop.is_set()
-    flag = torch.tensor(float(stop.is_set()), device=device)  # any rank stopping stops them all
+    flag = torch.tensor(float(stop.is_set()), device=rt.device)  # any rank stopping stops them all
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag.item())
 
 
 def evaluate(
-    model, loader, step_fn, cfg, epoch, device, channels_last, autocast, stop, skipped, is_main
+    model: nn.Module,
+    loader: DataLoader,
+    step_fn: Callable[..., StepOutput],
+    cfg: TrainConfig,
+    epoch: int,
+    rt: Runtime,
+    stop: threading.Event,
+    skipped: set[str],
 ) -> dict | None:
     """The validation metrics row, or None when a stop was requested; videos the loader skipped
     are added to the set `skipped`."""
     model.eval()
-    meter = EpochMeter(device, dist.get_world_size() if dist.is_initialized() else 1)
+    meter = EpochMeter(rt.device, rt.world)
     with torch.no_grad():
         for batch in itertools.islice(loader, cfg.limit_batches or None):
-            skipped |= note_skipped(batch, skipped, is_main)
-            batch = to_device(batch, device, channels_last)
-            with torch.autocast(**autocast):
+            skipped |= note_skipped(batch, skipped, rt.is_main)
+            batch = rt.to_device(batch)
+            with rt.autocast():
                 meter.update(*step_fn(model, batch, cfg, epoch))
-            if stop_requested(stop, meter.world, device):
+            if stop_requested(stop, rt):
                 return None
     return meter.compute("val")
 
@@ -658,17 +692,6 @@ def make_loader(
 def quiet_worker(_: int) -> None:
     torch.set_num_threads(1)  # decoding workers must not fight the training step for cores
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the main process to handle
-
-
-def to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
-    moved = {}
-    for k, v in batch.items():
-        if isinstance(v, torch.Tensor):
-            v = v.to(device, non_blocking=True)
-            if channels_last and v.dim() == 5:
-                v = v.contiguous(memory_format=torch.channels_last_3d)
-        moved[k] = v
-    return moved
 
 
 def note_skipped(batch: dict, seen: set[str], is_main: bool) -> set[str]:
