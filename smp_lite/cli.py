@@ -186,6 +186,13 @@ def pretrain(
     val_fraction: Annotated[
         float | None, typer.Option(help="Share of training groups held out to pick best.pt [0.1].")
     ] = None,
+    precise_bn: Annotated[
+        int | None,
+        typer.Option(
+            help="Training batches that recompute BatchNorm statistics at each epoch end, "
+            "before validation and saving (0 = keep the running averages) [20]."
+        ),
+    ] = None,
     workers: Annotated[int | None, typer.Option(help="Data loading processes [2].")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N [auto].")] = None,
     precision: Annotated[
@@ -240,6 +247,7 @@ def pretrain(
         lam_schedule=lam_schedule,
         mg=mg,
         val_fraction=val_fraction,
+        precise_bn=precise_bn,
         workers=workers,
         device=device,
         precision=precision,

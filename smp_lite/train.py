@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -93,6 +93,7 @@ class TrainConfig:
     resize: tuple[int, int] = (128, 171)
     crop: int = 112
     val_fraction: float = 0.1  # of the training groups, held out to pick best.pt
+    precise_bn: int = 20  # training batches that recompute BatchNorm statistics each epoch end
     lam_schedule: str = "exp"
     mg: bool = True  # multiple-granularity rate heads (SMP)
     workers: int = 2
@@ -108,7 +109,8 @@ class TrainConfig:
 
 
 # Settings each preset fills in: "paper" is method.md; "quick" keeps a pretraining run on the
-# generated dataset to minutes on 2 CPU cores (48x48 crops, 3 epochs).
+# generated dataset to minutes on 2 CPU cores (48x48 crops, 10 epochs: R3D-18 needs 5-7 to
+# start learning the rate, README results).
 PAPER_CLIPS = dict(clip_len=16, resize=(128, 171), crop=112)
 QUICK_CLIPS = dict(clip_len=16, resize=(48, 64), crop=48)
 PRESETS: dict[str, dict[str, dict]] = {
@@ -118,9 +120,9 @@ PRESETS: dict[str, dict[str, dict]] = {
         | dict(epochs=300, batch_size=32, lr=0.1, schedule="cosine", warmup_epochs=5),
     },
     "quick": {
-        "motion": QUICK_CLIPS | dict(epochs=3, batch_size=8, lr=0.01, schedule="plateau"),
+        "motion": QUICK_CLIPS | dict(epochs=10, batch_size=8, lr=0.01, schedule="plateau"),
         "supervised": QUICK_CLIPS
-        | dict(epochs=3, batch_size=8, lr=0.05, schedule="cosine", warmup_epochs=1),
+        | dict(epochs=10, batch_size=8, lr=0.05, schedule="cosine", warmup_epochs=1),
     },
 }
 
@@ -173,6 +175,7 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.precision in ("auto", "bf16", "fp16", "fp32"), f"unknown precision {cfg.precision!r}"),
         (cfg.schedule in ("plateau", "cosine"), f"unknown lr schedule {cfg.schedule!r}"),
         (cfg.save_every >= 0, f"save every must be 0 or more steps, got {cfg.save_every}"),
+        (cfg.precise_bn >= 0, f"precise BN must be 0 or more batches, got {cfg.precise_bn}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -455,6 +458,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     train_sampler = EpochSampler(len(train_set), cfg.seed, True, rt.rank, world)
     train_loader = make_loader(train_set, train_sampler, cfg, device, drop_last=True)
     epoch_batches = min(len(train_loader), cfg.limit_batches or len(train_loader))
+    # BN statistics are recomputed on other training clips than the epoch's (another seed)
+    bn_sampler = EpochSampler(len(train_set), cfg.seed + 1, True, rt.rank, world)
+    bn_loader = make_loader(train_set, bn_sampler, cfg, device, drop_last=True)
+    bn_batches = min(cfg.precise_bn, cfg.limit_batches or cfg.precise_bn)
     val_loader = None
     if val_videos:  # the same clips every epoch: fixed keys (item, 0), no shuffling
         val_loader = make_loader(
@@ -579,6 +586,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                 if cfg.save_every and step % cfg.save_every == 0 and batches_done < epoch_batches:
                     save_mid_epoch(epoch, meter)
             elapsed = time.perf_counter() - t0
+            if bn_batches:  # before validation and saving: both should see the current weights
+                bn_sampler.set_epoch(epoch)
+                clips = training_clips(bn_loader, bn_batches, rt, skipped)
+                recompute_bn_stats(unwrap(model), clips, rt)
             row = {
                 "epoch": epoch + 1,
                 "step": step,
@@ -668,6 +679,45 @@ def evaluate(
             if stop_requested(stop, rt):
                 return None
     return meter.compute("val")
+
+
+def recompute_bn_stats(model: nn.Module, clips: Iterable[torch.Tensor], rt: Runtime) -> None:
+    """Precise BatchNorm: replace the running statistics by the mean and variance of each BN
+    layer's input over `clips` at the current weights, averaged over DDP ranks.
+
+    The running averages mix batches seen under many past weights; while the weights change
+    fast, evaluation with them can cost 20-30 points of validation accuracy (README, results).
+    Weights are untouched. Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021.
+    """
+    bns = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # a cumulative average over the batches below
+    model.train()
+    with torch.no_grad(), rt.autocast():
+        for clip in clips:
+            model(clip)
+    for bn, momentum in zip(bns, momenta, strict=True):
+        bn.momentum = momentum
+        if rt.world > 1:
+            for stat in (bn.running_mean, bn.running_var):
+                dist.all_reduce(stat)
+                stat /= rt.world
+
+
+def training_clips(
+    loader: DataLoader, batches: int, rt: Runtime, skipped: set[str]
+) -> Iterator[torch.Tensor]:
+    """The clips of the loader's first `batches` batches, on the device, as floats; videos the
+    loader skipped are added to `skipped`."""
+    for batch in itertools.islice(loader, batches):
+        skipped |= note_skipped(batch, skipped, rt.is_main)
+        yield to_float(rt.to_device(batch)["clip"])
 
 
 def make_loader(

@@ -48,6 +48,7 @@ def test_top_level_help_lists_commands() -> None:
                 "--lam-schedule",
                 "--save-every",
                 "--init-from",
+                "--precise-bn",
             ],
         ),
         (["data", "synth"], ["--out", "--preset", "--seed", "--workers", "--figure"]),

@@ -16,6 +16,7 @@ from smp_lite.models import ActionNet, MotionNet, build_backbone
 from smp_lite.train import (
     ConfigError,
     RunInterrupted,
+    Runtime,
     TrainError,
     blend_lambda,
     guard_cpu_bf16_conv3d,
@@ -24,6 +25,7 @@ from smp_lite.train import (
     make_optimizer,
     motion_mask_cam,
     read_metrics,
+    recompute_bn_stats,
     save_checkpoint,
     train,
 )
@@ -156,6 +158,40 @@ def test_same_seed_same_numbers(ucf_tiny, tmp_path) -> None:
     a, b, c = run("a", 0), run("b", 0), run("c", 1)
     assert a == b
     assert a != c
+
+
+def test_precise_bn_sets_the_statistics_of_the_current_weights() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv3d(3, 4, 1), torch.nn.BatchNorm3d(4))
+    model[1].running_mean.fill_(5.0)  # stale statistics, as after fast-changing weights
+    weights = {k: v.clone() for k, v in model.named_parameters()}
+    clips = [torch.rand(2, 3, 4, 6, 6) + i for i in range(3)]  # (B, 3, T, H, W), shifting means
+    with torch.no_grad():
+        inputs = [model[0](c) for c in clips]  # what the BN layer sees: (2, 4, 4, 6, 6) each
+    recompute_bn_stats(model, iter(clips), Runtime(torch.device("cpu"), "fp32", False))
+    bn = model[1]
+    population_mean = torch.cat(inputs).mean(dim=(0, 2, 3, 4))
+    torch.testing.assert_close(bn.running_mean, population_mean)
+    batch_vars = torch.stack([x.var(dim=(0, 2, 3, 4)) for x in inputs])  # unbiased, per batch
+    torch.testing.assert_close(bn.running_var, batch_vars.mean(0))
+    assert bn.momentum == 0.1 and int(bn.num_batches_tracked) == 3
+    for k, v in model.named_parameters():
+        assert torch.equal(v, weights[k]), k
+
+
+def test_precise_bn_changes_only_the_bn_statistics_of_a_run(ucf_tiny, tmp_path) -> None:
+    for name, batches in (("running", 0), ("precise", 2)):
+        cfg = tiny_config(ucf_tiny, tmp_path / name, task="prp", epochs=1, precise_bn=batches)
+        train(cfg, progress=False)
+    running = load_checkpoint(tmp_path / "running" / "last.pt")
+    precise = load_checkpoint(tmp_path / "precise" / "last.pt")
+    stats = [k for k in running["model"] if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(not torch.equal(running["model"][k], precise["model"][k]) for k in stats)
+    for k, v in running["model"].items():
+        if not k.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            assert torch.equal(v, precise["model"][k]), k  # training itself is unchanged
+    assert running["metrics"]["train_loss"] == precise["metrics"]["train_loss"]
+    assert running["metrics"]["val_loss"] != precise["metrics"]["val_loss"]
 
 
 def test_supervised_run(ucf_tiny, tmp_path) -> None:
