@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -259,18 +260,26 @@ def pretrain(
         resume=resume,
         overwrite=overwrite,
     )
+    is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 speaks for all
     if data == DEFAULT_DATA and not Path(DEFAULT_DATA).exists():
+        from .data import DataError
         from .synth import synthesize
 
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # ranks would write it all at once
+            raise DataError(
+                f"no dataset in {DEFAULT_DATA}: under torchrun, run `smp-lite data synth` first"
+            )
         typer.echo(f"no dataset given: generating the default one in {DEFAULT_DATA}")
         synthesize(DEFAULT_DATA)
     try:
         result = train(cfg, progress=progress)
     except RunInterrupted as stopped:
-        command = resume_command(ctx, stopped.checkpoint.parent)
-        typer.echo(f"{stopped}; to go on from there, run:\n  {command}", err=True)
+        if is_main:
+            command = resume_command(ctx, stopped.checkpoint.parent)
+            typer.echo(f"{stopped}; to go on from there, run:\n  {command}", err=True)
         raise typer.Exit(130) from None
-    typer.echo(f"done: {result['out']} (best validation loss {result['best_val']:.4f})")
+    if is_main:
+        typer.echo(f"done: {result['out']} (best validation loss {result['best_val']:.4f})")
 
 
 def resume_command(ctx: typer.Context, out: Path) -> str:

@@ -4,6 +4,9 @@ import json
 import math
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -192,6 +195,66 @@ def test_precise_bn_changes_only_the_bn_statistics_of_a_run(ucf_tiny, tmp_path) 
             assert torch.equal(v, precise["model"][k]), k  # training itself is unchanged
     assert running["metrics"]["train_loss"] == precise["metrics"]["train_loss"]
     assert running["metrics"]["val_loss"] != precise["metrics"]["val_loss"]
+
+
+def torchrun(args: list[str], cwd, nproc: int = 2) -> subprocess.CompletedProcess:
+    """`nproc` real processes on this CPU in a gloo process group, as torchrun starts them."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node", str(nproc), *args]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_precise_bn_averages_the_statistics_over_ranks(tmp_path) -> None:
+    script = tmp_path / "bn.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            import torch
+            import torch.distributed as dist
+            from smp_lite.train import Runtime, recompute_bn_stats
+
+            dist.init_process_group("gloo")
+            rank = dist.get_rank()
+            torch.manual_seed(0)  # the same weights on both ranks, as under DDP
+            model = torch.nn.Sequential(torch.nn.Conv3d(3, 4, 1), torch.nn.BatchNorm3d(4))
+            clips = [torch.rand(2, 3, 4, 6, 6) * (1 + rank) + rank for _ in range(2)]
+            cpu = torch.device("cpu")
+            recompute_bn_stats(model, clips, Runtime(cpu, "fp32", False))  # this rank alone
+            alone = {k: v.clone() for k, v in model[1].state_dict().items()}
+            recompute_bn_stats(model, clips, Runtime(cpu, "fp32", False, rank, 2))
+            torch.save({"alone": alone, "ranks": model[1].state_dict()}, f"{sys.argv[1]}/{rank}.pt")
+            dist.destroy_process_group()
+            """
+        )
+    )
+    done = torchrun([str(script), str(tmp_path)], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"{r}.pt") for r in (0, 1))
+    for stat in ("running_mean", "running_var"):
+        assert not torch.allclose(r0["alone"][stat], r1["alone"][stat])  # the ranks saw others
+        mean = (r0["alone"][stat] + r1["alone"][stat]) / 2
+        torch.testing.assert_close(r0["ranks"][stat], mean)
+        torch.testing.assert_close(r1["ranks"][stat], mean)
+
+
+def test_pretraining_under_torchrun_with_two_processes(ucf_tiny, tmp_path) -> None:
+    """Real DistributedDataParallel over gloo: metrics count the clips of both ranks."""
+    args = ["-m", "smp_lite.cli", "pretrain", "--arch", "r3d10", "--data", f"synth:{ucf_tiny}"]
+    args += ["--out", str(tmp_path / "run"), "--epochs", "2", "--batch-size", "2"]
+    args += ["--clip-len", "8", "--resize", "32x40", "--crop", "32", "--workers", "0"]
+    args += ["--val-fraction", "0.25", "--precision", "fp32", "--no-progress"]
+    done = torchrun(args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("done:") == 1  # rank 0 speaks for both
+    rows = read_metrics(tmp_path / "run")
+    assert [r["epoch"] for r in rows] == [1, 2]
+    steps = rows[0]["step"]
+    assert steps >= 1 and rows[0]["train_clips"] == 2 * 2 * steps  # 2 ranks x batch 2 x steps
+    assert rows[0]["val_clips"] == 8  # both ranks' halves of the held-out set, at every rate
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["epoch"] == 2 and state["step"] == 2 * steps
 
 
 def test_supervised_run(ucf_tiny, tmp_path) -> None:
