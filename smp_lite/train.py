@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import types
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -417,7 +418,9 @@ class EpochMeter:
             self.metric(f"acc_{name}", logits.shape[1]).update(logits, labels)
 
     def compute(self, prefix: str) -> dict[str, float]:
-        row = {f"{prefix}_{name}": m.compute().item() for name, m in self.metrics.items()}
+        with warnings.catch_warnings():  # metrics of a resumed epoch may be loaded, not updated
+            warnings.filterwarnings("ignore", "The ``compute`` method of metric")
+            row = {f"{prefix}_{name}": m.compute().item() for name, m in self.metrics.items()}
         row[f"{prefix}_clips"] = int(row[f"{prefix}_clips"])
         return row
 
@@ -430,9 +433,13 @@ class EpochMeter:
             state[name] = {"classes": getattr(m, "num_classes", 0), "state": tensors}
         return state
 
-    def load(self, state: dict[str, dict]) -> None:
+    def load(self, state: dict[str, dict], values: bool = True) -> None:
+        """Recreate the metrics of a saved `state`, with its values or (values=False: the
+        ranks but 0 of a resumed run, whose sums were added into rank 0's) at zero."""
         for name, saved in state.items():
-            self.metric(name, saved["classes"]).load_state_dict(saved["state"])
+            metric = self.metric(name, saved["classes"])
+            if values:
+                metric.load_state_dict(saved["state"])
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
@@ -544,8 +551,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             # so a resumed epoch decodes no sample twice and its batches are the same as before
             train_sampler.set_epoch(epoch, skip=batches_done * cfg.batch_size)
             meter = EpochMeter(device, world)
-            if batches_done and is_main:  # the other ranks' sums were added into rank 0's
-                meter.load(resumed_meter)
+            if batches_done:  # every rank needs the metrics for the collective compute
+                meter.load(resumed_meter, values=is_main)
             model.train()
             n_clips, t0 = 0, time.perf_counter()
             bar = tqdm(

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -197,12 +198,26 @@ def test_precise_bn_changes_only_the_bn_statistics_of_a_run(ucf_tiny, tmp_path) 
     assert running["metrics"]["val_loss"] != precise["metrics"]["val_loss"]
 
 
-def torchrun(args: list[str], cwd, nproc: int = 2) -> subprocess.CompletedProcess:
+TORCHRUN_ENV = os.environ | {"OMP_NUM_THREADS": "1"}
+
+
+def torchrun_command(args: list[str], nproc: int = 2) -> list[str]:
     """`nproc` real processes on this CPU in a gloo process group, as torchrun starts them."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc-per-node", str(nproc), *args]
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return [*command, "--nproc-per-node", str(nproc), *args]
+
+
+def torchrun(args: list[str], cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        torchrun_command(args), cwd=cwd, env=TORCHRUN_ENV, capture_output=True, text=True
+    )
+
+
+def tiny_pretrain_args(data, out, *extra: str) -> list[str]:
+    args = ["-m", "smp_lite.cli", "pretrain", "--arch", "r3d10", "--data", f"synth:{data}"]
+    args += ["--out", str(out), "--batch-size", "2", "--clip-len", "8", "--resize", "32x40"]
+    args += ["--crop", "32", "--workers", "0", "--val-fraction", "0.25", "--precision", "fp32"]
+    return [*args, "--no-progress", *extra]
 
 
 def test_precise_bn_averages_the_statistics_over_ranks(tmp_path) -> None:
@@ -229,7 +244,7 @@ def test_precise_bn_averages_the_statistics_over_ranks(tmp_path) -> None:
             """
         )
     )
-    done = torchrun([str(script), str(tmp_path)], cwd=tmp_path)
+    done = torchrun([str(script), str(tmp_path)], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     r0, r1 = (torch.load(tmp_path / f"{r}.pt") for r in (0, 1))
     for stat in ("running_mean", "running_var"):
@@ -241,11 +256,7 @@ def test_precise_bn_averages_the_statistics_over_ranks(tmp_path) -> None:
 
 def test_pretraining_under_torchrun_with_two_processes(ucf_tiny, tmp_path) -> None:
     """Real DistributedDataParallel over gloo: metrics count the clips of both ranks."""
-    args = ["-m", "smp_lite.cli", "pretrain", "--arch", "r3d10", "--data", f"synth:{ucf_tiny}"]
-    args += ["--out", str(tmp_path / "run"), "--epochs", "2", "--batch-size", "2"]
-    args += ["--clip-len", "8", "--resize", "32x40", "--crop", "32", "--workers", "0"]
-    args += ["--val-fraction", "0.25", "--precision", "fp32", "--no-progress"]
-    done = torchrun(args, cwd=tmp_path)
+    done = torchrun(tiny_pretrain_args(ucf_tiny, tmp_path / "run", "--epochs", "2"), tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("done:") == 1  # rank 0 speaks for both
     rows = read_metrics(tmp_path / "run")
@@ -255,6 +266,28 @@ def test_pretraining_under_torchrun_with_two_processes(ucf_tiny, tmp_path) -> No
     assert rows[0]["val_clips"] == 8  # both ranks' halves of the held-out set, at every rate
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state["epoch"] == 2 and state["step"] == 2 * steps
+
+
+def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_resume_goes_on(ucf_tiny, tmp_path):
+    out = tmp_path / "run"
+    args = tiny_pretrain_args(ucf_tiny, out, "--epochs", "40", "--save-every", "1")
+    running = subprocess.Popen(
+        torchrun_command(args), cwd=tmp_path, env=TORCHRUN_ENV, text=True, stderr=subprocess.PIPE
+    )
+    for _ in range(1200):  # an epoch is done: the ranks are training, their handlers are set
+        if (out / "metrics.jsonl").is_file() or running.poll() is not None:
+            break
+        time.sleep(0.1)
+    running.send_signal(signal.SIGTERM)  # what a cluster's scheduler sends
+    stderr = running.communicate(timeout=120)[1]
+    assert running.returncode != 0
+    assert stderr.count("to go on from there, run:") == 1, stderr[-3000:]  # rank 0's
+    stopped = load_checkpoint(out / "last.pt")
+    assert 1 <= stopped["epoch"] < 40
+    epochs = str(stopped["epoch"] + 1)
+    resumed = torchrun(tiny_pretrain_args(ucf_tiny, out, "--epochs", epochs, "--resume"), tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [r["epoch"] for r in read_metrics(out)] == list(range(1, stopped["epoch"] + 2))
 
 
 def test_supervised_run(ucf_tiny, tmp_path) -> None:
