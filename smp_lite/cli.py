@@ -282,6 +282,32 @@ def pretrain(
         typer.echo(f"done: {result['out']} (best validation loss {result['best_val']:.4f})")
 
 
+@app.command()
+@friendly_errors
+def report(
+    runs: Annotated[
+        list[Path], typer.Argument(metavar="RUN", help="Run folders (written by pretrain).")
+    ],
+    figure: Annotated[
+        Path | None,
+        typer.Option(help="Also save the per-epoch accuracy of every run to this PNG."),
+    ] = None,
+    table: Annotated[
+        Path | None, typer.Option(help="Also write the markdown table to this file.")
+    ] = None,
+) -> None:
+    """Print a markdown table of the runs' held-out accuracy; optionally plot their curves."""
+    from .report import plot_curves, pretrain_table
+
+    text = pretrain_table(runs)
+    typer.echo(text)
+    if table is not None:
+        table.parent.mkdir(parents=True, exist_ok=True)
+        table.write_text(text + "\n")
+    if figure is not None:
+        typer.echo(f"figure: {plot_curves(runs, figure)}")
+
+
 def resume_command(ctx: typer.Context, out: Path) -> str:
     """This pretrain command with the options the user gave, ending in --resume --out OUT."""
     args = ["smp-lite", *(["--debug"] if state["debug"] else []), "pretrain"]

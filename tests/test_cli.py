@@ -52,6 +52,7 @@ def test_top_level_help_lists_commands() -> None:
             ],
         ),
         (["data", "synth"], ["--out", "--preset", "--seed", "--workers", "--figure"]),
+        (["report"], ["RUN", "--figure", "--table"]),
     ],
 )
 def test_every_option_is_explained(command, options) -> None:

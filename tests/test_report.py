@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from smp_lite.cli import app
+from smp_lite.errors import TrainError
+from smp_lite.report import plot_curves, pretrain_table
+from smp_lite.train import make_config, read_metrics, train
+
+
+@pytest.fixture(scope="module")
+def two_runs(ucf_tiny, tmp_path_factory):
+    """A real 3-epoch SMP run and a 2-epoch supervised one on the tiny dataset."""
+    root = tmp_path_factory.mktemp("runs")
+    tiny = dict(
+        arch="r3d10", data=str(ucf_tiny), batch_size=4, clip_len=8, resize=(32, 40), crop=32,
+        workers=0, limit_batches=2, val_fraction=0.25, precision="fp32",
+    )  # fmt: skip
+    train(make_config("smp", "quick", out=str(root / "smp"), epochs=3, **tiny), progress=False)
+    train(make_config("supervised", "quick", out=str(root / "sup"), epochs=2, **tiny), False)
+    return root / "smp", root / "sup"
+
+
+def test_table_reports_best_pt_and_last_epoch(two_runs) -> None:
+    smp, sup = two_runs
+    table = pretrain_table([smp, sup]).splitlines()
+    assert len(table) == 4 and table[0].startswith("| run | arch | task |")
+    rows = read_metrics(smp)
+    best = min(rows, key=lambda r: r["val_loss"])
+    cells = [c.strip() for c in table[2].split("|")[1:-1]]
+    assert cells[:4] == ["smp", "`r3d10`", "smp", "3"]
+    assert cells[4] == f"{best['epoch']}: {100 * best['val_acc_rate_c5']:.1f}%"
+    assert cells[5] == f"{100 * rows[-1]['val_acc_rate_c5']:.1f}%"
+    mean = sum(r["val_acc_rate_c5"] for r in rows) / 3
+    assert cells[6] == f"{100 * mean:.1f}%"
+    sup_cells = [c.strip() for c in table[3].split("|")[1:-1]]
+    last_sup = read_metrics(sup)[-1]
+    assert sup_cells[2] == "supervised" and sup_cells[7] == "-"  # no MG heads
+    assert sup_cells[5] == f"{100 * last_sup['val_acc_action']:.1f}%"
+
+
+def test_curves_are_written_as_png(two_runs, tmp_path) -> None:
+    out = plot_curves(list(two_runs), tmp_path / "figs" / "curves.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+def test_report_command_and_a_folder_that_is_no_run(two_runs, tmp_path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["report", *map(str, two_runs), "--table", str(tmp_path / "t.md")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "t.md").read_text().strip() == pretrain_table(list(two_runs))
+    bad = runner.invoke(app, ["report", str(tmp_path)])
+    assert bad.exit_code == 1
+    assert bad.output.strip() == f"error: {tmp_path} is not a run folder: it has no " + (
+        "metrics.jsonl and config.json"
+    )
+    with pytest.raises(TrainError, match="not a run folder"):
+        pretrain_table([tmp_path / "missing"])
