@@ -46,16 +46,18 @@ def plot_curves(runs: list[str | Path], out_png: str | Path) -> Path:
 
     fig = Figure(figsize=(7, 4), dpi=100)
     ax = fig.subplots()
+    heads = set()
     for i, run in enumerate(runs):
         _, rows = read_run(run)
         head = main_head(rows)
+        heads.add(head)
         epochs = [r["epoch"] for r in rows]
         color = f"C{i}"
         val = [100 * r[f"val_acc_{head}"] for r in rows]
         ax.plot(epochs, val, "-o", color=color, ms=3, label=f"{Path(run).name} (val)")
         train = [100 * r[f"train_acc_{head}"] for r in rows]
         ax.plot(epochs, train, "--", color=color, alpha=0.6)
-    if any(main_head(read_run(run)[1]) == "rate_c5" for run in runs):
+    if "rate_c5" in heads:
         ax.axhline(25, color="gray", lw=0.8, ls=":", label="chance (4 rates)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy (%), dashed: training")
