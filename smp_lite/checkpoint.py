@@ -1,20 +1,22 @@
-"""Checkpoints and run folders: one smp-lite checkpoint format for every task, atomic saves,
-loading a backbone from a smp-lite checkpoint or from one of the original PRP/SMP code, and the
-checks that keep one run per folder.
+"""Checkpoints and run folders: what a run saves and restores, in one smp-lite checkpoint format
+for every task; atomic saves; loading a backbone from a smp-lite checkpoint or from one of the
+original PRP/SMP code; the checks that keep one run per folder.
 
 A smp-lite checkpoint is a dict with "format" = CHECKPOINT_FORMAT, the architecture, task and
-configuration of its run, and the states the training loop needs to resume (train.py).
+configuration of its run, the state of each of its objects (model, optimizer, ...), and where
+the run stands (`Progress`): `save_run` writes one, `load_run` puts a run back where it was.
 Every load uses `torch.load(weights_only=True)`: a checkpoint file never runs code.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
-from dataclasses import asdict
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,11 +24,75 @@ from torch import nn
 from . import __version__
 from .errors import TrainError
 
-if TYPE_CHECKING:
-    from .train import TrainConfig
-
 CHECKPOINT_FORMAT = "smp-lite/1"
 ORIGINAL_ARCHS = ("c3d", "r3d10", "r21d10")  # the backbones the original PRP/SMP code has
+
+
+@dataclass
+class Progress:
+    """Where a run stands: `epoch` epochs done, then `batches_done` batches of the next."""
+
+    epoch: int = 0
+    batches_done: int = 0
+    step: int = 0
+    best_val: float = math.inf
+    skipped: set[str] = field(default_factory=set)  # videos the loaders could not read
+    metric_state: dict = field(default_factory=dict)  # the unfinished epoch's training metrics
+
+
+def save_run(
+    path: Path,
+    config: dict,
+    classes: tuple[str, ...],
+    objects: dict[str, Any],
+    at: Progress,
+    row: dict,
+) -> None:
+    """Save everything a resumed run needs to go on as this one would: the state of each object
+    (model, optimizer, scheduler, scaler), the progress, the random generators, and `row`, the
+    metrics of the last finished epoch."""
+    cuda_rng = {"rng_cuda": torch.cuda.get_rng_state()} if torch.cuda.is_initialized() else {}
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "version": __version__,
+        "arch": config["arch"],
+        "task": config["task"],
+        "config": config,
+        "classes": list(classes),
+        **{name: obj.state_dict() for name, obj in objects.items()},
+        "epoch": at.epoch,
+        "batches_done": at.batches_done,
+        "step": at.step,
+        "best_val": at.best_val,
+        "skipped_videos": sorted(at.skipped),
+        "metric_state": at.metric_state,
+        "metrics": row,
+        "rng_cpu": torch.get_rng_state(),
+        **cuda_rng,
+    }
+    save_checkpoint(path, state)
+
+
+def load_run(
+    path: Path, config: dict, classes: tuple[str, ...], objects: dict[str, Any]
+) -> Progress:
+    """Put each object back in the state `path` saved, after checking that the run configured
+    as `config` continues it; returns where the saved run stood."""
+    state = load_checkpoint(path)
+    check_compatible(state, config, classes, path)
+    for name, obj in objects.items():
+        obj.load_state_dict(state[name])
+    torch.set_rng_state(state["rng_cpu"])
+    if "rng_cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["rng_cuda"])
+    return Progress(
+        epoch=state["epoch"],
+        batches_done=state["batches_done"],
+        step=state["step"],
+        best_val=state["best_val"],
+        skipped=set(state["skipped_videos"]),
+        metric_state=state.get("metric_state", {}),
+    )
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -213,36 +279,32 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def config_dict(cfg: TrainConfig) -> dict:
-    return {**asdict(cfg), "resize": list(cfg.resize)}
-
-
-def check_out(out: Path, cfg: TrainConfig) -> None:
+def check_out(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to mix two runs in one folder, and to resume what is not there."""
-    if cfg.resume and not (out / "last.pt").is_file():
+    if resume and not (out / "last.pt").is_file():
         raise TrainError(
             f"nothing to resume: {out / 'last.pt'} does not exist; "
             "start the run without --resume (with --overwrite to replace what is there)"
         )
-    if (out / "config.json").is_file() and not (cfg.resume or cfg.overwrite):
+    if (out / "config.json").is_file() and not (resume or overwrite):
         raise TrainError(
             f"{out} already holds a run: pass --resume to continue it or --overwrite to replace it"
         )
 
 
-def write_run_folder(out: Path, cfg: TrainConfig, epochs_done: int) -> None:
+def write_run_folder(out: Path, config: dict, epochs_done: int) -> None:
     """Create the run folder and its config.json; on resume keep the metrics rows of the
     `epochs_done` epochs last.pt holds (a kill after a row was written repeats its epoch)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        if cfg.resume:
+        if config["resume"]:
             rows = read_metrics(out) if (out / "metrics.jsonl").is_file() else []
             kept = "".join(json.dumps(r) + "\n" for r in rows if r["epoch"] <= epochs_done)
             (out / "metrics.jsonl").write_text(kept)
-        elif cfg.overwrite:
+        elif config["overwrite"]:
             for name in ("metrics.jsonl", "last.pt", "best.pt"):
                 (out / name).unlink(missing_ok=True)
-        meta = {**config_dict(cfg), "version": __version__, "git_commit": git_commit()}
+        meta = {**config, "version": __version__, "git_commit": git_commit()}
         (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
     except OSError as err:
         raise TrainError(f"cannot write to output folder {out}: {err.strerror}") from None
@@ -254,12 +316,13 @@ RUN_SETTINGS = (
 ).split()
 
 
-def check_compatible(state: dict, cfg: TrainConfig, classes: tuple[str, ...], path: Path) -> None:
-    if state["arch"] != cfg.arch or state["task"] != cfg.task:
+def check_compatible(state: dict, config: dict, classes: tuple[str, ...], path: Path) -> None:
+    if state["arch"] != config["arch"] or state["task"] != config["task"]:
         raise TrainError(
-            f"{path} holds a {state['task']} {state['arch']} run, not {cfg.task} {cfg.arch}"
+            f"{path} holds a {state['task']} {state['arch']} run, not "
+            f"{config['task']} {config['arch']}"
         )
-    saved, now = state["config"], config_dict(cfg)
+    saved, now = state["config"], config
     for key in RUN_SETTINGS:
         if saved.get(key) != now[key]:
             raise TrainError(
@@ -267,4 +330,4 @@ def check_compatible(state: dict, cfg: TrainConfig, classes: tuple[str, ...], pa
                 "resume with the options the run started with"
             )
     if list(state["classes"]) != list(classes):
-        raise TrainError(f"{path} was trained on other classes than those of {cfg.data}")
+        raise TrainError(f"{path} was trained on other classes than those of {config['data']}")

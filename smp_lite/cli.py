@@ -3,26 +3,34 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import shlex
 import sys
+import typing
+from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from . import __version__
+from .errors import DataError, RunInterrupted, TrainError
+from .models import ARCHS
+from .synth import DEFAULT_DATA
+from .train import PRESETS, TrainConfig, make_config, train
 
 app = typer.Typer(
     help="Self-supervised motion perception (SMP) and playback-rate perception (PRP) for video.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts hold brackets ("[kind:]PATH"), not markup
 )
 data_app = typer.Typer(help="Create and inspect datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-DEFAULT_DATA = "data/synth"
 state = {"debug": False}
 
 
@@ -32,9 +40,6 @@ def friendly_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from .data import DataError
-        from .errors import TrainError
-
         try:
             return fn(*args, **kwargs)
         except (DataError, TrainError, ValueError, OSError) as err:
@@ -119,7 +124,6 @@ def data_check(
     import json
 
     from .check import check_dataset, format_report
-    from .data import DataError
 
     report = check_dataset(root, split=split, workers=workers)
     typer.echo(format_report(report))
@@ -132,145 +136,123 @@ def data_check(
         raise DataError(f"{root}: none of the {train} training videos can be sampled")
 
 
-@app.command()
-@friendly_errors
+# The help of each pretraining setting; its default comes from TrainConfig and its presets.
+PRETRAIN_HELP = {
+    "arch": f"Backbone: {', '.join(ARCHS)}.",
+    "task": "smp (motion perception), prp (playback rate) or supervised.",
+    "data": "Dataset as [kind:]PATH, kind synth, ucf101, hmdb51 or csv. The default generated "
+    "dataset is created if absent.",
+    "split": "Official train/test split (1, 2 or 3).",
+    "out": "Run folder [default: runs/TASK-ARCH-DATASET].",
+    "preset": "quick (a few CPU minutes) or paper (method.md) [default: quick on generated "
+    "data, paper on real data]. The options below override it.",
+    "epochs": "Epochs.",
+    "batch_size": "Clips per batch (per process under torchrun).",
+    "lr": "Learning rate.",
+    "head_lr_scale": "Learning-rate factor of the rate heads' last layer (10 in PRP).",
+    "momentum": "SGD momentum.",
+    "weight_decay": "SGD weight decay.",
+    "schedule": "Learning-rate schedule: plateau (on the validation loss) or cosine (warm-up).",
+    "warmup_epochs": "Linear warm-up epochs of the cosine schedule.",
+    "plateau_patience": "Epochs without a lower validation loss before the plateau schedule "
+    "divides the learning rate by 10.",
+    "clip_len": "Frames per input clip.",
+    "resize": "Decode frames at HxW before cropping, e.g. 128x171.",
+    "crop": "Square crop side, divisible by 16.",
+    "val_fraction": "Share of training groups held out to pick best.pt.",
+    "precise_bn": "Training batches that recompute BatchNorm statistics at each epoch end, "
+    "before validation and saving (0 = keep the running averages).",
+    "lam_schedule": "SMP mask blend: exp, linear, sigmoid, dpau (lambda=0), cam (lambda=1).",
+    "mg": "SMP multiple-granularity rate heads on c4, c3, c2.",
+    "workers": "Data loading processes.",
+    "device": "auto (a GPU if there is one), cpu, cuda, cuda:N.",
+    "precision": "auto (bf16 on GPUs and CPUs with native bf16, else fp16 on a GPU, fp32 on a "
+    "CPU), bf16, fp16 or fp32.",
+    "channels_last": "channels_last_3d memory layout (auto: on with a GPU or bf16).",
+    "seed": "Random seed: the same seed gives the same numbers on a CPU.",
+    "limit_batches": "Stop each epoch after N batches (0 = all; for smoke tests).",
+    "save_every": "Also save last.pt every N steps within an epoch (0 = at epoch ends only).",
+    "init_from": "Initialise the backbone from this checkpoint: a smp-lite one of the same "
+    "architecture, or one of the original PRP/SMP code (c3d, r3d10, r21d10).",
+    "resume": "Continue the run in OUT from last.pt, mid-epoch too.",
+    "overwrite": "Replace the run in OUT.",
+}
+
+
+def shown_default(name: str) -> str:
+    """A TrainConfig setting's default as --help shows it: one value, or the value of each
+    preset (and of supervised runs where it differs); empty where the help says it."""
+    pairs = {preset: tuple(getattr(c, name) for c in both) for preset, both in PRESETS.items()}
+    if "default:" in PRETRAIN_HELP[name] or pairs["paper"][0] == "":
+        return ""
+    if len({v for pair in pairs.values() for v in pair}) == 1:
+        return f" [default: {show_value(pairs['paper'][0])}]"
+    each = [
+        f"{preset} {show_value(m)}" + ("" if m == s else f" (supervised {show_value(s)})")
+        for preset, (m, s) in pairs.items()
+    ]
+    return f" [default: {', '.join(each)}]"
+
+
+def show_value(value: object) -> str:
+    if isinstance(value, tuple):
+        return "x".join(map(str, value))
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "auto" if value is None else str(value)
+
+
+def option_type(hint: object) -> type:
+    """The command-line type of a config field: HxW text for a size, X for `X | None`."""
+    if typing.get_origin(hint) is tuple:
+        return str
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def with_config_options(command: Callable, config: type, help: dict[str, str]) -> Callable:
+    """Give `command` (which takes **settings) one option per field of the dataclass `config`,
+    defaulting to None so that the config decides, with `help` and the config's default."""
+    hints = typing.get_type_hints(config)
+    own_hints = typing.get_type_hints(command, include_extras=True)
+    own = [
+        p.replace(annotation=own_hints.get(p.name, p.annotation))
+        for p in inspect.signature(command).parameters.values()
+        if p.kind is not p.VAR_KEYWORD
+    ]
+    params = [p for p in own if p.kind is not p.KEYWORD_ONLY]
+    for f in fields(config):
+        kind = option_type(hints[f.name])
+        metavar = "HxW" if typing.get_origin(hints[f.name]) is tuple else kind.__name__.upper()
+        option = typer.Option(
+            help=help[f.name] + shown_default(f.name),
+            show_default=False,
+            metavar=None if kind is bool else metavar,
+        )
+        params.append(
+            inspect.Parameter(
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None,
+                annotation=Annotated[kind | None, option],
+            )
+        )
+    params += [p for p in own if p.kind is p.KEYWORD_ONLY]  # the command's own options last
+    command.__signature__ = inspect.Signature(params)
+    return command
+
+
 def pretrain(
     ctx: typer.Context,
-    arch: Annotated[
-        str, typer.Option(help="Backbone: c3d, r3d10, r21d10, r3d18, r21d18.")
-    ] = "r3d18",
-    task: Annotated[
-        str, typer.Option(help="smp (motion perception), prp (playback rate) or supervised.")
-    ] = "smp",
-    data: Annotated[
-        str,
-        typer.Option(
-            help="Dataset as [kind:]PATH, kind synth, ucf101, hmdb51 or csv. The default generated "
-            "dataset is created if absent."
-        ),
-    ] = DEFAULT_DATA,
-    split: Annotated[int, typer.Option(help="Official train/test split (1, 2 or 3).")] = 1,
-    out: Annotated[
-        Path | None, typer.Option(help="Run folder (default runs/TASK-ARCH-DATASET).")
-    ] = None,
-    preset: Annotated[
-        str | None,
-        typer.Option(
-            help="quick (a few CPU minutes; default on generated data) or paper "
-            "(method.md settings; default on real data). Options below override it."
-        ),
-    ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs [preset].")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Clips per batch [preset].")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate [preset].")] = None,
-    head_lr_scale: Annotated[
-        float | None,
-        typer.Option(help="Learning-rate factor of the rate heads' last layer [10, as in PRP]."),
-    ] = None,
-    clip_len: Annotated[int | None, typer.Option(help="Frames per input clip [preset].")] = None,
-    crop: Annotated[
-        int | None, typer.Option(help="Square crop side, divisible by 16 [preset].")
-    ] = None,
-    resize: Annotated[
-        str | None,
-        typer.Option(help="Decode frames at HxW before cropping, e.g. 128x171 [preset]."),
-    ] = None,
-    lam_schedule: Annotated[
-        str | None,
-        typer.Option(
-            help="SMP mask blend: exp, linear, sigmoid, dpau (lambda=0), cam (lambda=1) [exp]."
-        ),
-    ] = None,
-    mg: Annotated[
-        bool | None, typer.Option(help="SMP multiple-granularity rate heads on c4, c3, c2 [on].")
-    ] = None,
-    val_fraction: Annotated[
-        float | None, typer.Option(help="Share of training groups held out to pick best.pt [0.1].")
-    ] = None,
-    precise_bn: Annotated[
-        int | None,
-        typer.Option(
-            help="Training batches that recompute BatchNorm statistics at each epoch end, "
-            "before validation and saving (0 = keep the running averages) [20]."
-        ),
-    ] = None,
-    workers: Annotated[int | None, typer.Option(help="Data loading processes [2].")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N [auto].")] = None,
-    precision: Annotated[
-        str | None,
-        typer.Option(
-            help="auto, bf16, fp16 or fp32 [auto: bf16 on GPUs and CPUs "
-            "with native bf16, else fp16 on GPU, fp32 on CPU]."
-        ),
-    ] = None,
-    channels_last: Annotated[
-        bool | None, typer.Option(help="channels_last_3d memory layout [auto].")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    limit_batches: Annotated[
-        int, typer.Option(help="Stop each epoch after N batches (0 = all; for smoke tests).")
-    ] = 0,
-    save_every: Annotated[
-        int | None,
-        typer.Option(help="Also save last.pt every N steps within an epoch (0 = never) [100]."),
-    ] = None,
-    init_from: Annotated[
-        Path | None,
-        typer.Option(
-            help="Initialise the backbone from this checkpoint: a smp-lite one of the same "
-            "architecture, or one of the original PRP/SMP code (c3d, r3d10, r21d10)."
-        ),
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option(help="Continue the run in OUT from last.pt, mid-epoch too.")
-    ] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace the run in OUT.")] = False,
+    *,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    **settings,
 ) -> None:
     """Pretrain a backbone by motion perception (SMP), playback rate (PRP) or action labels."""
-    from .errors import RunInterrupted
-    from .train import make_config, train
-
-    cfg = make_config(
-        task,
-        preset,
-        arch=arch,
-        data=data,
-        split=split,
-        out=str(out) if out else None,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        head_lr_scale=head_lr_scale,
-        clip_len=clip_len,
-        crop=crop,
-        resize=parse_size(resize) if resize else None,
-        lam_schedule=lam_schedule,
-        mg=mg,
-        val_fraction=val_fraction,
-        precise_bn=precise_bn,
-        workers=workers,
-        device=device,
-        precision=precision,
-        channels_last=channels_last,
-        seed=seed,
-        limit_batches=limit_batches,
-        save_every=save_every,
-        init_from=str(init_from) if init_from else None,
-        resume=resume,
-        overwrite=overwrite,
-    )
+    if settings["resize"] is not None:
+        settings["resize"] = parse_size(settings["resize"])
+    cfg = make_config(**settings)
     is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 speaks for all
-    if data == DEFAULT_DATA and not Path(DEFAULT_DATA).exists():
-        from .data import DataError
-        from .synth import synthesize
-
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # ranks would write it all at once
-            raise DataError(
-                f"no dataset in {DEFAULT_DATA}: under torchrun, run `smp-lite data synth` first"
-            )
-        typer.echo(f"no dataset given: generating the default one in {DEFAULT_DATA}")
-        synthesize(DEFAULT_DATA)
     try:
         result = train(cfg, progress=progress)
     except RunInterrupted as stopped:
@@ -280,6 +262,9 @@ def pretrain(
         raise typer.Exit(130) from None
     if is_main:
         typer.echo(f"done: {result['out']} (best validation loss {result['best_val']:.4f})")
+
+
+app.command()(friendly_errors(with_config_options(pretrain, TrainConfig, PRETRAIN_HELP)))
 
 
 @app.command()

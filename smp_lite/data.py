@@ -27,17 +27,12 @@ from pathlib import Path
 import decord
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
+from .errors import DataError
+from .masks import motion_mask_dpau
+
 RATES = (1, 2, 4, 8)
-MASK_LOW, MASK_HIGH = 0.8, 2.0  # motion masks are rescaled into this range
-DPAU_GRID = 13  # the pooled difference map is 13x13 at any clip size (28/112 window, 7/112 stride)
-
-
-class DataError(Exception):
-    """A dataset that cannot be read as given: the message names the path and the problem."""
-
 
 # ---------------------------------------------------------------------------------------------
 # Index: which videos, which labels, which split
@@ -279,34 +274,6 @@ def sample_dilated_clip(num_frames: int, rate: int, clip_len: int, start: int) -
     chunk_offsets = np.linspace(0, clip_len - 1, 4).round().astype(int)  # 0,5,10,15 for T=16
     dpau = start + clip_len * np.arange(rate)[:, None] + chunk_offsets[None, :]
     return PRPIndices(start, rate, clip, target, weight.astype(np.float32), dpau)
-
-
-def motion_mask_dpau(chunks: torch.Tensor) -> torch.Tensor:
-    """Difference motion attention (DPAU) at low resolution.
-
-    chunks: (s, 4, H, W, 3) uint8, per chunk of T original frames the 4 differenced frames.
-    Returns (3, s, 13, 13) in [0.8, 2.0]; `upsample_mask` brings it to the target's size.
-    """
-    x = chunks.float().div_(255).permute(0, 4, 1, 2, 3)  # (s, 3, 4, H, W)
-    diff = (x[:, :, 1:] - x[:, :, :-1]).pow(2)  # (s, 3, 3, H, W)
-    h, w = diff.shape[-2:]
-    pooled = F.avg_pool3d(diff, kernel_size=(3, h // 4, w // 4), stride=(3, h // 16, w // 16))
-    pooled = pooled[:, :, 0]  # (s, 3, 13, 13)
-    return rescale_per_map(pooled.flatten(2)).view_as(pooled).transpose(0, 1).contiguous()
-
-
-def rescale_per_map(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Min-max normalise the last dim into [0.8, 2.0]; a flat map becomes all ones before rescaling
-    (the original divided by zero here and trained on NaN)."""
-    lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
-    span = hi - lo
-    norm = torch.where(span > eps, (x - lo) / span.clamp_min(eps), torch.ones_like(x))
-    return MASK_LOW + (MASK_HIGH - MASK_LOW) * norm
-
-
-def upsample_mask(mask: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
-    """(B, C, t, h, w) -> (B, C, *size), trilinear as in the original."""
-    return F.interpolate(mask, size=size, mode="trilinear", align_corners=False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,6 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 
+class DataError(Exception):
+    """A dataset that cannot be read as given: the message names the path and the problem."""
+
+
 class TrainError(Exception):
     """A run that cannot start or go on: the message says why and what to do."""
 

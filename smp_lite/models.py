@@ -4,6 +4,7 @@ Every backbone maps a clip (B, 3, T, H, W) to five stage maps c1..c5, with c5 of
 (B, 512, T/8, H/16, W/16): 512x2x7x7 for the standard 16x112x112 clip.
 """
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
@@ -15,6 +16,8 @@ from torchvision.models.video.resnet import (
     Conv3DSimple,
     VideoResNet,
 )
+
+from .masks import motion_mask_cam, upsample_mask
 
 ARCHS: tuple[str, ...] = ("c3d", "r3d10", "r21d10", "r3d18", "r21d18")
 NUM_RATES = 4  # playback rates 1, 2, 4, 8
@@ -204,17 +207,51 @@ class MotionNet(nn.Module):
         self.rate_heads = nn.ModuleList(RateHead(c) for c in head_widths)
         self.decoder = Decoder() if decoder else None
 
-    def forward(self, x: Tensor) -> dict[str, Tensor | list[Tensor]]:
+    def forward(
+        self, x: Tensor, targets: dict[str, Tensor] | None = None, lam: float = 0.0
+    ) -> dict:
+        """{"logits": [c5, c4, c3, c2 heads], "c5", "rate_map", "recon"}; with `targets` also
+        "loss" and its "terms" (see `loss`)."""
         _, c2, c3, c4, c5 = self.backbone(x)
         # strict=False: without MG there is only the c5 head
         maps = [head.conv(c) for head, c in zip(self.rate_heads, (c5, c4, c3, c2), strict=False)]
         logits = [head.fc(pooled_feature(m)) for head, m in zip(self.rate_heads, maps, strict=True)]
         # rate_map: the c5 head's map right before pooling, whose class-activation map is SMP's
         # convolution motion attention (logits = fc(mean(map)) = mean(fc(map)))
-        out: dict[str, Tensor | list[Tensor]] = {"logits": logits, "c5": c5, "rate_map": maps[0]}
+        out: dict = {"logits": logits, "c5": c5, "rate_map": maps[0]}
         if self.decoder is not None:
             out["recon"] = self.decoder(c5)  # (B, 3, 2T, H, W)
+        if targets is not None:
+            out["loss"], out["terms"] = self.loss(out, targets, lam)
         return out
+
+    def loss(
+        self, out: dict, targets: dict[str, Tensor], lam: float
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """PRP/SMP loss (method.md 2-3): the reconstruction error weighted by the motion mask
+        (DPAU blended with CAM by `lam`) over the supervised target frames, + 0.1 CE of the c5
+        head + 0.1 mean CE of the c4, c3, c2 heads.
+
+        targets: "target" (B, 3, 2T, H, W) float in [0, 1], "target_weight" (B, 2T) 1 where a
+        target frame is supervised, "dpau" (B, 3, 2T, 13, 13), "rate" (B,) rate index.
+        """
+        rate, target = targets["rate"], targets["target"]
+        size = tuple(target.shape[2:])
+        mask = upsample_mask(targets["dpau"].float(), size)  # (B, 3, 2T, H, W)
+        if lam > 0:
+            cam = motion_mask_cam(self.rate_heads[0].fc.weight, out["rate_map"], rate, size)
+            mask = lam * cam + (1 - lam) * mask
+        weight = targets["target_weight"][:, None, :, None, None]  # (B, 1, 2T, 1, 1)
+        sq_err = (out["recon"].float() - target).pow(2) * mask * weight
+        recon = sq_err.sum() / (weight.sum() * 3 * size[1] * size[2]).clamp_min(1)
+        ces = [F.cross_entropy(logits.float(), rate) for logits in out["logits"]]
+        loss = recon + 0.1 * ces[0]
+        terms = {"recon": recon.detach(), "ce": ces[0].detach()}
+        if len(ces) > 1:  # multiple granularity: the c4, c3, c2 heads share one 0.1 weight
+            ce_mg = torch.stack(ces[1:]).mean()
+            loss = loss + 0.1 * ce_mg
+            terms["ce_mg"] = ce_mg.detach()
+        return loss, terms
 
 
 class ActionNet(nn.Module):

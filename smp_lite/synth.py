@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from smp_lite import __version__
 
+DEFAULT_DATA = "data/synth"  # where `smp-lite data synth` writes and training reads by default
 CLASSES: tuple[str, ...] = (
     "MoveLeft", "MoveRight", "MoveUp", "MoveDown", "RotateCW", "RotateCCW",
     "ZoomIn", "ZoomOut", "Orbit", "Bounce", "Oscillate", "Pulse",

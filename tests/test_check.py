@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from smp_lite.check import check_dataset, format_report
 from smp_lite.cli import app
-from smp_lite.data import DataError
+from smp_lite.errors import DataError
 
 runner = CliRunner()
 

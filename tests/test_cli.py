@@ -7,14 +7,16 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import fields
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from smp_lite.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from smp_lite.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, read_metrics, save_checkpoint
 from smp_lite.cli import app
-from smp_lite.train import ConfigError, load_checkpoint, read_metrics
+from smp_lite.errors import ConfigError
+from smp_lite.train import PRESETS, TrainConfig
 
 runner = CliRunner()
 
@@ -294,3 +296,15 @@ def test_ctrl_c_saves_and_prints_the_resume_command(ucf_tiny, tmp_path, uninterr
     )
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(out, uninterrupted)
+
+
+def test_help_shows_every_setting_with_its_default_from_the_config() -> None:
+    result = runner.invoke(app, ["pretrain", "--help"])
+    text = " ".join(plain(result.output).split())  # undo the wrapping
+    for f in fields(TrainConfig):
+        assert f"--{f.name.replace('_', '-')} " in text, f.name
+    (paper, paper_sup), quick = PRESETS["paper"], PRESETS["quick"][0]
+    assert f"[default: paper {paper.epochs}, quick {quick.epochs}]" in text
+    assert f"[default: paper {paper.lr} (supervised {paper_sup.lr}), quick {quick.lr}" in text
+    assert f"[default: {paper.save_every}]" in text and f"[default: {paper.precise_bn}]" in text
+    assert "[kind:]PATH" in text  # help text is not read as markup

@@ -7,20 +7,19 @@ import torch
 from conftest import distinct_frames
 from test_train import tiny_config
 
+from smp_lite.checkpoint import load_checkpoint
 from smp_lite.data import (
     RATES,
-    DataError,
     EpochSampler,
     VideoDataset,
     allowed_rates,
     load_index,
-    motion_mask_dpau,
     open_video,
     sample_dilated_clip,
     split_by_group,
-    upsample_mask,
 )
-from smp_lite.train import load_checkpoint, train
+from smp_lite.errors import DataError
+from smp_lite.train import train
 
 
 @pytest.mark.parametrize("rate", RATES)
@@ -53,31 +52,6 @@ def test_allowed_rates() -> None:
     assert allowed_rates(128, 16) == [1, 2, 4]
     assert allowed_rates(17, 16) == [1]
     assert allowed_rates(16, 16) == []
-
-
-def test_dpau_mask_range_and_static_video() -> None:
-    rng = np.random.default_rng(0)
-    moving = torch.from_numpy(rng.integers(0, 256, (2, 4, 64, 64, 3), dtype=np.uint8))
-    mask = motion_mask_dpau(moving)
-    assert mask.shape == (3, 2, 13, 13)
-    assert mask.min() >= 0.8 - 1e-6 and mask.max() <= 2.0 + 1e-6
-    assert torch.isclose(mask.amin(dim=(2, 3)), torch.tensor(0.8)).all()  # per-map min-max
-    static = torch.full((1, 4, 112, 112, 3), 90, dtype=torch.uint8)
-    flat = motion_mask_dpau(static)
-    assert flat.shape == (3, 1, 13, 13)
-    assert torch.isfinite(flat).all() and torch.allclose(flat, torch.tensor(2.0))
-
-
-def test_dpau_mask_follows_motion() -> None:
-    """A square moving in the left half only: the mask is high there, low on the right."""
-    frames = torch.zeros(1, 4, 64, 64, 3, dtype=torch.uint8)
-    for t in range(4):
-        frames[0, t, 20:30, 5 + 5 * t : 15 + 5 * t] = 255
-    mask = motion_mask_dpau(frames)
-    assert torch.allclose(mask[:, 0, :, :6].amax(dim=(1, 2)), torch.tensor(2.0))
-    assert mask[:, 0, :, 9:].max() < 0.81  # no motion right of column 36
-    full = upsample_mask(mask.unsqueeze(0), (32, 64, 64))
-    assert full.shape == (1, 3, 32, 64, 64)
 
 
 def test_load_index_and_group_split(ucf_tiny) -> None:

@@ -3,10 +3,11 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
+from smp_lite.checkpoint import read_metrics
 from smp_lite.cli import app
 from smp_lite.errors import TrainError
 from smp_lite.report import plot_curves, pretrain_table
-from smp_lite.train import make_config, read_metrics, train
+from smp_lite.train import make_config, train
 
 
 @pytest.fixture(scope="module")

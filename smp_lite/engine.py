@@ -1,0 +1,539 @@
+"""The engine every loop runs on: where it computes, how it stops, how it feeds and measures,
+and the one training loop.
+
+- `Runtime`: device, precision, memory layout and DDP rank (`make_runtime` picks them);
+- `stop_on_signals`: Ctrl-C and SIGTERM become a request the loop honours between two steps;
+- `make_loader`: a DataLoader whose worker processes leave Ctrl-C to the main process;
+- `train_steps` and `evaluate`: one pass over batches, training or not, with a task's step
+  function plugged in and its metrics (a torchmetrics MetricCollection) updated;
+- `precise_bn`: BatchNorm statistics recomputed at the current weights, averaged over ranks;
+- `fit(run)`: epochs of training, precise BatchNorm and validation, with metrics.jsonl, best.pt
+  and last.pt written, resumable mid-epoch. A new loop builds a `Run` and calls `fit`.
+
+A step function maps (model, batch on the device) to a `StepOutput`: the loss, the loss terms
+to average (each needs a MeanMetric of its name) and, per head, (logits, labels) for its
+accuracy metric `acc_<head>`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import types
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchmetrics import MetricCollection
+from tqdm.auto import tqdm
+
+from .checkpoint import Progress, load_run, save_run
+from .data import to_float
+from .errors import RunInterrupted, TrainError
+
+StepOutput = tuple[
+    torch.Tensor, dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor]]
+]
+StepFn = Callable[[nn.Module, dict], StepOutput]
+
+
+class NonFiniteLoss(ArithmeticError):
+    """A step's loss was inf or NaN; the weights were not updated."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Where a run computes
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where a run computes: the device, its precision and memory layout, and the DDP rank."""
+
+    device: torch.device
+    precision: str  # bf16, fp16 or fp32
+    channels_last: bool
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(
+            self.device.type,
+            dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16,
+            enabled=self.precision in ("bf16", "fp16"),
+        )
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """The model on the device, in the memory layout, with the CPU bf16 conv guard."""
+        model = model.to(self.device)
+        if self.device.type == "cpu" and self.precision == "bf16":
+            guard_cpu_bf16_conv3d(model)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last_3d)
+        return model
+
+    def to_device(self, batch: dict) -> dict:
+        moved = {}
+        for k, v in batch.items():
+            if isinstance(v, torch.Tensor):
+                v = v.to(self.device, non_blocking=True)
+                if self.channels_last and v.dim() == 5:
+                    v = v.contiguous(memory_format=torch.channels_last_3d)
+            moved[k] = v
+        return moved
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The model under DistributedDataParallel when there are several ranks."""
+        if self.world == 1:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def make_runtime(
+    device: str = "auto", precision: str = "auto", channels_last: bool | None = None
+) -> Runtime:
+    """The runtime for these settings ("auto": GPU if present, bf16 where it pays, channels_last
+    on a GPU or with bf16); joins the process group under torchrun."""
+    rank, world, local_rank = init_distributed()
+    dev = pick_device(device, local_rank)
+    prec = pick_precision(precision, dev)
+    if channels_last is None:
+        channels_last = dev.type == "cuda" or prec == "bf16"
+    return Runtime(dev, prec, channels_last, rank, world)
+
+
+def init_distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank); initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if world > 1:
+        return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+    return 0, 1, 0
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def pick_precision(precision: str, device: torch.device) -> str:
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
+def cpu_has_native_bf16() -> bool:
+    """bf16 autocast pays on a CPU only with native bf16 units (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def guard_cpu_bf16_conv3d(model: nn.Module) -> nn.Module:
+    """Run 3D convs over depth-2 inputs in fp32 when bf16 autocast is on the CPU.
+
+    PyTorch 2.14 with oneDNN computes garbage bf16 weight gradients (relative error ~1, up to
+    1e34) for a Conv3d with temporal kernel > 1 and temporal stride 1 over an input of depth 2,
+    which a 16-frame clip meets at c5 (docs/benchmarks.md). Those layers are tiny (c5 is
+    2 x H/16 x W/16), so computing just them in fp32 keeps bf16's speed. State dicts are unchanged.
+    """
+    for conv in model.modules():
+        if isinstance(conv, nn.Conv3d) and conv.kernel_size[0] > 1 and conv.stride[0] == 1:
+            conv.forward = types.MethodType(conv3d_fp32_at_depth2, conv)
+    return model
+
+
+def conv3d_fp32_at_depth2(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    if x.shape[2] == 2 and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return nn.Conv3d.forward(conv, x.float())
+    return nn.Conv3d.forward(conv, x)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+# ---------------------------------------------------------------------------------------------
+# Stopping
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """While training, SIGINT (Ctrl-C) and SIGTERM set an event the loop checks after each step,
+    so it stops at a step boundary with everything saved; a second Ctrl-C stops at once."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop  # signal handlers can only be set from the main thread
+        return
+
+    def request_stop(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def stop_requested(stop: threading.Event, rt: Runtime) -> bool:
+    if rt.world == 1:
+        return stop.is_set()
+    flag = torch.tensor(float(stop.is_set()), device=rt.device)  # any rank stopping stops them all
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def make_loader(
+    dataset: Dataset, sampler: Sampler, batch_size: int, workers: int, rt: Runtime, drop_last: bool
+) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=rt.device.type == "cuda",
+        drop_last=drop_last and len(sampler) >= batch_size,
+        worker_init_fn=quiet_worker,
+    )
+
+
+def quiet_worker(_: int) -> None:
+    torch.set_num_threads(1)  # decoding workers must not fight the training step for cores
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the main process to handle
+
+
+def note_skipped(batch: dict, seen: set[str], rt: Runtime) -> None:
+    """Add the videos the loader skipped in this batch to `seen`; each is logged once, by name."""
+    new = {line for text in batch.pop("skipped") for line in text.splitlines() if line} - seen
+    if rt.is_main:
+        for line in sorted(new):
+            tqdm.write(f"skipped unreadable video {line}", file=sys.stderr)
+    seen |= new
+
+
+# ---------------------------------------------------------------------------------------------
+# One pass over batches
+
+
+def train_steps(
+    model: nn.Module,
+    batches: Iterable[dict],
+    step_fn: StepFn,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    metrics: MetricCollection,
+    rt: Runtime,
+    skipped: set[str],
+) -> Iterator[tuple[torch.Tensor, int]]:
+    """Train on each batch, yielding (loss, clips in the batch) after each optimiser step, so
+    the caller can count, schedule, save and stop between two steps. A non-finite loss raises
+    NonFiniteLoss before the weights change."""
+    model.train()
+    for batch in batches:
+        note_skipped(batch, skipped, rt)
+        batch = rt.to_device(batch)
+        with rt.autocast():
+            loss, terms, heads = step_fn(model, batch)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"loss became {loss.item()}")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        update_metrics(metrics, loss, terms, heads)
+        yield loss, batch["clip"].shape[0]
+
+
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[dict],
+    step_fn: StepFn,
+    metrics: MetricCollection,
+    rt: Runtime,
+    stop: threading.Event,
+    skipped: set[str],
+) -> bool:
+    """Update `metrics` over the batches without training; False when a stop was requested."""
+    model.eval()
+    with torch.no_grad():
+        for batch in batches:
+            note_skipped(batch, skipped, rt)
+            batch = rt.to_device(batch)
+            with rt.autocast():
+                update_metrics(metrics, *step_fn(model, batch))
+            if stop_requested(stop, rt):
+                return False
+    return True
+
+
+def update_metrics(metrics: MetricCollection, loss: torch.Tensor, terms: dict, heads: dict) -> None:
+    """Clip-weighted means of the loss and its terms, each head's accuracy, the clip count."""
+    n = next(iter(heads.values()))[1].shape[0]  # clips in the batch
+    metrics["clips"].update(n)
+    for name, value in {"loss": loss.detach(), **terms}.items():
+        metrics[name].update(value.double(), n)
+    for name, (logits, labels) in heads.items():
+        metrics[f"acc_{name}"].update(logits.detach(), labels)
+
+
+def metrics_row(metrics: MetricCollection) -> dict[str, float | int]:
+    """The metrics as plain numbers, reduced over DDP ranks; clip counts as integers."""
+    row = {name: value.item() for name, value in metrics.compute().items()}
+    return {k: int(v) if k.endswith("clips") else v for k, v in row.items()}
+
+
+def metrics_state(metrics: MetricCollection, rt: Runtime) -> dict[str, dict[str, torch.Tensor]]:
+    """Each metric's state summed over ranks, for a mid-epoch checkpoint (a collective call)."""
+    state = {}
+    for name, metric in metrics.items(keep_base=True):
+        with metric.sync_context(should_sync=rt.world > 1):
+            state[name] = {k: v.cpu() for k, v in metric.metric_state.items()}
+    return state
+
+
+def load_metrics_state(metrics: MetricCollection, state: dict, rt: Runtime) -> None:
+    """Go on from a saved `metrics_state`: rank 0 holds the sums, other ranks start at zero."""
+    if rt.is_main:
+        for name, saved in state.items():
+            metrics[name].merge_state({k: v.to(rt.device) for k, v in saved.items()})
+
+
+# ---------------------------------------------------------------------------------------------
+# Precise BatchNorm
+
+
+def precise_bn(model: nn.Module, clips: Iterable[torch.Tensor], rt: Runtime) -> None:
+    """Replace the BatchNorm running statistics by the mean and variance of each BN layer's
+    input over `clips` at the current weights (torch's update_bn), averaged over DDP ranks.
+
+    The running averages mix batches seen under many past weights; while the weights change
+    fast, evaluation with them can cost 20-30 points of validation accuracy (README, results).
+    Weights are untouched. Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021.
+    """
+    with rt.autocast():
+        torch.optim.swa_utils.update_bn(clips, model)
+    if rt.world > 1:
+        for bn in model.modules():
+            if isinstance(bn, nn.modules.batchnorm._BatchNorm):
+                for stat in (bn.running_mean, bn.running_var):
+                    dist.all_reduce(stat)
+                    stat /= rt.world
+
+
+# ---------------------------------------------------------------------------------------------
+# The training loop
+
+
+class LoopSettings(Protocol):
+    """What the loop reads of a run's configuration (TrainConfig has it)."""
+
+    epochs: int
+    batch_size: int
+    save_every: int  # steps between mid-epoch saves of last.pt (0: at epoch ends only)
+    limit_batches: int  # >0: each epoch's training and validation stop after so many batches
+    precise_bn: int  # training batches that recompute the BatchNorm statistics at epoch ends
+
+
+@dataclass
+class Run:
+    """One training run as the loop sees it; `at` says where it stands. A checkpoint holds the
+    state of `objects()`, `at`, and `config` (the run's settings as JSON values)."""
+
+    settings: LoopSettings
+    config: dict
+    step_for: Callable[[int], StepFn]  # the task's step at a 0-based epoch
+    rt: Runtime
+    out: Path
+    classes: tuple[str, ...]
+    loaders: dict[str, DataLoader | None]  # train, bn (precise BatchNorm), val
+    model: nn.Module  # under DistributedDataParallel when there are several ranks
+    optimizer: torch.optim.Optimizer
+    scheduler: LRScheduler | ReduceLROnPlateau  # stepped per batch; a plateau one per epoch
+    scaler: torch.amp.GradScaler
+    metrics: MetricCollection  # unprefixed, never updated: cloned per epoch
+    at: Progress = field(default_factory=Progress)
+
+    epoch_batches: int = field(init=False)  # training batches in an epoch
+
+    def __post_init__(self) -> None:
+        n = len(self.loaders["train"])  # before a resumed epoch's sampler skips what was done
+        self.epoch_batches = min(n, self.settings.limit_batches or n)
+
+    def objects(self) -> dict:
+        """The objects whose state a checkpoint holds."""
+        return {
+            "model": unwrap(self.model),
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "scaler": self.scaler,
+        }
+
+    def resume(self) -> None:
+        self.at = load_run(self.out / "last.pt", self.config, self.classes, self.objects())
+
+    def save(self, name: str, row: dict) -> None:
+        save_run(self.out / name, self.config, self.classes, self.objects(), self.at, row)
+
+
+def fit(run: Run, progress: bool = True) -> dict:
+    """Train `run` from where it stands to its last epoch; returns the last epoch's row.
+
+    After each epoch: precise BatchNorm, validation, metrics.jsonl, best.pt (lowest validation
+    loss) and last.pt. Ctrl-C or SIGTERM stops between two steps, after saving last.pt, by
+    raising RunInterrupted (a KeyboardInterrupt).
+    """
+    row: dict = {}
+    with stop_on_signals() as stop:
+        for epoch in range(run.at.epoch, run.settings.epochs):
+            row = train_epoch(run, epoch, stop, progress)
+            row = end_epoch(run, epoch, row, stop)
+            if run.rt.is_main and progress:
+                tqdm.write(format_row(row))
+    return row
+
+
+def train_epoch(run: Run, epoch: int, stop: threading.Event, progress: bool) -> dict:
+    """Train one epoch (the rest of it, when resumed mid-epoch); returns its training row."""
+    cfg, rt, at = run.settings, run.rt, run.at
+    # the sampler skips within this rank's shard: a resumed epoch decodes no sample twice
+    run.loaders["train"].sampler.set_epoch(epoch, skip=at.batches_done * cfg.batch_size)
+    metrics = run.metrics.clone(prefix="train_")
+    load_metrics_state(metrics, at.metric_state, rt)
+    bar = tqdm(
+        itertools.islice(run.loaders["train"], run.epoch_batches - at.batches_done),
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        total=run.epoch_batches,
+        initial=at.batches_done,
+        disable=not (progress and rt.is_main),
+        leave=False,
+        dynamic_ncols=True,
+    )
+    steps = train_steps(
+        run.model, bar, run.step_for(epoch), run.optimizer, run.scaler, metrics, rt, at.skipped
+    )
+    clips, t0 = 0, time.perf_counter()
+    try:
+        for loss, n in steps:
+            if not isinstance(run.scheduler, ReduceLROnPlateau):
+                run.scheduler.step()
+            at.step += 1
+            at.batches_done += 1
+            clips += n * rt.world
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if stop_requested(stop, rt):
+                save_mid_epoch(run, metrics)
+                raise RunInterrupted(run.out / "last.pt")
+            if (
+                cfg.save_every
+                and at.step % cfg.save_every == 0
+                and at.batches_done < run.epoch_batches
+            ):
+                save_mid_epoch(run, metrics)
+    except NonFiniteLoss as err:
+        last = run.out / "last.pt"
+        saved = f"last good checkpoint: {last}" if last.is_file() else "nothing saved"
+        raise TrainError(
+            f"{err} at step {at.step + 1} (epoch {epoch + 1}, batch {at.batches_done + 1}): "
+            f"stopped; {saved}"
+        ) from None
+    elapsed = time.perf_counter() - t0
+    run.at.metric_state = metrics_state(metrics, rt)  # kept until the epoch is saved whole
+    return {
+        "epoch": epoch + 1,
+        "step": at.step,
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "clips_per_s": clips / max(elapsed, 1e-9),
+        **metrics_row(metrics),
+    }
+
+
+def save_mid_epoch(run: Run, metrics: MetricCollection) -> None:
+    run.at.metric_state = metrics_state(metrics, run.rt)  # on every rank: a collective under DDP
+    if run.rt.is_main:
+        run.save("last.pt", {})
+
+
+def end_epoch(run: Run, epoch: int, row: dict, stop: threading.Event) -> dict:
+    """Precise BatchNorm, validation, the plateau schedule, then the epoch's row and checkpoints.
+    A stop during validation saves the epoch's training, which a resume then validates."""
+    cfg, rt, at = run.settings, run.rt, run.at
+    bn_batches = min(cfg.precise_bn, cfg.limit_batches or cfg.precise_bn)
+    if bn_batches:  # before validation and saving: both should see the current weights
+        run.loaders["bn"].sampler.set_epoch(epoch)
+        precise_bn(unwrap(run.model), training_clips(run.loaders["bn"], bn_batches, rt, at), rt)
+    if run.loaders["val"] is not None:
+        metrics = run.metrics.clone(prefix="val_")
+        batches = itertools.islice(run.loaders["val"], cfg.limit_batches or None)
+        if not evaluate(run.model, batches, run.step_for(epoch), metrics, rt, stop, at.skipped):
+            if rt.is_main:
+                run.save("last.pt", {})
+            raise RunInterrupted(run.out / "last.pt")
+        row |= metrics_row(metrics)
+    val_loss = row.get("val_loss", row["train_loss"])
+    if isinstance(run.scheduler, ReduceLROnPlateau):
+        run.scheduler.step(val_loss)
+    row["skipped_videos"] = len(at.skipped)
+    is_best = val_loss < at.best_val
+    at.best_val = min(at.best_val, val_loss)
+    at.epoch, at.batches_done, at.metric_state = epoch + 1, 0, {}
+    if rt.is_main:
+        # metrics first and last.pt last: a kill in between repeats the epoch on resume,
+        # which then drops the epoch's row and rewrites best.pt
+        with open(run.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if is_best:
+            run.save("best.pt", row)
+        run.save("last.pt", row)
+    return row
+
+
+def training_clips(loader: DataLoader, batches: int, rt: Runtime, at: Progress):
+    """The clips of the loader's first `batches` batches, on the device, as floats."""
+    for batch in itertools.islice(loader, batches):
+        note_skipped(batch, at.skipped, rt)
+        yield to_float(rt.to_device(batch)["clip"])
+
+
+def format_row(row: dict) -> str:
+    keys = ["epoch", "train_loss", "val_loss", "train_acc_rate_c5", "val_acc_rate_c5"]
+    keys += ["train_acc_action", "val_acc_action", "clips_per_s"]
+    return "  ".join(
+        f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}"
+        for k in keys
+        if k in row
+    )

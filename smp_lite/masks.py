@@ -1,0 +1,77 @@
+"""Motion masks that weight the reconstruction loss, and the schedule that blends them.
+
+- DPAU, the difference mask (PRP, method.md section 2): where consecutive frames differ;
+- CAM, the convolution mask (SMP, section 3): where the rate head looks for the true rate;
+- `blend_lambda`: SMP's weight of CAM against DPAU over the epochs.
+Both masks live in [0.8, 2.0]: static pixels still count, moving ones count up to 2.5x more.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+MASK_LOW, MASK_HIGH = 0.8, 2.0  # motion masks are rescaled into this range
+DPAU_GRID = 13  # the pooled difference map is 13x13 at any clip size (28/112 window, 7/112 stride)
+LAMBDA_SCHEDULES = ("exp", "linear", "sigmoid", "dpau", "cam")
+
+
+def motion_mask_dpau(chunks: torch.Tensor) -> torch.Tensor:
+    """Difference motion attention (DPAU) at low resolution.
+
+    chunks: (s, 4, H, W, 3) uint8, per chunk of T original frames the 4 differenced frames.
+    Returns (3, s, 13, 13) in [0.8, 2.0]; `upsample_mask` brings it to the target's size.
+    """
+    x = chunks.float().div_(255).permute(0, 4, 1, 2, 3)  # (s, 3, 4, H, W)
+    diff = (x[:, :, 1:] - x[:, :, :-1]).pow(2)  # (s, 3, 3, H, W)
+    h, w = diff.shape[-2:]
+    pooled = F.avg_pool3d(diff, kernel_size=(3, h // 4, w // 4), stride=(3, h // 16, w // 16))
+    pooled = pooled[:, :, 0]  # (s, 3, 13, 13)
+    return rescale_per_map(pooled.flatten(2)).view_as(pooled).transpose(0, 1).contiguous()
+
+
+def motion_mask_cam(
+    fc_weight: torch.Tensor, rate_map: torch.Tensor, rate: torch.Tensor, size: tuple[int, int, int]
+) -> torch.Tensor:
+    """Convolution motion attention: the class-activation map of the ground-truth rate.
+
+    fc_weight (4, C) and rate_map (B, C, t, h, w) are detached; returns (B, 3, *size) in
+    [0.8, 2.0], normalised per time slice.
+    """
+    w = fc_weight.detach().float()[rate]  # (B, C)
+    cam = torch.einsum("bc,bcthw->bthw", w, rate_map.detach().float())  # (B, t, h, w)
+    b, t, h, wd = cam.shape
+    cam = rescale_per_map(cam.reshape(b, t, h * wd)).view(b, 1, t, h, wd)
+    return upsample_mask(cam, size).expand(-1, 3, -1, -1, -1)
+
+
+def blend_lambda(schedule: str, epoch: int, total: int) -> float:
+    """Weight of the CAM mask at 1-based `epoch` of `total` (DPAU gets 1 - lambda)."""
+    if schedule == "exp":
+        scale = 75.0 if total > 100 else 25.0
+        return math.exp((epoch - total) / scale)
+    if schedule == "linear":
+        return epoch / total
+    if schedule == "sigmoid":
+        return 1.0 / (1.0 + math.exp(-10.0 * (epoch / total - 0.5)))
+    if schedule == "dpau":
+        return 0.0
+    if schedule == "cam":
+        return 1.0
+    raise ValueError(f"unknown lambda schedule {schedule!r}")
+
+
+def rescale_per_map(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Min-max normalise the last dim into [0.8, 2.0]; a flat map becomes all ones before rescaling
+    (the original divided by zero here and trained on NaN)."""
+    lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
+    span = hi - lo
+    norm = torch.where(span > eps, (x - lo) / span.clamp_min(eps), torch.ones_like(x))
+    return MASK_LOW + (MASK_HIGH - MASK_LOW) * norm
+
+
+def upsample_mask(mask: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
+    """(B, C, t, h, w) -> (B, C, *size), trilinear as in the original."""
+    return F.interpolate(mask, size=size, mode="trilinear", align_corners=False)

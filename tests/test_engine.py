@@ -1,0 +1,169 @@
+from __future__ import annotations
+
+import math
+import os
+import signal
+import textwrap
+
+import pytest
+import torch
+from test_train import tiny_config, torchrun
+
+from smp_lite.checkpoint import load_checkpoint, read_metrics
+from smp_lite.data import EpochSampler
+from smp_lite.engine import (
+    Runtime,
+    cpu_has_native_bf16,
+    guard_cpu_bf16_conv3d,
+    make_loader,
+    make_runtime,
+    precise_bn,
+)
+from smp_lite.models import MotionNet
+from smp_lite.train import train
+
+
+def test_precise_bn_sets_the_statistics_of_the_current_weights() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv3d(3, 4, 1), torch.nn.BatchNorm3d(4))
+    model[1].running_mean.fill_(5.0)  # stale statistics, as after fast-changing weights
+    weights = {k: v.clone() for k, v in model.named_parameters()}
+    clips = [torch.rand(2, 3, 4, 6, 6) + i for i in range(3)]  # (B, 3, T, H, W), shifting means
+    with torch.no_grad():
+        inputs = [model[0](c) for c in clips]  # what the BN layer sees: (2, 4, 4, 6, 6) each
+    precise_bn(model, iter(clips), Runtime(torch.device("cpu"), "fp32", False))
+    bn = model[1]
+    population_mean = torch.cat(inputs).mean(dim=(0, 2, 3, 4))
+    torch.testing.assert_close(bn.running_mean, population_mean)
+    batch_vars = torch.stack([x.var(dim=(0, 2, 3, 4)) for x in inputs])  # unbiased, per batch
+    torch.testing.assert_close(bn.running_var, batch_vars.mean(0))
+    assert bn.momentum == 0.1 and int(bn.num_batches_tracked) == 3
+    for k, v in model.named_parameters():
+        assert torch.equal(v, weights[k]), k
+
+
+def test_precise_bn_averages_the_statistics_over_ranks(tmp_path) -> None:
+    script = tmp_path / "bn.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            import torch
+            import torch.distributed as dist
+            from smp_lite.engine import Runtime, precise_bn
+
+            dist.init_process_group("gloo")
+            rank = dist.get_rank()
+            torch.manual_seed(0)  # the same weights on both ranks, as under DDP
+            model = torch.nn.Sequential(torch.nn.Conv3d(3, 4, 1), torch.nn.BatchNorm3d(4))
+            clips = [torch.rand(2, 3, 4, 6, 6) * (1 + rank) + rank for _ in range(2)]
+            cpu = torch.device("cpu")
+            precise_bn(model, clips, Runtime(cpu, "fp32", False))  # this rank alone
+            alone = {k: v.clone() for k, v in model[1].state_dict().items()}
+            precise_bn(model, clips, Runtime(cpu, "fp32", False, rank, 2))
+            torch.save({"alone": alone, "ranks": model[1].state_dict()}, f"{sys.argv[1]}/{rank}.pt")
+            dist.destroy_process_group()
+            """
+        )
+    )
+    done = torchrun([str(script), str(tmp_path)], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"{r}.pt") for r in (0, 1))
+    for stat in ("running_mean", "running_var"):
+        assert not torch.allclose(r0["alone"][stat], r1["alone"][stat])  # the ranks saw others
+        mean = (r0["alone"][stat] + r1["alone"][stat]) / 2
+        torch.testing.assert_close(r0["ranks"][stat], mean)
+        torch.testing.assert_close(r1["ranks"][stat], mean)
+
+
+@pytest.mark.parametrize("arch", ["r3d18", "c3d", "r21d10"])
+def test_bf16_on_cpu_gives_gradients_that_agree_with_fp32(arch) -> None:
+    """The guard around depth-2 3D convs (c5 of a 16-frame clip) keeps bf16 weight gradients
+    close to fp32's; without it oneDNN returns garbage there (docs/benchmarks.md)."""
+    torch.manual_seed(0)
+    model = MotionNet(arch)
+    x = torch.rand(2, 3, 16, 32, 32)
+
+    def weight_grads(bf16: bool) -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(x)
+            loss = out["recon"].float().mean() + sum(
+                z.float().logsumexp(1).mean() for z in out["logits"]
+            )
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.dim() > 1}
+
+    reference = weight_grads(False)
+    guard_cpu_bf16_conv3d(model)
+    guarded = weight_grads(True)
+    for name, ref in reference.items():
+        assert torch.isfinite(guarded[name]).all(), name
+        cos = torch.nn.functional.cosine_similarity(guarded[name].flatten(), ref.flatten(), dim=0)
+        assert cos > 0.5, (name, cos.item())  # bf16 noise gives >= 0.7, the bug ~0 or NaN
+
+
+def test_runtime_prepare_guards_bf16_convs_on_a_cpu_only() -> None:
+    cpu = torch.device("cpu")
+    guarded = Runtime(cpu, "bf16", True).prepare(MotionNet("r3d10"))
+    plain = Runtime(cpu, "fp32", False).prepare(MotionNet("r3d10"))
+
+    def patched(model) -> list[bool]:
+        return ["forward" in vars(m) for m in model.modules() if isinstance(m, torch.nn.Conv3d)]
+
+    assert any(patched(guarded)) and not any(patched(plain))
+    # temporal kernel > 1 and temporal stride 1: the convs oneDNN gets wrong at depth 2
+    for m in guarded.modules():
+        if isinstance(m, torch.nn.Conv3d):
+            assert ("forward" in vars(m)) == (m.kernel_size[0] > 1 and m.stride[0] == 1)
+    conv = next(m for m in guarded.modules() if isinstance(m, torch.nn.Conv3d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_automatic_runtime_on_this_cpu() -> None:
+    rt = make_runtime()
+    assert rt.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if rt.device.type == "cpu":
+        assert rt.precision == ("bf16" if cpu_has_native_bf16() else "fp32")
+        assert rt.channels_last == (rt.precision == "bf16")
+
+
+class WorkerState(torch.utils.data.Dataset):
+    """Items that report how the worker process serving them is set up."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, key) -> dict:
+        return {
+            "ignores_ctrl_c": signal.getsignal(signal.SIGINT) == signal.SIG_IGN,
+            "threads": torch.get_num_threads(),
+            "pid": os.getpid(),
+        }
+
+
+def test_loader_workers_leave_ctrl_c_to_the_main_process() -> None:
+    rt = Runtime(torch.device("cpu"), "fp32", False)
+    loader = make_loader(WorkerState(), EpochSampler(4, shuffle=False), 2, 2, rt, drop_last=False)
+    items = list(loader)
+    assert all(bool(v) for batch in items for v in batch["ignores_ctrl_c"])
+    assert all(int(t) == 1 for batch in items for t in batch["threads"])
+    assert all(int(p) != os.getpid() for batch in items for p in batch["pid"])  # other processes
+    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+
+
+def test_the_loop_with_the_runtime_a_user_gets_and_worker_processes(ucf_tiny, tmp_path) -> None:
+    """The defaults: automatic precision and layout (bf16 + channels_last_3d with the conv guard
+    on a CPU with bf16 units) and DataLoader worker processes."""
+    cfg = tiny_config(
+        ucf_tiny, tmp_path / "run", epochs=2, precision="auto", channels_last=None, workers=2
+    )
+    result = train(cfg, progress=False)
+    rows = read_metrics(tmp_path / "run")
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for row in rows:
+        for key in ("train_loss", "train_recon", "val_loss", "val_acc_rate_c5"):
+            assert math.isfinite(row[key]), (key, row)
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert result["train_clips"] == rows[-1]["train_clips"] > 0

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from smp_lite.masks import blend_lambda, motion_mask_cam, motion_mask_dpau, upsample_mask
+
+
+def test_dpau_mask_range_and_static_video() -> None:
+    rng = np.random.default_rng(0)
+    moving = torch.from_numpy(rng.integers(0, 256, (2, 4, 64, 64, 3), dtype=np.uint8))
+    mask = motion_mask_dpau(moving)
+    assert mask.shape == (3, 2, 13, 13)
+    assert mask.min() >= 0.8 - 1e-6 and mask.max() <= 2.0 + 1e-6
+    assert torch.isclose(mask.amin(dim=(2, 3)), torch.tensor(0.8)).all()  # per-map min-max
+    static = torch.full((1, 4, 112, 112, 3), 90, dtype=torch.uint8)
+    flat = motion_mask_dpau(static)
+    assert flat.shape == (3, 1, 13, 13)
+    assert torch.isfinite(flat).all() and torch.allclose(flat, torch.tensor(2.0))
+
+
+def test_dpau_mask_follows_motion() -> None:
+    """A square moving in the left half only: the mask is high there, low on the right."""
+    frames = torch.zeros(1, 4, 64, 64, 3, dtype=torch.uint8)
+    for t in range(4):
+        frames[0, t, 20:30, 5 + 5 * t : 15 + 5 * t] = 255
+    mask = motion_mask_dpau(frames)
+    assert torch.allclose(mask[:, 0, :, :6].amax(dim=(1, 2)), torch.tensor(2.0))
+    assert mask[:, 0, :, 9:].max() < 0.81  # no motion right of column 36
+    full = upsample_mask(mask.unsqueeze(0), (32, 64, 64))
+    assert full.shape == (1, 3, 32, 64, 64)
+
+
+def test_exp_lambda_schedule() -> None:
+    assert blend_lambda("exp", 300, 300) == pytest.approx(1.0)
+    assert blend_lambda("exp", 150, 300) == pytest.approx(math.exp(-2), rel=1e-6)  # ~0.135
+    assert blend_lambda("exp", 75, 100) == pytest.approx(math.exp(-1))  # s = 25 when E <= 100
+    assert blend_lambda("linear", 30, 120) == pytest.approx(0.25)
+    assert blend_lambda("sigmoid", 50, 100) == pytest.approx(0.5)
+    assert blend_lambda("dpau", 10, 100) == 0.0 and blend_lambda("cam", 1, 100) == 1.0
+    values = [blend_lambda("exp", e, 300) for e in range(1, 301)]
+    assert values == sorted(values)
+
+
+def test_cam_mask_follows_the_ground_truth_rate() -> None:
+    fc_weight = torch.zeros(4, 2)
+    fc_weight[0, 0] = 1.0  # rate 0 looks at channel 0, rate 1 at channel 1
+    fc_weight[1, 1] = 1.0
+    rate_map = torch.zeros(2, 2, 2, 4, 4)
+    rate_map[:, 0, :, 0, 0] = 5.0  # channel 0 fires top-left
+    rate_map[:, 1, :, 3, 3] = 5.0  # channel 1 fires bottom-right
+    mask = motion_mask_cam(fc_weight, rate_map, torch.tensor([0, 1]), (8, 16, 16))
+    assert mask.shape == (2, 3, 8, 16, 16)
+    assert mask.min() >= 0.8 - 1e-6 and mask.max() <= 2.0 + 1e-6
+    assert mask[0, :, :, 0, 0].min() > 1.5 and mask[0, :, :, -1, -1].max() < 1.0
+    assert mask[1, :, :, -1, -1].min() > 1.5 and mask[1, :, :, 0, 0].max() < 1.0
+
+
+def test_cam_mask_of_a_flat_map_has_no_nan() -> None:
+    mask = motion_mask_cam(
+        torch.randn(4, 8), torch.zeros(3, 8, 2, 2, 2), torch.tensor([0, 1, 3]), (16, 32, 32)
+    )
+    assert torch.isfinite(mask).all() and torch.allclose(mask, torch.tensor(2.0))
