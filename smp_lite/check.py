@@ -2,7 +2,8 @@
 
 `check_dataset` returns a report (a JSON-ready dict); `format_report` turns it into the summary
 `smp-lite data check` prints. Problems are reported, not fatal: training skips undecodable and
-too-short videos and counts them (data.py), and plays short ones at the rates they allow.
+too-short videos and counts them (data.py); a video too short for some rates serves the rates
+it fits, and its samples at the others go to longer videos.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def check_dataset(
     for path, n in frames.items():
         if 0 < n < max_rate_frames:
             rates = allowed_rates(n, clip_len)
-            effect = f"plays at rates {rates} only" if rates else "skipped in training"
+            effect = f"fits rates {rates} only" if rates else "skipped in training"
             too_short.append({"path": str(path), "frames": n, "rates": rates, "effect": effect})
     usable = sum(frames.get(v.path, 0) > clip_len for v in index.train)
     return {

@@ -312,7 +312,8 @@ def write_run_folder(out: Path, config: dict, epochs_done: int) -> None:
 
 # settings that make a run what it is: resuming with other values would not continue it
 RUN_SETTINGS = (
-    "arch task split batch_size clip_len resize crop val_fraction lam_schedule mg schedule seed"
+    "arch task split batch_size clip_len resize crop train_crop val_fraction lam_schedule mg "
+    "schedule seed"
 ).split()
 
 

@@ -159,6 +159,8 @@ PRETRAIN_HELP = {
     "clip_len": "Frames per input clip.",
     "resize": "Decode frames at HxW before cropping, e.g. 128x171.",
     "crop": "Square crop side, divisible by 16.",
+    "train_crop": "Where training crops: random or center [default: the task's original: "
+    "random for smp and supervised, center for prp]. Evaluation crops the centre.",
     "val_fraction": "Share of training groups held out to pick best.pt.",
     "precise_bn": "Training batches that recompute BatchNorm statistics at each epoch end, "
     "before validation and saving (0 = keep the running averages).",

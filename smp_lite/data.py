@@ -11,8 +11,9 @@ Real datasets have flawed files. A video that cannot be decoded, or that has few
 clip_len + 1 frames (17 for 16-frame clips: not even rate 1 fits), is skipped: the dataset draws
 another video (at most `max_skips` in a row) and names the skipped one in the sample, and the
 training loop logs and counts it. A video with enough frames for some rates but not all (rate s
-needs clip_len * s + 1 frames, 129 for rate 8) draws only the rates it allows (`allowed_rates`).
-`smp-lite data check` (check.py) finds all of these before training.
+needs clip_len * s + 1 frames, 129 for rate 8) gives the rates it allows; a training sample at
+another rate goes to a longer video, and an evaluation view at another rate is dropped and
+counted. `smp-lite data check` (check.py) finds all of these before training.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import csv
 import random
 import re
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -285,8 +287,27 @@ def open_video(path: Path, size: tuple[int, int]):
     return decord.VideoReader(str(path), width=size[1], height=size[0], num_threads=1)
 
 
+def count_frames(videos: tuple[Video, ...], workers: int = 0) -> tuple[int, ...]:
+    """Each video's frame count from its container (nothing is decoded); 0 if it cannot be
+    opened. Several processes when `workers` > 1 and the list is long."""
+    paths = [str(v.path) for v in videos]
+    if workers <= 1 or len(paths) < 64:
+        return tuple(map(frame_count, paths))
+    with ProcessPoolExecutor(workers) as pool:
+        return tuple(pool.map(frame_count, paths, chunksize=16))
+
+
+def frame_count(path: str) -> int:
+    try:
+        return len(decord.VideoReader(path, num_threads=1))
+    except (decord.DECORDError, RuntimeError, OSError, ValueError):
+        return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # The dataset
+
+READ_ERRORS = (decord.DECORDError, RuntimeError, OSError, ValueError)  # a video that cannot serve
 
 
 class VideoDataset(Dataset):
@@ -295,13 +316,18 @@ class VideoDataset(Dataset):
     An item is addressed by `(index, epoch)` (plain `index` means epoch 0): its randomness comes
     from a generator seeded by (seed, epoch, index), so samples do not depend on the number of
     workers or on the order they run in, and a resumed run draws the same samples.
-    A video that fails to decode is skipped: another one is drawn, and the sample says which
-    paths were skipped (`"skipped"`, newline-joined) so the training loop can count and log them.
 
-    `views` > 1 (evaluation, train=False) reads each video several times: item i is view
-    i % views of video i // views. In "prp" mode view v plays the video at rates[v % len(rates)]
-    (every held-out video at every rate: a balanced rate-accuracy estimate); in "clip" mode the
-    views are clips centred at linspace(T/2, frames - T/2, views), the fine-tuning test protocol.
+    Training ("prp") draws the rate first, uniformly; a video too short for it (rate s needs
+    clip_len * s + 1 frames) is swapped for one drawn among those long enough, as the original
+    code did, so every rate stays equally frequent whatever the videos' lengths.
+    Evaluation (train=False) has `views` items per video: in "prp" mode view v plays the video
+    at rates[v % len(rates)], in "clip" mode the views are clips centred at
+    linspace(T/2, frames - T/2, views) (the fine-tuning test protocol). Views a video is too
+    short for are dropped and counted in `views_dropped`.
+    A video that cannot be decoded, or is too short for any sample, is skipped: another one is
+    drawn, and the sample names the skipped paths (`"skipped"`, newline-joined) so the training
+    loop can count and log them. Frame counts are read once, when the dataset is made
+    (`workers` processes).
     """
 
     def __init__(
@@ -316,6 +342,8 @@ class VideoDataset(Dataset):
         rates: tuple[int, ...] = RATES,
         max_skips: int = 20,
         views: int = 1,
+        random_crop: bool = True,
+        workers: int = 0,
     ) -> None:
         if mode not in ("prp", "clip"):
             raise ValueError(f"unknown mode {mode!r}: use 'prp' or 'clip'")
@@ -326,20 +354,47 @@ class VideoDataset(Dataset):
         self.videos, self.mode, self.clip_len = videos, mode, clip_len
         self.resize, self.crop, self.train = resize, crop, train
         self.seed, self.rates, self.max_skips, self.views = seed, rates, max_skips, views
+        self.random_crop = train and random_crop
+        self.frames = count_frames(videos, workers)
+        self.items = [(i, v) for i in range(len(videos)) for v in range(views) if self.fits(i, v)]
+        self.views_dropped = len(videos) * views - len(self.items)
+        # per rate, the videos long enough for it: where a too-short video's sample goes
+        self.long_enough = {
+            s: [i for i, n in enumerate(self.frames) if n >= self.need(s)] for s in rates
+        }
+        if mode == "prp" and train and any(self.frames):
+            check_rates_fit(self.long_enough, self.frames, self.need)
+
+    def need(self, rate: int) -> int:
+        return self.clip_len * rate + 1
+
+    def fits(self, index: int, view: int) -> bool:
+        """Whether a video can give a view; unreadable ones stay, to be skipped and counted."""
+        n = self.frames[index]
+        if self.train or n == 0:
+            return True
+        return n >= self.need(self.rates[view % len(self.rates)] if self.mode == "prp" else 1)
 
     def __len__(self) -> int:
-        return len(self.videos) * self.views
+        return len(self.items)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        index, epoch = key if isinstance(key, tuple) else (key, 0)
-        rng = np.random.default_rng([self.seed, epoch, index])
-        index, view = divmod(index, self.views)
+        item, epoch = key if isinstance(key, tuple) else (key, 0)
+        rng = np.random.default_rng([self.seed, epoch, item])
+        index, view = self.items[item]
+        rate = self.rates[view % len(self.rates)]
+        if self.train:
+            rate = self.rates[int(rng.integers(len(self.rates)))]
         skipped = []
         for _ in range(self.max_skips + 1):
+            index = self.long_enough_video(index, rate, rng)
             video = self.videos[index]
             try:
-                sample = self.load(video, rng, view)
-            except (decord.DECORDError, RuntimeError, OSError, ValueError) as err:
+                if self.mode == "prp":
+                    sample = self.load_prp(video, rng, rate)
+                else:
+                    sample = self.load_clip(video, rng, view)
+            except READ_ERRORS as err:
                 skipped.append(f"{video.path}: {str(err).splitlines()[0][:200]}")
                 index = int(rng.integers(len(self.videos)))
                 continue
@@ -348,27 +403,36 @@ class VideoDataset(Dataset):
             return sample
         raise DataError(f"{len(skipped)} videos in a row could not be read, last: {skipped[-1]}")
 
-    def load(self, video: Video, rng: np.random.Generator, view: int = 0) -> dict:
-        """One sample (view `view`) of `video`; raises if it cannot be decoded or is too short."""
+    def long_enough_video(self, index: int, rate: int, rng: np.random.Generator) -> int:
+        """`index`, or in "prp" mode a video drawn among those long enough for `rate` when it
+        is not; a video too short for any sample stays, to be skipped and counted."""
+        n = self.frames[index]
+        if self.mode != "prp" or n < self.need(1) or n >= self.need(rate):
+            return index
+        longer = self.long_enough[rate]
+        return longer[int(rng.integers(len(longer)))]
+
+    def load_clip(self, video: Video, rng: np.random.Generator, view: int) -> dict:
+        """`clip_len` consecutive frames and the label; raises if unreadable or too short."""
         reader = open_video(video.path, self.resize)
         num_frames = len(reader)
-        if self.mode == "clip":
-            if num_frames < self.clip_len + 1:  # the same rule as "prp": rate 1 must fit
-                raise ValueError(f"{num_frames} frames, too short for a {self.clip_len}-frame clip")
-            if self.train:
-                start = int(rng.integers(num_frames - self.clip_len + 1))
-            else:  # centred at linspace(T/2, frames - T/2, views)[view]
-                last = num_frames - self.clip_len
-                start = round(last * view / (self.views - 1)) if self.views > 1 else last // 2
-            frames = reader.get_batch(list(range(start, start + self.clip_len))).asnumpy()
-            return {"clip": self.to_clip(self.crop_frames(frames, rng)), "label": video.label}
+        if num_frames < self.need(1):  # the same rule as "prp": rate 1 must fit
+            raise ValueError(f"{num_frames} frames, too short for a {self.clip_len}-frame clip")
+        if self.train:
+            start = int(rng.integers(num_frames - self.clip_len + 1))
+        else:  # centred at linspace(T/2, frames - T/2, views)[view]
+            last = num_frames - self.clip_len
+            start = round(last * view / (self.views - 1)) if self.views > 1 else last // 2
+        frames = reader.get_batch(list(range(start, start + self.clip_len))).asnumpy()
+        return {"clip": self.to_clip(self.crop_frames(frames, rng)), "label": video.label}
 
-        rates = allowed_rates(num_frames, self.clip_len, self.rates)
-        if not rates:
-            raise ValueError(f"{num_frames} frames, too short for any playback rate")
-        rate = self.rates[view % len(self.rates)] if self.views > 1 else 0
-        if rate not in rates:  # training, or a view at a rate this video is too short for
-            rate = rates[int(rng.integers(len(rates)))]
+    def load_prp(self, video: Video, rng: np.random.Generator, rate: int) -> dict:
+        """A PRP sample of `video` at `rate`; raises if unreadable or too short for it."""
+        reader = open_video(video.path, self.resize)
+        num_frames = len(reader)
+        if num_frames < self.need(rate):
+            too_short = "any playback rate" if num_frames < self.need(1) else f"rate {rate}"
+            raise ValueError(f"{num_frames} frames, too short for {too_short}")
         start = int(rng.integers(num_frames - self.clip_len * rate))
         ids = sample_dilated_clip(num_frames, rate, self.clip_len, start)
         needed = np.concatenate([ids.target, ids.dpau.ravel()])
@@ -391,10 +455,10 @@ class VideoDataset(Dataset):
         }
 
     def crop_frames(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """One crop for all frames: random when training (SMP), centred otherwise (PRP)."""
+        """One crop for all frames: random (SMP, supervised) or centred (PRP, evaluation)."""
         h, w = frames.shape[1:3]
         c = self.crop
-        if self.train:
+        if self.random_crop:
             top, left = int(rng.integers(h - c + 1)), int(rng.integers(w - c + 1))
         else:
             top, left = (h - c) // 2, (w - c) // 2
@@ -405,6 +469,18 @@ class VideoDataset(Dataset):
         return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)  # (3, T, H, W)
 
 
+def check_rates_fit(
+    long_enough: dict[int, list[int]], frames: tuple[int, ...], need: Callable[[int], int]
+) -> None:
+    """Refuse training when a playback rate has no video long enough for it."""
+    for rate, videos in long_enough.items():
+        if not videos:
+            raise DataError(
+                f"no training video has the {need(rate)} frames playback rate {rate} needs "
+                f"(the longest has {max(frames)}): use shorter clips (--clip-len) or longer videos"
+            )
+
+
 def to_float(clip: torch.Tensor) -> torch.Tensor:
     """uint8 (B, 3, T, H, W) -> float in [0, 1]; no mean/std normalisation (method.md 1)."""
     return clip.float().div_(255)
@@ -412,12 +488,20 @@ def to_float(clip: torch.Tensor) -> torch.Tensor:
 
 class EpochSampler(Sampler):
     """Yields `(index, epoch)` keys: a permutation per epoch from (seed, epoch), sharded over
-    `world_size` ranks (padded so every rank gets as many), starting `skip` keys in."""
+    `world_size` ranks, starting `skip` keys in. Training pads the shards by repeating keys so
+    every rank takes as many steps (DDP needs it); evaluation (pad=False) gives each key to one
+    rank only, so every clip counts once."""
 
     def __init__(
-        self, n: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1
+        self,
+        n: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        pad: bool = True,
     ) -> None:
-        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.n, self.seed, self.shuffle, self.pad = n, seed, shuffle, pad
         self.rank, self.world_size = rank, world_size
         self.epoch, self.skip = 0, 0
 
@@ -425,7 +509,9 @@ class EpochSampler(Sampler):
         self.epoch, self.skip = epoch, skip
 
     def __len__(self) -> int:
-        return -(-self.n // self.world_size) - self.skip
+        if self.pad:
+            return -(-self.n // self.world_size) - self.skip
+        return len(range(self.rank, self.n, self.world_size)) - self.skip
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         if self.shuffle:
@@ -433,7 +519,8 @@ class EpochSampler(Sampler):
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
-        per_rank = -(-self.n // self.world_size)
-        order += order[: per_rank * self.world_size - self.n]
+        if self.pad:
+            per_rank = -(-self.n // self.world_size)
+            order += order[: per_rank * self.world_size - self.n]
         mine = order[self.rank :: self.world_size]
         return ((i, self.epoch) for i in mine[self.skip :])

@@ -36,7 +36,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.wrappers.abstract import WrapperMetric
 from tqdm.auto import tqdm
 
 from .checkpoint import Progress, load_run, save_run
@@ -50,7 +51,7 @@ StepFn = Callable[[nn.Module, dict], StepOutput]
 
 
 class NonFiniteLoss(ArithmeticError):
-    """A step's loss was inf or NaN; the weights were not updated."""
+    """A step's loss or gradients were inf or NaN; the weights were not updated."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,10 +274,22 @@ def train_steps(
             raise NonFiniteLoss(f"loss became {loss.item()}")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        check_gradients(model, scaler)
         scaler.step(optimizer)
         scaler.update()
         update_metrics(metrics, loss, terms, heads)
         yield loss, batch["clip"].shape[0]
+
+
+def check_gradients(model: nn.Module, scaler: torch.amp.GradScaler) -> None:
+    """Raise NonFiniteLoss before an inf/NaN gradient reaches the weights (and a checkpoint).
+    Under fp16 the gradient scaler skips such steps itself and lowers its scale."""
+    if scaler.is_enabled():
+        return
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads)
+    if not torch.isfinite(norm):
+        raise NonFiniteLoss(f"gradients became {norm.item()} (the loss was finite)")
 
 
 def evaluate(
@@ -288,7 +301,11 @@ def evaluate(
     stop: threading.Event,
     skipped: set[str],
 ) -> bool:
-    """Update `metrics` over the batches without training; False when a stop was requested."""
+    """Update `metrics` over the batches without training; False when a stop was requested.
+
+    Under DDP the ranks may hold one batch more or less (each clip is evaluated once), so they
+    agree on a stop once, at the end, and `model` should be the bare model, not its DDP wrapper.
+    """
     model.eval()
     with torch.no_grad():
         for batch in batches:
@@ -296,9 +313,9 @@ def evaluate(
             batch = rt.to_device(batch)
             with rt.autocast():
                 update_metrics(metrics, *step_fn(model, batch))
-            if stop_requested(stop, rt):
-                return False
-    return True
+            if stop.is_set():
+                break
+    return not stop_requested(stop, rt)
 
 
 def update_metrics(metrics: MetricCollection, loss: torch.Tensor, terms: dict, heads: dict) -> None:
@@ -321,6 +338,7 @@ def metrics_state(metrics: MetricCollection, rt: Runtime) -> dict[str, dict[str,
     """Each metric's state summed over ranks, for a mid-epoch checkpoint (a collective call)."""
     state = {}
     for name, metric in metrics.items(keep_base=True):
+        metric = state_holder(metric)
         with metric.sync_context(should_sync=rt.world > 1):
             state[name] = {k: v.cpu() for k, v in metric.metric_state.items()}
     return state
@@ -330,7 +348,12 @@ def load_metrics_state(metrics: MetricCollection, state: dict, rt: Runtime) -> N
     """Go on from a saved `metrics_state`: rank 0 holds the sums, other ranks start at zero."""
     if rt.is_main:
         for name, saved in state.items():
-            metrics[name].merge_state({k: v.to(rt.device) for k, v in saved.items()})
+            state_holder(metrics[name]).merge_state({k: v.to(rt.device) for k, v in saved.items()})
+
+
+def state_holder(metric: Metric) -> Metric:
+    """The metric whose states hold the counts: a wrapper's inner one (ClasswiseWrapper)."""
+    return metric.metric if isinstance(metric, WrapperMetric) else metric
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,7 +399,7 @@ class Run:
 
     settings: LoopSettings
     config: dict
-    step_for: Callable[[int], StepFn]  # the task's step at a 0-based epoch
+    step_for: Callable[[int, bool], StepFn]  # the task's step at a 0-based epoch, training or not
     rt: Runtime
     out: Path
     classes: tuple[str, ...]
@@ -444,7 +467,14 @@ def train_epoch(run: Run, epoch: int, stop: threading.Event, progress: bool) -> 
         dynamic_ncols=True,
     )
     steps = train_steps(
-        run.model, bar, run.step_for(epoch), run.optimizer, run.scaler, metrics, rt, at.skipped
+        run.model,
+        bar,
+        run.step_for(epoch, True),
+        run.optimizer,
+        run.scaler,
+        metrics,
+        rt,
+        at.skipped,
     )
     clips, t0 = 0, time.perf_counter()
     try:
@@ -499,11 +529,14 @@ def end_epoch(run: Run, epoch: int, row: dict, stop: threading.Event) -> dict:
     if run.loaders["val"] is not None:
         metrics = run.metrics.clone(prefix="val_")
         batches = itertools.islice(run.loaders["val"], cfg.limit_batches or None)
-        if not evaluate(run.model, batches, run.step_for(epoch), metrics, rt, stop, at.skipped):
+        step = run.step_for(epoch, False)
+        if not evaluate(unwrap(run.model), batches, step, metrics, rt, stop, at.skipped):
             if rt.is_main:
                 run.save("last.pt", {})
             raise RunInterrupted(run.out / "last.pt")
-        row |= metrics_row(metrics)
+        row |= metrics_row(metrics) | {
+            "val_views_dropped": run.loaders["val"].dataset.views_dropped
+        }
     val_loss = row.get("val_loss", row["train_loss"])
     if isinstance(run.scheduler, ReduceLROnPlateau):
         run.scheduler.step(val_loss)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 MASK_LOW, MASK_HIGH = 0.8, 2.0  # motion masks are rescaled into this range
 DPAU_GRID = 13  # the pooled difference map is 13x13 at any clip size (28/112 window, 7/112 stride)
-LAMBDA_SCHEDULES = ("exp", "linear", "sigmoid", "dpau", "cam")
+LAMBDA_SCHEDULES = ("exp", "log", "sigmoid", "plinear", "linear", "dpau", "cam")
 
 
 def motion_mask_dpau(chunks: torch.Tensor) -> torch.Tensor:
@@ -48,14 +48,22 @@ def motion_mask_cam(
 
 
 def blend_lambda(schedule: str, epoch: int, total: int) -> float:
-    """Weight of the CAM mask at 1-based `epoch` of `total` (DPAU gets 1 - lambda)."""
+    """Weight of the CAM mask at 1-based `epoch` of `total` (DPAU gets 1 - lambda), in the forms
+    of the original code (train_predict.py's Mask_lambda); "dpau" and "cam" are its w0 and w1."""
     if schedule == "exp":
         scale = 75.0 if total > 100 else 25.0
         return math.exp((epoch - total) / scale)
+    if schedule == "log":  # rises fast, then flattens; 1 at the last epoch
+        s, eps = 15.0, 0.01
+        return (math.log(epoch / s + eps) - math.log(eps)) / (
+            math.log(total / s + eps) - math.log(eps)
+        )
+    if schedule == "sigmoid":  # 0.5 at mid-training, with the original's fixed scale of 75 epochs
+        return 1.0 / (1.0 + math.exp((total / 2 - epoch) / 75.0))
+    if schedule == "plinear":  # a staircase: steps of 75 epochs
+        return min(1.0, math.ceil(epoch / 75.0) * 75.0 / total)
     if schedule == "linear":
         return epoch / total
-    if schedule == "sigmoid":
-        return 1.0 / (1.0 + math.exp(-10.0 * (epoch / total - 0.5)))
     if schedule == "dpau":
         return 0.0
     if schedule == "cam":
@@ -64,12 +72,13 @@ def blend_lambda(schedule: str, epoch: int, total: int) -> float:
 
 
 def rescale_per_map(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Min-max normalise the last dim into [0.8, 2.0]; a flat map becomes all ones before rescaling
-    (the original divided by zero here and trained on NaN)."""
+    """Min-max normalise the last dim into [0.8, 2.0]. A flat map (a static scene) becomes 1.0,
+    a plain unweighted loss, as in the original's fix of its division by zero (NaN losses)."""
     lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
     span = hi - lo
-    norm = torch.where(span > eps, (x - lo) / span.clamp_min(eps), torch.ones_like(x))
-    return MASK_LOW + (MASK_HIGH - MASK_LOW) * norm
+    norm = (x - lo) / span.clamp_min(eps)
+    flat = torch.full_like(x, (1.0 - MASK_LOW) / (MASK_HIGH - MASK_LOW))
+    return MASK_LOW + (MASK_HIGH - MASK_LOW) * torch.where(span > eps, norm, flat)
 
 
 def upsample_mask(mask: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:

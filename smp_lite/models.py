@@ -229,8 +229,8 @@ class MotionNet(nn.Module):
         self, out: dict, targets: dict[str, Tensor], lam: float
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """PRP/SMP loss (method.md 2-3): the reconstruction error weighted by the motion mask
-        (DPAU blended with CAM by `lam`) over the supervised target frames, + 0.1 CE of the c5
-        head + 0.1 mean CE of the c4, c3, c2 heads.
+        (DPAU blended with CAM by `lam`), averaged over each sample's supervised target frames and
+        then over the batch, + 0.1 CE of the c5 head + 0.1 mean CE of the c4, c3, c2 heads.
 
         targets: "target" (B, 3, 2T, H, W) float in [0, 1], "target_weight" (B, 2T) 1 where a
         target frame is supervised, "dpau" (B, 3, 2T, 13, 13), "rate" (B,) rate index.
@@ -242,8 +242,11 @@ class MotionNet(nn.Module):
             cam = motion_mask_cam(self.rate_heads[0].fc.weight, out["rate_map"], rate, size)
             mask = lam * cam + (1 - lam) * mask
         weight = targets["target_weight"][:, None, :, None, None]  # (B, 1, 2T, 1, 1)
-        sq_err = (out["recon"].float() - target).pow(2) * mask * weight
-        recon = sq_err.sum() / (weight.sum() * 3 * size[1] * size[2]).clamp_min(1)
+        sq_err = (out["recon"].float() - target).pow(2) * mask * weight  # (B, 3, 2T, H, W)
+        # the mean over each sample's supervised elements, then over the batch, as the original:
+        # a rate-1 sample (half its target frames are fillers) weighs as much as any other
+        supervised = weight.flatten(1).sum(1) * 3 * size[1] * size[2]  # (B,)
+        recon = (sq_err.flatten(1).sum(1) / supervised.clamp_min(1)).mean()
         ces = [F.cross_entropy(logits.float(), rate) for logits in out["logits"]]
         loss = recon + 0.1 * ces[0]
         terms = {"recon": recon.detach(), "ce": ces[0].detach()}

@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric, MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.wrappers import ClasswiseWrapper
 
 from .checkpoint import check_out, load_backbone, write_run_folder
 from .data import RATES, EpochSampler, VideoDataset, load_index, split_by_group, to_float
@@ -38,6 +39,10 @@ from .models import ARCHS, NUM_RATES, ActionNet, MotionNet
 from .synth import DEFAULT_DATA, synthesize
 
 TASKS = ("smp", "prp", "supervised")
+TASK_CROPS = {"smp": "random", "prp": "center", "supervised": "random"}  # the original codes'
+# best.pt and the plateau schedule follow the validation loss; for SMP it is taken under the
+# DPAU mask alone, so that it means the same at every epoch (the training mask moves to CAM)
+BEST_BY = "val_loss (SMP: under the DPAU mask alone, the same definition at every epoch)"
 HEAD_NAMES = ("rate_c5", "rate_c4", "rate_c3", "rate_c2")
 
 # ---------------------------------------------------------------------------------------------
@@ -67,6 +72,7 @@ class TrainConfig:
     clip_len: int = 16
     resize: tuple[int, int] = (128, 171)
     crop: int = 112
+    train_crop: str = ""  # random or center; empty: the task's original (TASK_CROPS)
     val_fraction: float = 0.1  # of the training groups, held out to pick best.pt
     precise_bn: int = 20  # training batches that recompute BatchNorm statistics each epoch end
     lam_schedule: str = "exp"
@@ -110,6 +116,7 @@ def make_config(task: str | None = None, preset: str | None = None, **overrides)
     if unknown:
         raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
     cfg = replace(PRESETS[preset][task == "supervised"], task=task, **overrides)
+    cfg.train_crop = cfg.train_crop or TASK_CROPS[task]
     validate(cfg)
     return cfg
 
@@ -141,6 +148,7 @@ def validate(cfg: TrainConfig) -> None:
         ),
         (cfg.precision in ("auto", "bf16", "fp16", "fp32"), f"unknown precision {cfg.precision!r}"),
         (cfg.schedule in ("plateau", "cosine"), f"unknown lr schedule {cfg.schedule!r}"),
+        (cfg.train_crop in ("", "random", "center"), f"unknown crop {cfg.train_crop!r}"),
         (cfg.save_every >= 0, f"save every must be 0 or more steps, got {cfg.save_every}"),
         (cfg.precise_bn >= 0, f"precise BN must be 0 or more batches, got {cfg.precise_bn}"),
     ]
@@ -175,6 +183,7 @@ def motion_step(model: nn.Module, batch: dict, lam: float) -> StepOutput:
     targets["target"] = to_float(batch["target"])  # (B, 3, 2T, H, W)
     out = model(to_float(batch["clip"]), targets, lam)
     heads = {name: (z, batch["rate"]) for name, z in zip(HEAD_NAMES, out["logits"], strict=False)}
+    heads["at_rate"] = heads["rate_c5"]  # the c5 head's accuracy at each rate
     return out["loss"], out["terms"], heads
 
 
@@ -184,11 +193,13 @@ def supervised_step(model: nn.Module, batch: dict) -> StepOutput:
     return loss, {"ce": loss.detach()}, {"action": (logits, batch["label"])}
 
 
-def make_step(cfg: TrainConfig, epoch: int) -> StepFn:
-    """The step of the task at 0-based `epoch` (SMP's mask blend changes with the epoch)."""
+def make_step(cfg: TrainConfig, epoch: int, training: bool = True) -> StepFn:
+    """The step of the task at 0-based `epoch`: SMP's training mask moves from DPAU to CAM over
+    the epochs; its validation keeps DPAU alone (BEST_BY)."""
     if cfg.task == "supervised":
         return supervised_step
-    lam = blend_lambda(cfg.lam_schedule, epoch + 1, cfg.epochs) if cfg.task == "smp" else 0.0
+    smp_training = cfg.task == "smp" and training
+    lam = blend_lambda(cfg.lam_schedule, epoch + 1, cfg.epochs) if smp_training else 0.0
     return functools.partial(motion_step, lam=lam)
 
 
@@ -205,6 +216,9 @@ def task_metrics(cfg: TrainConfig, num_classes: int) -> MetricCollection:
     metrics["clips"] = SumMetric().set_dtype(torch.float64)
     for name, classes in heads.items():
         metrics[f"acc_{name}"] = MulticlassAccuracy(classes, average="micro", validate_args=False)
+    if cfg.task != "supervised":  # acc_at_rate_1, ..., acc_at_rate_8
+        per_rate = MulticlassAccuracy(NUM_RATES, average="none", validate_args=False)
+        metrics["acc_at_rate"] = ClasswiseWrapper(per_rate, [str(r) for r in RATES], "acc_at_rate_")
     return MetricCollection(metrics, compute_groups=False)
 
 
@@ -228,7 +242,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per
     cosine decay to 0 (stepped per batch)."""
     if cfg.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=0.1, patience=cfg.plateau_patience
+            optimizer, mode="min", factor=0.1, patience=cfg.plateau_patience, min_lr=1e-7
         )
     steps = max(1, min(steps_per_epoch, cfg.limit_batches or steps_per_epoch))
     warmup = cfg.warmup_epochs * steps
@@ -261,7 +275,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     ensure_default_dataset(cfg.data, rt)
     run = start_run(cfg, rt, out)
     if rt.is_main:
-        write_run_folder(out, run.config, run.at.epoch)
+        write_run_folder(out, {**run.config, "best_by": BEST_BY}, run.at.epoch)
     row = fit(run, progress)
     if rt.world > 1:
         torch.distributed.destroy_process_group()
@@ -321,18 +335,26 @@ def make_loaders(cfg: TrainConfig, rt: Runtime, videos: tuple) -> dict[str, Data
             f"{cfg.data} for validation: lower --val-fraction"
         )
     mode = "clip" if cfg.task == "supervised" else "prp"
-    common = dict(mode=mode, clip_len=cfg.clip_len, resize=cfg.resize, crop=cfg.crop, seed=cfg.seed)
-    train_set = VideoDataset(train_videos, train=True, **common)
+    common = dict(
+        mode=mode,
+        clip_len=cfg.clip_len,
+        resize=cfg.resize,
+        crop=cfg.crop,
+        seed=cfg.seed,
+        workers=cfg.workers,
+    )
+    random_crop = (cfg.train_crop or TASK_CROPS[cfg.task]) == "random"
+    train_set = VideoDataset(train_videos, train=True, random_crop=random_crop, **common)
     val_set = VideoDataset(
         val_videos, train=False, views=len(RATES) if mode == "prp" else 1, **common
     )
     loaders: dict[str, DataLoader | None] = {"val": None}
-    for name, dataset, seed, shuffle in (
+    for name, dataset, seed, training in (
         ("train", train_set, cfg.seed, True),
         ("bn", train_set, cfg.seed + 1, True),
         ("val", val_set, cfg.seed, False),
     ):
         if len(dataset):
-            sampler = EpochSampler(len(dataset), seed, shuffle, rt.rank, rt.world)
-            loaders[name] = make_loader(dataset, sampler, cfg.batch_size, cfg.workers, rt, shuffle)
+            sampler = EpochSampler(len(dataset), seed, training, rt.rank, rt.world, pad=training)
+            loaders[name] = make_loader(dataset, sampler, cfg.batch_size, cfg.workers, rt, training)
     return loaders

@@ -38,7 +38,7 @@ def test_check_finds_every_problem_of_hmdb51(official_hmdb) -> None:
     summary = format_report(report)
     assert "undecodable (skipped in training): 1" in summary
     assert "cartwheel/Short_(clip)_cartwheel_f_nm_np1_fr_goo_0.avi: 10 frames, skipped" in summary
-    assert "40 frames, plays at rates [1, 2] only" in summary
+    assert "40 frames, fits rates [1, 2] only" in summary
 
 
 def test_check_of_a_clean_ucf101(official_ucf) -> None:

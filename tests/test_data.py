@@ -4,7 +4,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from conftest import distinct_frames
+from conftest import distinct_frames, write_ucf_layout
 from test_train import tiny_config
 
 from smp_lite.checkpoint import load_checkpoint
@@ -176,6 +176,65 @@ def test_epoch_sampler_shards_and_reshuffles() -> None:
     assert len(list(s0)) == len(s0) == 2
 
 
+def test_evaluation_shards_give_each_key_to_one_rank() -> None:
+    """7 keys over 3 ranks: training pads to 3 x 3 keys, evaluation counts each key once."""
+    padded = [list(EpochSampler(7, 0, False, rank, 3)) for rank in range(3)]
+    assert [len(keys) for keys in padded] == [3, 3, 3]
+    shards = [EpochSampler(7, 0, False, rank, 3, pad=False) for rank in range(3)]
+    assert [len(s) for s in shards] == [3, 2, 2]
+    keys = [i for s in shards for i, _ in s]
+    assert sorted(keys) == list(range(7))
+
+
+@pytest.fixture(scope="module")
+def long_and_short(tmp_path_factory) -> tuple:
+    """Four 140-frame videos (every rate fits) and four 40-frame ones (rates 1 and 2 only)."""
+    root = tmp_path_factory.mktemp("lengths")
+    long = write_ucf_layout(root / "long", ["A", "B"], {"train": [1, 2], "test": [5]}, frames=140)
+    short = write_ucf_layout(root / "short", ["A", "B"], {"train": [3, 4], "test": [6]}, frames=40)
+    return load_index(long).train, load_index(short).train
+
+
+def test_training_keeps_the_drawn_rate_and_swaps_a_short_video(long_and_short) -> None:
+    long, short = long_and_short
+    ds = VideoDataset(long + short, mode="prp", clip_len=16, resize=(32, 40), crop=32)
+    counts = {rate: 0 for rate in range(len(RATES))}
+    for epoch in range(30):
+        for item in range(len(ds)):
+            s = ds[item, epoch]
+            counts[s["rate"]] += 1
+            if RATES[s["rate"]] > 2:  # rate 4 and 8 need 65 and 129 frames: a long video
+                assert s["index"] < len(long)
+            assert s["skipped"] == ""  # a swap is no skip
+    # 240 draws: every rate near 60; keeping the short videos at rates 1-2 gave rate 8 about 30
+    assert all(40 <= n <= 80 for n in counts.values()), counts
+
+
+def test_evaluation_drops_the_views_a_video_is_too_short_for(long_and_short) -> None:
+    long, short = long_and_short
+    videos = (long[0], short[0])
+    ds = VideoDataset(videos, mode="prp", resize=(32, 40), crop=32, train=False, views=4)
+    assert len(ds) == 4 + 2 and ds.views_dropped == 2  # the 40-frame video at rates 4 and 8
+    samples = [ds[i] for i in range(len(ds))]
+    assert [(s["index"], RATES[s["rate"]]) for s in samples] == [
+        (0, 1), (0, 2), (0, 4), (0, 8), (1, 1), (1, 2)
+    ]  # fmt: skip
+
+
+def test_crops_random_or_centred(ucf_tiny) -> None:
+    videos = load_index(ucf_tiny).train[:1]
+    frames = np.arange(2 * 64 * 80 * 3, dtype=np.uint32).reshape(2, 64, 80, 3)
+    centred = frames[:, 8:56, 16:64]
+    for training, random_crop in ((True, False), (False, True), (False, False)):
+        ds = VideoDataset(videos, resize=(64, 80), crop=48, train=training, random_crop=random_crop)
+        for seed in range(5):
+            assert np.array_equal(ds.crop_frames(frames, np.random.default_rng(seed)), centred)
+    ds = VideoDataset(videos, resize=(64, 80), crop=48, train=True, random_crop=True)
+    crops = [ds.crop_frames(frames, np.random.default_rng(seed)) for seed in range(5)]
+    assert any(not np.array_equal(c, centred) for c in crops)
+    assert all(c.shape == (2, 48, 48, 3) for c in crops)
+
+
 # ---------------------------------------------------------------------------------------------
 # The official layouts (UCF101, HMDB51) and csv lists, with the flaws of real downloads
 
@@ -323,9 +382,12 @@ def test_corrupt_and_short_videos_are_skipped_and_named(official_hmdb) -> None:
             skipped |= {line.split(": ")[0] for line in s["skipped"].splitlines()}
         assert skipped == {str(v.path) for v in train if v.path.name in flawed}
     only_flawed = tuple(v for v in train if v.path.name in flawed)
-    ds = VideoDataset(only_flawed, mode="prp", resize=(64, 80), crop=48, max_skips=5)
+    ds = VideoDataset(only_flawed, mode="clip", resize=(64, 80), crop=48, max_skips=5)
     with pytest.raises(DataError, match="6 videos in a row could not be read"):
         ds[0]
+    # PRP training says so when the dataset is made, before any training step
+    with pytest.raises(DataError, match="no training video has the 17 frames playback rate 1"):
+        VideoDataset(only_flawed, mode="prp", resize=(64, 80), crop=48)
 
 
 @pytest.mark.parametrize("layout", ["official_hmdb", "csv_list"])

@@ -19,7 +19,8 @@ def test_dpau_mask_range_and_static_video() -> None:
     static = torch.full((1, 4, 112, 112, 3), 90, dtype=torch.uint8)
     flat = motion_mask_dpau(static)
     assert flat.shape == (3, 1, 13, 13)
-    assert torch.isfinite(flat).all() and torch.allclose(flat, torch.tensor(2.0))
+    # a static scene weighs 1.0: a plain loss, neither the 2.0 of the most moving pixel nor NaN
+    assert torch.isfinite(flat).all() and torch.allclose(flat, torch.tensor(1.0))
 
 
 def test_dpau_mask_follows_motion() -> None:
@@ -34,15 +35,26 @@ def test_dpau_mask_follows_motion() -> None:
     assert full.shape == (1, 3, 32, 64, 64)
 
 
-def test_exp_lambda_schedule() -> None:
+def test_lambda_schedules_follow_the_original_forms() -> None:
+    """Values of the original code's Mask_lambda (train_predict.py), computed by hand."""
     assert blend_lambda("exp", 300, 300) == pytest.approx(1.0)
     assert blend_lambda("exp", 150, 300) == pytest.approx(math.exp(-2), rel=1e-6)  # ~0.135
     assert blend_lambda("exp", 75, 100) == pytest.approx(math.exp(-1))  # s = 25 when E <= 100
     assert blend_lambda("linear", 30, 120) == pytest.approx(0.25)
-    assert blend_lambda("sigmoid", 50, 100) == pytest.approx(0.5)
+    # sigmoid: 1 / (1 + exp((E/2 - e) / 75)): 0.5 at mid-training, 1/(1+e^-2) at the end of 300
+    assert blend_lambda("sigmoid", 150, 300) == pytest.approx(0.5)
+    assert blend_lambda("sigmoid", 300, 300) == pytest.approx(1 / (1 + math.exp(-2)))
+    # log: (ln(e/15 + 0.01) - ln 0.01) / (ln(E/15 + 0.01) - ln 0.01)
+    assert blend_lambda("log", 300, 300) == pytest.approx(1.0)
+    assert blend_lambda("log", 15, 300) == pytest.approx(math.log(101) / math.log(2001))
+    # plinear: min(1, ceil(e/75) * 75 / E): a staircase of 75-epoch steps
+    assert [blend_lambda("plinear", e, 300) for e in (1, 75, 76, 226, 300)] == pytest.approx(
+        [0.25, 0.25, 0.5, 1.0, 1.0]
+    )
     assert blend_lambda("dpau", 10, 100) == 0.0 and blend_lambda("cam", 1, 100) == 1.0
-    values = [blend_lambda("exp", e, 300) for e in range(1, 301)]
-    assert values == sorted(values)
+    for schedule in ("exp", "log", "sigmoid", "plinear", "linear"):
+        values = [blend_lambda(schedule, e, 300) for e in range(1, 301)]
+        assert values == sorted(values) and 0 < values[0] and values[-1] <= 1, schedule
 
 
 def test_cam_mask_follows_the_ground_truth_rate() -> None:
@@ -63,4 +75,4 @@ def test_cam_mask_of_a_flat_map_has_no_nan() -> None:
     mask = motion_mask_cam(
         torch.randn(4, 8), torch.zeros(3, 8, 2, 2, 2), torch.tensor([0, 1, 3]), (16, 32, 32)
     )
-    assert torch.isfinite(mask).all() and torch.allclose(mask, torch.tensor(2.0))
+    assert torch.isfinite(mask).all() and torch.allclose(mask, torch.tensor(1.0))

@@ -158,8 +158,9 @@ def cross_entropy_by_hand(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def test_motion_loss_computed_by_hand() -> None:
-    """Rate-1 fillers are not supervised, the error is divided by the supervised elements, the
-    mask is lam * CAM + (1 - lam) * DPAU, and the CE terms weigh 0.1 (MG heads: their mean)."""
+    """Rate-1 fillers are not supervised, the error is averaged over each sample's supervised
+    elements and then over the batch, the mask is lam * CAM + (1 - lam) * DPAU, and the CE terms
+    weigh 0.1 (MG heads: their mean)."""
     torch.manual_seed(0)
     model = MotionNet("r3d10", mg=True)
     b, t2, h, w = 2, 8, 16, 16  # a 4-frame clip's 8-frame target at 16x16
@@ -180,8 +181,9 @@ def test_motion_loss_computed_by_hand() -> None:
     lam = 0.3
     cam = motion_mask_cam(model.rate_heads[0].fc.weight, out["rate_map"], rate, (t2, h, w))
 
-    total, count = 0.0, 0.0
-    for i in range(b):
+    per_sample = []
+    for i in range(b):  # the mean over each sample's supervised elements
+        total, count = 0.0, 0
         for f in range(t2):
             if weight[i, f] == 0:
                 continue
@@ -189,7 +191,8 @@ def test_motion_loss_computed_by_hand() -> None:
             err = (out["recon"][i, :, f] - targets["target"][i, :, f]) ** 2
             total += float((mask * err).sum())
             count += 3 * h * w
-    recon = total / count
+        per_sample.append(total / count)
+    recon = sum(per_sample) / b  # then over the batch
     ce = [cross_entropy_by_hand(z, rate) for z in out["logits"]]
     expected = recon + 0.1 * ce[0] + 0.1 * sum(ce[1:]) / 3
 
@@ -198,3 +201,25 @@ def test_motion_loss_computed_by_hand() -> None:
     assert terms["ce"].item() == pytest.approx(ce[0], rel=1e-5)
     assert terms["ce_mg"].item() == pytest.approx(sum(ce[1:]) / 3, rel=1e-5)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_rate_1_sample_weighs_as_much_as_a_rate_8_sample() -> None:
+    """Half of a rate-1 target is fillers; its error still counts as much as a rate-8 one's."""
+    model = MotionNet("r3d10", mg=False)
+    b, t2, h, w = 2, 8, 16, 16
+    target = torch.zeros(b, 3, t2, h, w)
+    recon = torch.zeros(b, 3, t2, h, w)
+    recon[0] = 1.0  # only the rate-1 sample is wrong, by 1 everywhere
+    targets = {
+        "target": target,
+        "target_weight": torch.tensor([[1.0, 0.0] * (t2 // 2), [1.0] * t2]),
+        "dpau": torch.ones(b, 3, t2, 13, 13),  # a plain loss: every element weighs 1
+        "rate": torch.tensor([0, 3]),
+    }
+    out = {"recon": recon, "logits": [torch.zeros(b, NUM_RATES)], "rate_map": None}
+    _, terms = model.loss(out, targets, lam=0.0)
+    assert terms["recon"].item() == pytest.approx(0.5)  # (1 + 0) / 2, not 16 / (16 + 32)
+    recon = torch.zeros(b, 3, t2, h, w)
+    recon[1] = 1.0  # now only the rate-8 sample is wrong
+    _, terms = model.loss({**out, "recon": recon}, targets, lam=0.0)
+    assert terms["recon"].item() == pytest.approx(0.5)

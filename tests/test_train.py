@@ -7,17 +7,29 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
+from threading import Event
 
 import pytest
 import torch
 
 import smp_lite.train
 from smp_lite.checkpoint import load_checkpoint, read_metrics
-from smp_lite.data import load_index, split_by_group
+from smp_lite.data import RATES, VideoDataset, load_index, split_by_group
+from smp_lite.engine import Runtime, evaluate, metrics_row
 from smp_lite.errors import ConfigError, RunInterrupted, TrainError
 from smp_lite.models import MotionNet
 from smp_lite.synth import DEFAULT_DATA, synthesize
-from smp_lite.train import make_config, make_optimizer, make_scheduler, train
+from smp_lite.train import (
+    build_model,
+    make_config,
+    make_loaders,
+    make_optimizer,
+    make_scheduler,
+    make_step,
+    task_metrics,
+    train,
+)
 
 
 def tiny_config(data, out, **kw):
@@ -91,12 +103,21 @@ def test_smp_run_writes_the_run_and_its_loss_goes_down(ucf_tiny, tmp_path) -> No
         "train_recon",
         "train_ce_mg",
         "skipped_videos",
+        "val_views_dropped",
+        *(f"val_acc_at_rate_{rate}" for rate in RATES),
     ):
         assert key in rows[0], key
+    # per-rate accuracy: 2 held-out videos at each rate, so each is 0, 0.5 or 1, and their mean
+    # is the c5 head's accuracy over the balanced validation set
+    per_rate = [rows[-1][f"val_acc_at_rate_{rate}"] for rate in RATES]
+    assert all(a in (0.0, 0.5, 1.0) for a in per_rate)
+    assert sum(per_rate) / 4 == pytest.approx(rows[-1]["val_acc_rate_c5"])
+    assert rows[0]["val_views_dropped"] == 0  # 140-frame videos: every rate fits
     _, val_videos = split_by_group(load_index(str(ucf_tiny)).train, cfg.val_fraction, cfg.seed)
     assert rows[0]["val_clips"] == 4 * len(val_videos) == 8  # every held-out video at every rate
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["task"] == "smp" and config["version"] and config["crop"] == 32
+    assert config["train_crop"] == "random" and "DPAU" in config["best_by"]
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state["epoch"] == 5 and state["arch"] == "r3d10" and state["task"] == "smp"
     best = load_checkpoint(tmp_path / "run" / "best.pt")
@@ -299,3 +320,85 @@ def test_the_python_api_creates_the_default_dataset_as_the_command_does(
     train(cfg, progress=False)
     assert made == [DEFAULT_DATA] and (tmp_path / DEFAULT_DATA / "classInd.txt").is_file()
     assert len(read_metrics(tmp_path / "run")) == 1
+
+
+def test_each_task_crops_as_its_original() -> None:
+    assert make_config("smp").train_crop == "random"
+    assert make_config("prp").train_crop == "center"
+    assert make_config("supervised").train_crop == "random"
+    assert make_config("prp", train_crop="random").train_crop == "random"
+    with pytest.raises(ConfigError, match="unknown crop 'corner'"):
+        make_config("prp", train_crop="corner")
+
+
+def test_smp_validation_loss_means_the_same_at_every_epoch(ucf_tiny) -> None:
+    """Training blends the CAM mask in by lambda(epoch); validation keeps DPAU alone, so best.pt
+    and the plateau schedule compare one quantity across epochs."""
+    videos = load_index(ucf_tiny).train[:2]
+    ds = VideoDataset(videos, clip_len=8, resize=(32, 40), crop=32, train=False, views=4)
+    batch = torch.utils.data.default_collate([ds[i] for i in range(4)])
+    batch.pop("skipped")
+    torch.manual_seed(0)
+    model = MotionNet("r3d10").eval()
+    cfg = make_config("smp", "quick", epochs=10, lam_schedule="linear")
+    with torch.no_grad():
+        val = [make_step(cfg, epoch, training=False)(model, batch)[0] for epoch in (0, 5, 9)]
+        trained = [make_step(cfg, epoch)(model, batch)[0] for epoch in (0, 9)]
+        dpau = make_step(replace(cfg, lam_schedule="dpau"), 9)(model, batch)[0]
+    assert val[0] == val[1] == val[2] == dpau  # the DPAU mask alone
+    assert trained[0] != trained[1]  # lambda 0.1 vs 1.0: another mask
+
+
+def test_plateau_schedule_stops_at_the_original_minimum() -> None:
+    cfg = make_config("smp", "quick", lr=0.01, plateau_patience=0)
+    optimizer = make_optimizer(MotionNet("r3d10", mg=False), cfg)
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=5)
+    for _ in range(12):  # no improvement: a tenth each epoch, down to 1e-7
+        scheduler.step(1.0)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1e-7, 1e-7])
+
+
+def test_non_finite_gradients_stop_before_they_reach_the_weights(
+    ucf_tiny, tmp_path, monkeypatch
+) -> None:
+    calls, motion_step = [], smp_lite.train.motion_step
+
+    def nan_gradients_at_step_3(model, batch, lam):
+        calls.extend([1] if model.training else [])
+        loss, terms, heads = motion_step(model, batch, lam)
+        if len(calls) == 3:  # + 0 * sqrt(|w - w|^2): a finite loss whose gradient is NaN
+            w = next(model.parameters())
+            loss = loss + 0.0 * torch.sqrt((w - w.detach()).pow(2).sum())
+        return loss, terms, heads
+
+    monkeypatch.setattr(smp_lite.train, "motion_step", nan_gradients_at_step_3)
+    cfg = tiny_config(ucf_tiny, tmp_path / "run", batch_size=2, limit_batches=0, save_every=1)
+    with pytest.raises(TrainError, match=r"gradients became nan .* at step 3 \(epoch 1, batch 3"):
+        train(cfg, progress=False)
+    state = load_checkpoint(tmp_path / "run" / "last.pt")  # saved after step 2
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_validation_under_torchrun_counts_each_clip_once(ucf_tiny, tmp_path) -> None:
+    """3 held-out videos over 2 ranks: the validation row equals a single-process evaluation
+    of the validated weights (last.pt), clip for clip."""
+    out = tmp_path / "run"
+    options = ["--task", "supervised", "--epochs", "1", "--val-fraction", "0.375"]
+    done = torchrun(tiny_pretrain_args(ucf_tiny, out, *options), tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    row = read_metrics(out)[0]
+    assert row["val_clips"] == 3  # not 4: no clip is repeated to even the shards
+
+    cfg = tiny_config(ucf_tiny, tmp_path / "x", task="supervised", val_fraction=0.375)
+    cfg = replace(cfg, batch_size=2, limit_batches=0)
+    rt = Runtime(torch.device("cpu"), "fp32", False)
+    index = load_index(ucf_tiny)
+    model = build_model(cfg, len(index.classes))
+    model.load_state_dict(load_checkpoint(out / "last.pt")["model"])
+    metrics = task_metrics(cfg, len(index.classes)).clone(prefix="val_")
+    val_loader = make_loaders(cfg, rt, index.train)["val"]
+    assert evaluate(model, val_loader, make_step(cfg, 0, False), metrics, rt, Event(), set())
+    alone = metrics_row(metrics)
+    for key in ("val_clips", "val_loss", "val_acc_action"):
+        assert row[key] == pytest.approx(alone[key], rel=1e-5), key
