@@ -325,9 +325,9 @@ def check_compatible(state: dict, config: dict, classes: tuple[str, ...], path: 
         )
     saved, now = state["config"], config
     for key in RUN_SETTINGS:
-        if saved.get(key) != now[key]:
+        if saved.get(key) != now.get(key):
             raise TrainError(
-                f"{path} was run with {key} {saved.get(key)!r}, not {now[key]!r}: "
+                f"{path} was run with {key} {saved.get(key)!r}, not {now.get(key)!r}: "
                 "resume with the options the run started with"
             )
     if list(state["classes"]) != list(classes):

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from . import __version__
+from . import __version__, evaluate
 from .errors import DataError, RunInterrupted, TrainError
 from .models import ARCHS
 from .synth import DEFAULT_DATA
@@ -136,14 +136,15 @@ def data_check(
         raise DataError(f"{root}: none of the {train} training videos can be sampled")
 
 
-# The help of each pretraining setting; its default comes from TrainConfig and its presets.
-PRETRAIN_HELP = {
+# The help of each setting of a config (TrainConfig, the evaluation configs); its default comes
+# from the config and its presets.
+HELP = {
     "arch": f"Backbone: {', '.join(ARCHS)}.",
     "task": "smp (motion perception), prp (playback rate) or supervised.",
     "data": "Dataset as [kind:]PATH, kind synth, ucf101, hmdb51 or csv. The default generated "
     "dataset is created if absent.",
     "split": "Official train/test split (1, 2 or 3).",
-    "out": "Run folder [default: runs/TASK-ARCH-DATASET].",
+    "out": "Run folder [default: runs/TASK-ARCH-DATASET; evaluations: runs/KIND-ARCH-INIT].",
     "preset": "quick (a few CPU minutes) or paper (method.md) [default: quick on generated "
     "data, paper on real data]. The options below override it.",
     "epochs": "Epochs.",
@@ -178,22 +179,32 @@ PRETRAIN_HELP = {
     "architecture, or one of the original PRP/SMP code (c3d, r3d10, r21d10).",
     "resume": "Continue the run in OUT from last.pt, mid-epoch too.",
     "overwrite": "Replace the run in OUT.",
+    "init": "The backbone to evaluate: random, or a checkpoint (smp-lite of any task, or "
+    "the original PRP/SMP code's c3d, r3d10, r21d10).",
+    "target": "What the linear layer learns: speed (the 4 playback rates) or action.",
+    "train_views": "Cached training clips per video (and per rate for speed).",
+    "test_views": "Clips per test video; their logits or features are averaged.",
+    "lr_step_epoch": "Epoch at which the learning rate drops 10x.",
 }
 
 
-def shown_default(name: str) -> str:
-    """A TrainConfig setting's default as --help shows it: one value, or the value of each
-    preset (and of supervised runs where it differs); empty where the help says it."""
-    pairs = {preset: tuple(getattr(c, name) for c in both) for preset, both in PRESETS.items()}
-    if "default:" in PRETRAIN_HELP[name] or pairs["paper"][0] == "":
+def shown_default(name: str, presets: dict[str, tuple], help: str) -> str:
+    """A setting's default as --help shows it: one value, or the value of each preset (and of
+    supervised runs, a preset's second config, where it differs); empty where `help` says it."""
+    values = {
+        preset: tuple(getattr(c, name) for c in configs) for preset, configs in presets.items()
+    }
+    first = next(iter(values.values()))[0]
+    if "default:" in help or first == "":
         return ""
-    if len({v for pair in pairs.values() for v in pair}) == 1:
-        return f" [default: {show_value(pairs['paper'][0])}]"
-    each = [
-        f"{preset} {show_value(m)}" + ("" if m == s else f" (supervised {show_value(s)})")
-        for preset, (m, s) in pairs.items()
+    if len({v for each in values.values() for v in each}) == 1:
+        return f" [default: {show_value(first)}]"
+    shown = [
+        f"{preset} {show_value(v[0])}"
+        + ("" if len(v) == 1 or v[1] == v[0] else f" (supervised {show_value(v[1])})")
+        for preset, v in values.items()
     ]
-    return f" [default: {', '.join(each)}]"
+    return f" [default: {', '.join(shown)}]"
 
 
 def show_value(value: object) -> str:
@@ -212,9 +223,11 @@ def option_type(hint: object) -> type:
     return args[0] if args else hint
 
 
-def with_config_options(command: Callable, config: type, help: dict[str, str]) -> Callable:
+def with_config_options(
+    command: Callable, config: type, presets: dict[str, tuple], help: dict[str, str]
+) -> Callable:
     """Give `command` (which takes **settings) one option per field of the dataclass `config`,
-    defaulting to None so that the config decides, with `help` and the config's default."""
+    defaulting to None so that the config decides, with `help` and the presets' defaults."""
     hints = typing.get_type_hints(config)
     own_hints = typing.get_type_hints(command, include_extras=True)
     own = [
@@ -227,7 +240,7 @@ def with_config_options(command: Callable, config: type, help: dict[str, str]) -
         kind = option_type(hints[f.name])
         metavar = "HxW" if typing.get_origin(hints[f.name]) is tuple else kind.__name__.upper()
         option = typer.Option(
-            help=help[f.name] + shown_default(f.name),
+            help=help[f.name] + shown_default(f.name, presets, help[f.name]),
             show_default=False,
             metavar=None if kind is bool else metavar,
         )
@@ -253,20 +266,77 @@ def pretrain(
     """Pretrain a backbone by motion perception (SMP), playback rate (PRP) or action labels."""
     if settings["resize"] is not None:
         settings["resize"] = parse_size(settings["resize"])
-    cfg = make_config(**settings)
-    is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 speaks for all
-    try:
-        result = train(cfg, progress=progress)
-    except RunInterrupted as stopped:
-        if is_main:
-            command = resume_command(ctx, stopped.checkpoint.parent)
-            typer.echo(f"{stopped}; to go on from there, run:\n  {command}", err=True)
-        raise typer.Exit(130) from None
-    if is_main:
+    result = interruptible(ctx, train, make_config(**settings), progress)
+    if is_main_process():
         typer.echo(f"done: {result['out']} (best validation loss {result['best_val']:.4f})")
 
 
-app.command()(friendly_errors(with_config_options(pretrain, TrainConfig, PRETRAIN_HELP)))
+def probe(
+    ctx: typer.Context,
+    *,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    **settings,
+) -> None:
+    """Linear probe on a frozen backbone: the playback rate (speed; the seed's Table 1) or the
+    action. Features are computed once and cached in the run folder."""
+    evaluation(ctx, "probe", evaluate.probe, settings, progress)
+
+
+def finetune(
+    ctx: typer.Context,
+    *,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    **settings,
+) -> None:
+    """Fine-tune a backbone on action labels; test with 10 clips per test video."""
+    evaluation(ctx, "finetune", evaluate.finetune, settings, progress)
+
+
+def retrieve(
+    ctx: typer.Context,
+    *,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    **settings,
+) -> None:
+    """Video retrieval: test videos query the training videos; top-1/5/10/20/50 hit rates."""
+    evaluation(ctx, "retrieve", evaluate.retrieve, settings, progress)
+
+
+def evaluation(
+    ctx: typer.Context, kind: str, run: Callable, settings: dict, progress: bool
+) -> None:
+    if settings["resize"] is not None:
+        settings["resize"] = parse_size(settings["resize"])
+    cfg = evaluate.make_eval_config(kind, **settings)
+    results = interruptible(ctx, run, cfg, progress)
+    if is_main_process():
+        typer.echo(f"done: {evaluate.eval_out(cfg)} ({evaluate.summary(results)})")
+
+
+def interruptible(ctx: typer.Context, run: Callable, cfg: object, progress: bool) -> dict:
+    """`run(cfg)`; on Ctrl-C or SIGTERM, print how to go on and exit 130."""
+    try:
+        return run(cfg, progress=progress)
+    except RunInterrupted as stopped:
+        if is_main_process():
+            command = resume_command(ctx, stopped.checkpoint.parent)
+            typer.echo(f"{stopped}; to go on from there, run:\n  {command}", err=True)
+        raise typer.Exit(130) from None
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 speaks for all
+
+
+app.command()(friendly_errors(with_config_options(pretrain, TrainConfig, PRESETS, HELP)))
+for command, config in (
+    (probe, evaluate.ProbeConfig),
+    (finetune, evaluate.FinetuneConfig),
+    (retrieve, evaluate.RetrieveConfig),
+):
+    kind = command.__name__
+    presets = {name: (configs[kind],) for name, configs in evaluate.EVAL_PRESETS.items()}
+    app.command()(friendly_errors(with_config_options(command, config, presets, HELP)))
 
 
 @app.command()
@@ -296,8 +366,8 @@ def report(
 
 
 def resume_command(ctx: typer.Context, out: Path) -> str:
-    """This pretrain command with the options the user gave, ending in --resume --out OUT."""
-    args = ["smp-lite", *(["--debug"] if state["debug"] else []), "pretrain"]
+    """This command with the options the user gave, ending in --resume --out OUT."""
+    args = ["smp-lite", *(["--debug"] if state["debug"] else []), ctx.info_name]
     for param in ctx.command.params:
         source = ctx.get_parameter_source(param.name)
         if param.name in ("out", "resume", "overwrite") or source.name != "COMMANDLINE":

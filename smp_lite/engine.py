@@ -240,7 +240,8 @@ def quiet_worker(_: int) -> None:
 
 def note_skipped(batch: dict, seen: set[str], rt: Runtime) -> None:
     """Add the videos the loader skipped in this batch to `seen`; each is logged once, by name."""
-    new = {line for text in batch.pop("skipped") for line in text.splitlines() if line} - seen
+    texts = batch.pop("skipped", ())  # decoded videos name those they skipped; features do not
+    new = {line for text in texts for line in text.splitlines() if line} - seen
     if rt.is_main:
         for line in sorted(new):
             tqdm.write(f"skipped unreadable video {line}", file=sys.stderr)
@@ -277,8 +278,7 @@ def train_steps(
         check_gradients(model, scaler)
         scaler.step(optimizer)
         scaler.update()
-        update_metrics(metrics, loss, terms, heads)
-        yield loss, batch["clip"].shape[0]
+        yield loss, update_metrics(metrics, loss, terms, heads)
 
 
 def check_gradients(model: nn.Module, scaler: torch.amp.GradScaler) -> None:
@@ -318,14 +318,16 @@ def evaluate(
     return not stop_requested(stop, rt)
 
 
-def update_metrics(metrics: MetricCollection, loss: torch.Tensor, terms: dict, heads: dict) -> None:
-    """Clip-weighted means of the loss and its terms, each head's accuracy, the clip count."""
-    n = next(iter(heads.values()))[1].shape[0]  # clips in the batch
+def update_metrics(metrics: MetricCollection, loss: torch.Tensor, terms: dict, heads: dict) -> int:
+    """Clip-weighted means of the loss and its terms, each head's accuracy, the clip count;
+    returns the number of clips in the batch."""
+    n = next(iter(heads.values()))[1].shape[0]
     metrics["clips"].update(n)
     for name, value in {"loss": loss.detach(), **terms}.items():
         metrics[name].update(value.double(), n)
     for name, (logits, labels) in heads.items():
         metrics[f"acc_{name}"].update(logits.detach(), labels)
+    return n
 
 
 def metrics_row(metrics: MetricCollection) -> dict[str, float | int]:
@@ -410,6 +412,7 @@ class Run:
     scaler: torch.amp.GradScaler
     metrics: MetricCollection  # unprefixed, never updated: cloned per epoch
     at: Progress = field(default_factory=Progress)
+    keep_best: bool = True  # best.pt by validation loss; not when "validation" is the test set
 
     epoch_batches: int = field(init=False)  # training batches in an epoch
 
@@ -549,7 +552,7 @@ def end_epoch(run: Run, epoch: int, row: dict, stop: threading.Event) -> dict:
         # which then drops the epoch's row and rewrites best.pt
         with open(run.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
-        if is_best:
+        if is_best and run.keep_best:
             run.save("best.pt", row)
         run.save("last.pt", row)
     return row

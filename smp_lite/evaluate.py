@@ -1,0 +1,561 @@
+"""Evaluation of a backbone (method.md sections 4-5): linear probe, fine-tuning and retrieval.
+
+- `probe(cfg)`: the backbone frozen, a new linear layer on its pooled c5 feature learns the
+  playback rate (`target="speed"`, the seed's Table 1) or the action (`target="action"`);
+- `finetune(cfg)`: the whole network trained on action labels, tested with 10 clips per video;
+- `retrieve(cfg)`: test videos query the training videos by the cosine similarity of their
+  retrieval features; top-k hit rates.
+
+Each takes `init`: "random" or a checkpoint (a smp-lite one of any task, or the original
+PRP/SMP code's weights), and writes a run folder: config.json, results.json (every number, the
+time it took, the device), and for the trained ones metrics.jsonl and last.pt, resumable like
+pretraining (they run on the engine's loop).
+
+The probe caches features. A frozen backbone in eval mode maps a clip to one feature, so the
+probe computes each clip's feature once instead of once per epoch. Cached, for `speed`: every
+training video at each of the four rates, `train_views` times with starts drawn once (seeded),
+centre crop; every test video at each rate once. For `action`: `train_views` clips per training
+video centred at linspace(T/2, frames - T/2); the test videos' `test_views` clips likewise,
+logits averaged per video. What caching gives up is fresh random starts and crops every epoch.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchmetrics import MeanMetric, MetricCollection, SumMetric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+from torchmetrics.wrappers import ClasswiseWrapper
+from tqdm.auto import tqdm
+
+from .checkpoint import check_out, load_backbone, write_run_folder
+from .data import RATES, EpochSampler, VideoDataset, load_index, to_float
+from .engine import Run, Runtime, StepOutput, fit, make_loader, make_runtime, unwrap
+from .errors import ConfigError
+from .models import ARCHS, ActionNet, build_backbone, pooled_feature, retrieval_feature
+from .synth import DEFAULT_DATA
+from .train import ensure_default_dataset, is_generated, supervised_step, warmup_cosine
+
+TARGETS = ("speed", "action")
+TOP_K = (1, 5, 10, 20, 50)
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class EvalConfig:
+    """What every evaluation shares; defaults are method.md's (UCF101 clips)."""
+
+    arch: str = "r3d18"
+    init: str = "random"  # "random" or a checkpoint (smp-lite, or original PRP/SMP weights)
+    data: str = DEFAULT_DATA
+    split: int = 1
+    out: str = ""  # empty: runs/<kind>-<arch>-<init name>
+    preset: str = "paper"
+    clip_len: int = 16
+    resize: tuple[int, int] = (128, 171)
+    crop: int = 112
+    test_views: int = 10  # clips per test video, logits or features averaged
+    workers: int = 2
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool | None = None
+    seed: int = 0
+    resume: bool = False
+    overwrite: bool = False
+
+
+@dataclass
+class ProbeConfig(EvalConfig):
+    """Linear probe on a frozen backbone (the seed: SGD, batch 32, cosine from 0.0075 to 0)."""
+
+    target: str = "speed"
+    train_views: int = 2  # cached training clips per video (and per rate for speed)
+    epochs: int = 150
+    batch_size: int = 32
+    lr: float = 0.0075
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    limit_batches: int = 0
+    save_every: int = 0
+    precise_bn: int = 0  # the backbone is frozen: its statistics stay
+
+
+@dataclass
+class FinetuneConfig(EvalConfig):
+    """Fine-tuning (PRP/VCOP): SGD lr 0.001, momentum 0.9, wd 5e-4, batch 8, 160 epochs, x0.1
+    at epoch 100, random crops; tested with `test_views` clips per video."""
+
+    epochs: int = 160
+    lr_step_epoch: int = 100
+    batch_size: int = 8
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    limit_batches: int = 0
+    save_every: int = 100
+    precise_bn: int = 20
+
+
+@dataclass
+class RetrieveConfig(EvalConfig):
+    """Nearest-neighbour retrieval (VCOP): `test_views` clips per video, features averaged."""
+
+
+QUICK_CLIPS = dict(preset="quick", resize=(48, 64), crop=48)  # as pretraining's quick preset
+EVAL_PRESETS: dict[str, dict[str, EvalConfig]] = {
+    "paper": {"probe": ProbeConfig(), "finetune": FinetuneConfig(), "retrieve": RetrieveConfig()},
+    "quick": {
+        "probe": ProbeConfig(**QUICK_CLIPS, epochs=30),
+        "finetune": FinetuneConfig(**QUICK_CLIPS, epochs=10, lr_step_epoch=7, lr=0.01),
+        "retrieve": RetrieveConfig(**QUICK_CLIPS),
+    },
+}
+
+
+def make_eval_config(kind: str, preset: str | None = None, **overrides) -> EvalConfig:
+    """The config of evaluation `kind` (probe, finetune, retrieve) from a preset (quick on
+    generated data, paper on real data) and overrides; an override of None keeps the preset's."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    preset = preset or ("quick" if is_generated(overrides.get("data", DEFAULT_DATA)) else "paper")
+    if preset not in EVAL_PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}: choose one of {', '.join(EVAL_PRESETS)}")
+    base = EVAL_PRESETS[preset][kind]
+    unknown = set(overrides) - set(asdict(base))
+    if unknown:
+        raise ConfigError(f"unknown settings for {kind}: {', '.join(sorted(unknown))}")
+    cfg = replace(base, **overrides)
+    validate_eval(cfg)
+    return cfg
+
+
+def validate_eval(cfg: EvalConfig) -> None:
+    checks = [
+        (cfg.arch in ARCHS, f"unknown architecture {cfg.arch!r}: choose one of {', '.join(ARCHS)}"),
+        (
+            cfg.init == "random" or Path(cfg.init).is_file(),
+            f"--init {cfg.init}: no such checkpoint file (or 'random')",
+        ),
+        (cfg.crop > 0 and cfg.crop % 16 == 0, f"crop {cfg.crop} must be divisible by 16"),
+        (cfg.crop <= min(cfg.resize), f"crop {cfg.crop} is larger than resize {cfg.resize}"),
+        (cfg.test_views >= 1, f"test views must be 1 or more, got {cfg.test_views}"),
+        (cfg.precision in ("auto", "bf16", "fp16", "fp32"), f"unknown precision {cfg.precision!r}"),
+    ]
+    if isinstance(cfg, ProbeConfig):
+        checks.append((cfg.target in TARGETS, f"unknown probe target {cfg.target!r}"))
+        checks.append((cfg.train_views >= 1, f"train views must be 1 or more: {cfg.train_views}"))
+    if isinstance(cfg, ProbeConfig | FinetuneConfig):
+        checks.append((cfg.epochs > 0, f"epochs must be positive, got {cfg.epochs}"))
+        checks.append((cfg.batch_size > 0, f"batch size must be positive, got {cfg.batch_size}"))
+        checks.append((cfg.lr > 0, f"learning rate must be positive, got {cfg.lr}"))
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def eval_kind(cfg: EvalConfig) -> str:
+    if isinstance(cfg, ProbeConfig):
+        return f"probe-{cfg.target}"
+    return "finetune" if isinstance(cfg, FinetuneConfig) else "retrieve"
+
+
+def eval_out(cfg: EvalConfig) -> Path:
+    """`out`, or runs/<kind>-<arch>-<init>: the init's run folder name, or "random"."""
+    if cfg.out:
+        return Path(cfg.out)
+    init = "random" if cfg.init == "random" else Path(cfg.init).resolve().parent.name
+    return Path("runs") / f"{eval_kind(cfg)}-{cfg.arch}-{init}"
+
+
+def eval_config_dict(cfg: EvalConfig) -> dict:
+    return {**asdict(cfg), "resize": list(cfg.resize), "task": eval_kind(cfg)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared steps
+
+
+def start_eval(cfg: EvalConfig) -> tuple[Runtime, Path]:
+    """The runtime and the run folder, after the refusals that come before any work."""
+    validate_eval(cfg)
+    rt = make_runtime(cfg.device, cfg.precision, cfg.channels_last)
+    out = eval_out(cfg)
+    check_out(out, cfg.resume, cfg.overwrite)
+    ensure_default_dataset(cfg.data, rt)
+    return rt, out
+
+
+def initial_backbone(cfg: EvalConfig) -> nn.Module:
+    """The backbone to evaluate: seeded random weights, or those of the `init` checkpoint."""
+    torch.manual_seed(cfg.seed)
+    backbone = build_backbone(cfg.arch)
+    if cfg.init != "random":
+        load_backbone(backbone, cfg.init, cfg.arch)
+    return backbone
+
+
+def clip_dataset(cfg: EvalConfig, videos: tuple, mode: str, views: int, **kw) -> VideoDataset:
+    return VideoDataset(
+        videos,
+        mode=mode,
+        clip_len=cfg.clip_len,
+        resize=cfg.resize,
+        crop=cfg.crop,
+        seed=cfg.seed,
+        views=views,
+        workers=cfg.workers,
+        **kw,
+    )
+
+
+def write_results(out: Path, results: dict) -> Path:
+    path = out / "results.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Frozen features
+
+
+@torch.no_grad()
+def outputs(
+    fn: nn.Module, dataset: VideoDataset, rt: Runtime, desc: str, workers: int
+) -> dict[str, torch.Tensor]:
+    """`fn` (a model or `backbone_feature`) on every item of `dataset` (views of its videos):
+    "output" (N, D) float32, "label", "rate" (rate index in prp mode, else the label) and
+    "video" (the index of the video the item was read from)."""
+    fn.eval()
+    loader = make_loader(dataset, EpochSampler(len(dataset), shuffle=False), 16, workers, rt, False)
+    parts: dict[str, list[torch.Tensor]] = {"output": [], "label": [], "rate": [], "video": []}
+    for batch in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True):
+        batch = rt.to_device(batch)
+        with rt.autocast():
+            parts["output"].append(fn(to_float(batch["clip"])).float().cpu())
+        parts["label"].append(batch["label"].cpu())
+        parts["rate"].append(batch.get("rate", batch["label"]).cpu())
+        parts["video"].append(batch["index"].cpu())
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+class BackboneFeature(nn.Module):
+    """A backbone's clip feature: the pooled c5 (512-d) or VCOP's retrieval feature."""
+
+    def __init__(self, backbone: nn.Module, kind: str = "pooled") -> None:
+        super().__init__()
+        self.backbone, self.kind = backbone, kind
+
+    def forward(self, clip: torch.Tensor) -> torch.Tensor:
+        c5 = self.backbone(clip)[-1]  # (B, 512, T/8, H/16, W/16)
+        return pooled_feature(c5) if self.kind == "pooled" else retrieval_feature(c5)
+
+
+class FeatureSet(Dataset):
+    """Cached features as samples {"feature", "label"} for the engine's loop; `views_dropped`
+    counts the views of the videos they come from that did not fit."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, views_dropped: int) -> None:
+        self.features, self.labels, self.views_dropped = features, labels, views_dropped
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index = key[0] if isinstance(key, tuple) else key
+        return {"feature": self.features[index], "label": self.labels[index]}
+
+
+def video_mean(values: torch.Tensor, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average the rows of `values` (N, D) per video id: (videos, D) and the ids, sorted."""
+    ids, where = torch.unique(video, return_inverse=True)
+    sums = torch.zeros(len(ids), values.shape[1]).index_add_(0, where, values.float())
+    counts = torch.bincount(where, minlength=len(ids)).clamp_min(1)
+    return sums / counts[:, None], ids
+
+
+def summary(results: dict) -> str:
+    """One line of an evaluation's results."""
+    if "top_k" in results:
+        return "top-k " + ", ".join(f"{k}: {100 * v:.1f}%" for k, v in results["top_k"].items())
+    return (
+        f"accuracy {100 * results['accuracy']:.1f}% +- {100 * results['accuracy_std']:.1f} "
+        f"over {results['items']} test items"
+    )
+
+
+def bootstrap_std(correct: torch.Tensor, video: torch.Tensor, seed: int, n: int = 1000) -> float:
+    """Standard deviation of the accuracy over `n` resamplings of the test videos (with
+    replacement): the spread a different draw of test videos would give."""
+    ids, where = torch.unique(video, return_inverse=True)
+    hits = torch.zeros(len(ids)).index_add_(0, where, correct.float())
+    totals = torch.bincount(where, minlength=len(ids)).float()
+    g = torch.Generator().manual_seed(seed)
+    picks = torch.randint(len(ids), (n, len(ids)), generator=g)
+    return (hits[picks].sum(1) / totals[picks].sum(1)).std().item()
+
+
+def accuracy_report(
+    logits: torch.Tensor, labels: torch.Tensor, video: torch.Tensor, names: list[str], seed: int
+) -> dict:
+    """Accuracy with its bootstrap spread, accuracy per class and the confusion matrix."""
+    k = len(names)
+    correct = logits.argmax(1) == labels
+    per_class = MulticlassAccuracy(k, average="none")(logits, labels)
+    confusion = MulticlassConfusionMatrix(k)
+    return {
+        "accuracy": correct.float().mean().item(),
+        "accuracy_std": bootstrap_std(correct, video, seed),
+        "items": len(labels),
+        "per_class": dict(zip(names, per_class.tolist(), strict=True)),
+        "confusion": confusion(logits, labels).tolist(),  # rows: true class, columns: predicted
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear probe
+
+
+def probe(cfg: ProbeConfig, progress: bool = True) -> dict:
+    """Train a linear layer on the frozen backbone's cached features; returns results.json."""
+    rt, out = start_eval(cfg)
+    t0 = time.perf_counter()
+    index = load_index(cfg.data, cfg.split)
+    resumed = cfg.resume and (out / "features.pt").is_file()
+    cached = torch.load(out / "features.pt") if resumed else probe_features(cfg, rt, index)
+    names = [str(r) for r in RATES] if cfg.target == "speed" else list(index.classes)
+    run = probe_run(cfg, rt, out, cached, names)
+    if rt.is_main:
+        write_run_folder(out, run.config, run.at.epoch)
+        if not resumed:
+            torch.save(cached, out / "features.pt")
+    fit(run, progress)
+    test = cached["test"]
+    with torch.no_grad():
+        logits = unwrap(run.model)(test["output"].to(rt.device)).float().cpu()
+    labels, video = test["rate"], test["video"]
+    if cfg.target == "action":  # a video's clips vote with their mean logits
+        logits, video = video_mean(logits, test["video"])
+        labels = test["label"][first_of_each(test["video"], video)]
+    results = {
+        "kind": eval_kind(cfg),
+        **accuracy_report(logits, labels, video, names, cfg.seed),
+        "views_dropped": cached["views_dropped"],
+        "seconds": time.perf_counter() - t0,
+        "device": str(rt.device),
+    }
+    if rt.is_main:
+        write_results(out, results)
+    return results
+
+
+def first_of_each(video: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """For each id (sorted, as torch.unique gives them), the position of its first row."""
+    order = torch.argsort(video, stable=True)
+    starts = torch.searchsorted(video[order], ids)
+    return order[starts]
+
+
+def probe_features(cfg: ProbeConfig, rt: Runtime, index) -> dict:
+    """The frozen backbone's pooled features of the probe's training and test clips."""
+    backbone = rt.prepare(BackboneFeature(initial_backbone(cfg)))
+    mode = "prp" if cfg.target == "speed" else "clip"
+    per_video = len(RATES) if mode == "prp" else 1
+    train_views = per_video * cfg.train_views
+    test_views = per_video if mode == "prp" else cfg.test_views
+    sets = {
+        "train": clip_dataset(cfg, index.train, mode, train_views, train=False),
+        "test": clip_dataset(cfg, index.test, mode, test_views, train=False),
+    }
+    cached = {
+        name: outputs(backbone, ds, rt, f"features of {name} clips", cfg.workers)
+        for name, ds in sets.items()
+    }
+    cached["views_dropped"] = {name: ds.views_dropped for name, ds in sets.items()}
+    return cached
+
+
+def probe_step(model: nn.Module, batch: dict, head: str) -> StepOutput:
+    logits = model(batch["feature"])  # (B, classes)
+    loss = F.cross_entropy(logits.float(), batch["label"])
+    heads = {head: (logits, batch["label"])}
+    if head == "speed":
+        heads["at_rate"] = heads["speed"]
+    return loss, {"ce": loss.detach()}, heads
+
+
+def probe_run(cfg: ProbeConfig, rt: Runtime, out: Path, cached: dict, names: list[str]) -> Run:
+    """A linear layer on the cached features, trained by the engine's loop; the test clips are
+    evaluated after every epoch (curves), and the last epoch is the result (no best.pt)."""
+    label = "rate" if cfg.target == "speed" else "label"
+    sets = {
+        name: FeatureSet(cached[name]["output"], cached[name][label], cached["views_dropped"][name])
+        for name in ("train", "test")
+    }
+    loaders: dict[str, DataLoader | None] = {"bn": None}
+    for name, key, training in (("train", "train", True), ("val", "test", False)):
+        sampler = EpochSampler(len(sets[key]), cfg.seed, training, rt.rank, rt.world, training)
+        loaders[name] = make_loader(sets[key], sampler, cfg.batch_size, 0, rt, training)
+    torch.manual_seed(cfg.seed)
+    model = nn.Linear(cached["train"]["output"].shape[1], len(names)).to(rt.device)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    steps = max(1, min(len(loaders["train"]), cfg.limit_batches or len(loaders["train"])))
+    cosine = functools.partial(warmup_cosine, warmup=0, total=cfg.epochs * steps)
+    run = Run(
+        cfg,
+        eval_config_dict(cfg),
+        functools.partial(same_step, step=functools.partial(probe_step, head=cfg.target)),
+        rt,
+        out,
+        tuple(names),
+        loaders,
+        model=model,
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, cosine),
+        scaler=torch.amp.GradScaler(rt.device.type, enabled=False),
+        metrics=classifier_metrics(cfg.target, len(names)).to(rt.device),
+        keep_best=False,
+    )
+    if cfg.resume:
+        run.resume()
+    run.model = rt.wrap(model)
+    return run
+
+
+def same_step(epoch: int, training: bool, step):
+    """A task whose step is the same at every epoch, training or not."""
+    return step
+
+
+def classifier_metrics(head: str, classes: int) -> MetricCollection:
+    metrics = {name: MeanMetric().set_dtype(torch.float64) for name in ("loss", "ce")}
+    metrics["clips"] = SumMetric().set_dtype(torch.float64)
+    metrics[f"acc_{head}"] = MulticlassAccuracy(classes, average="micro", validate_args=False)
+    if head == "speed":
+        per_rate = MulticlassAccuracy(classes, average="none", validate_args=False)
+        metrics["acc_at_rate"] = ClasswiseWrapper(per_rate, [str(r) for r in RATES], "acc_at_rate_")
+    return MetricCollection(metrics, compute_groups=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning
+
+
+def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
+    """Train the whole network on action labels; test with `test_views` clips per test video
+    (centre crop, logits averaged). Returns results.json."""
+    rt, out = start_eval(cfg)
+    t0 = time.perf_counter()
+    index = load_index(cfg.data, cfg.split)
+    run = finetune_run(cfg, rt, out, index)
+    if rt.is_main:
+        write_run_folder(out, run.config, run.at.epoch)
+    fit(run, progress)
+    test_set = clip_dataset(cfg, index.test, "clip", cfg.test_views, train=False)
+    clips = outputs(unwrap(run.model), test_set, rt, "testing", cfg.workers)
+    logits, ids = video_mean(clips["output"], clips["video"])
+    labels = clips["label"][first_of_each(clips["video"], ids)]
+    results = {
+        "kind": "finetune",
+        **accuracy_report(logits, labels, ids, list(index.classes), cfg.seed),
+        "views_dropped": test_set.views_dropped,
+        "seconds": time.perf_counter() - t0,
+        "device": str(rt.device),
+    }
+    if rt.is_main:
+        write_results(out, results)
+    return results
+
+
+def finetune_run(cfg: FinetuneConfig, rt: Runtime, out: Path, index) -> Run:
+    train_set = clip_dataset(cfg, index.train, "clip", 1, train=True, random_crop=True)
+    loaders: dict[str, DataLoader | None] = {"val": None}
+    for name, seed in (("train", cfg.seed), ("bn", cfg.seed + 1)):
+        sampler = EpochSampler(len(train_set), seed, True, rt.rank, rt.world)
+        loaders[name] = make_loader(train_set, sampler, cfg.batch_size, cfg.workers, rt, True)
+    model = ActionNet(cfg.arch, len(index.classes))
+    model.backbone = initial_backbone(cfg)
+    model = rt.prepare(model)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    steps = max(1, min(len(loaders["train"]), cfg.limit_batches or len(loaders["train"])))
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [cfg.lr_step_epoch * steps], 0.1)
+    run = Run(
+        cfg,
+        eval_config_dict(cfg),
+        functools.partial(same_step, step=supervised_step),
+        rt,
+        out,
+        index.classes,
+        loaders,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=torch.amp.GradScaler(rt.device.type, enabled=rt.precision == "fp16"),
+        metrics=classifier_metrics("action", len(index.classes)).to(rt.device),
+        keep_best=False,
+    )
+    if cfg.resume:
+        run.resume()
+    run.model = rt.wrap(model)
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# Retrieval
+
+
+def retrieve(cfg: RetrieveConfig, progress: bool = True) -> dict:
+    """Test videos query the training videos; a query hits at k when one of its k nearest
+    (cosine similarity of the clip-averaged retrieval features) has its class."""
+    rt, out = start_eval(cfg)
+    t0 = time.perf_counter()
+    index = load_index(cfg.data, cfg.split)
+    backbone = rt.prepare(BackboneFeature(initial_backbone(cfg), kind="retrieval"))
+    videos = {}
+    for name, split in (("gallery", index.train), ("queries", index.test)):
+        ds = clip_dataset(cfg, split, "clip", cfg.test_views, train=False)
+        clips = outputs(backbone, ds, rt, f"features of the {name}", cfg.workers)
+        features, ids = video_mean(clips["output"], clips["video"])
+        videos[name] = (features, clips["label"][first_of_each(clips["video"], ids)], ids)
+    hits = retrieval_hits(videos["queries"][:2], videos["gallery"][:2], TOP_K)  # (Q, len(K))
+    results = {
+        "kind": "retrieve",
+        "top_k": {str(k): hits[:, i].float().mean().item() for i, k in enumerate(TOP_K)},
+        "top_k_std": {
+            str(k): bootstrap_std(hits[:, i], videos["queries"][2], cfg.seed)
+            for i, k in enumerate(TOP_K)
+        },
+        "queries": len(videos["queries"][2]),
+        "gallery": len(videos["gallery"][2]),
+        "seconds": time.perf_counter() - t0,
+        "device": str(rt.device),
+    }
+    if rt.is_main:
+        write_run_folder(out, eval_config_dict(cfg), 0)
+        write_results(out, results)
+    return results
+
+
+def retrieval_hits(
+    queries: tuple[torch.Tensor, torch.Tensor],
+    gallery: tuple[torch.Tensor, torch.Tensor],
+    ks: tuple[int, ...],
+) -> torch.Tensor:
+    """(features, labels) of queries and gallery -> (Q, len(ks)) bool: whether one of the k
+    most cosine-similar gallery items has the query's class."""
+    sims = F.normalize(queries[0], dim=1) @ F.normalize(gallery[0], dim=1).T  # (Q, G)
+    nearest = sims.topk(min(max(ks), sims.shape[1]), dim=1).indices  # (Q, K)
+    same = gallery[1][nearest] == queries[1][:, None]  # (Q, K)
+    return torch.stack([same[:, :k].any(1) for k in ks], dim=1)

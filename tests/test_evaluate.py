@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from test_train import tiny_config
+from torchmetrics.retrieval import RetrievalHitRate
+from typer.testing import CliRunner
+
+from smp_lite.checkpoint import read_metrics
+from smp_lite.cli import app
+from smp_lite.data import RATES, load_index
+from smp_lite.errors import ConfigError
+from smp_lite.evaluate import (
+    TOP_K,
+    bootstrap_std,
+    finetune,
+    first_of_each,
+    make_eval_config,
+    probe,
+    retrieval_hits,
+    retrieve,
+    video_mean,
+)
+from smp_lite.train import train
+
+TINY = dict(clip_len=8, resize=(32, 40), crop=32, workers=0, precision="fp32")
+
+
+def test_retrieval_hits_match_a_brute_force_search_and_torchmetrics() -> None:
+    g = torch.Generator().manual_seed(0)
+    queries, gallery = torch.randn(7, 5, generator=g), torch.randn(60, 5, generator=g)
+    q_labels, g_labels = (
+        torch.randint(0, 6, (7,), generator=g),
+        torch.randint(0, 6, (60,), generator=g),
+    )
+    hits = retrieval_hits((queries, q_labels), (gallery, g_labels), TOP_K)
+    assert hits.shape == (7, len(TOP_K))
+    for q in range(7):
+        sims = [(torch.dot(queries[q], x) / (queries[q].norm() * x.norm())).item() for x in gallery]
+        ranked = sorted(range(60), key=lambda i: -sims[i])
+        for j, k in enumerate(TOP_K):
+            assert bool(hits[q, j]) == any(g_labels[i] == q_labels[q] for i in ranked[:k])
+    sims = torch.nn.functional.cosine_similarity(queries[:, None], gallery[None], dim=2)
+    indexes = torch.arange(7)[:, None].expand(7, 60)
+    for j, k in enumerate(TOP_K):
+        reference = RetrievalHitRate(top_k=k)(
+            sims.flatten(),
+            (q_labels[:, None] == g_labels[None]).flatten(),
+            indexes=indexes.flatten(),
+        )
+        assert hits[:, j].float().mean().item() == pytest.approx(reference.item())
+
+
+def test_video_means_and_first_rows() -> None:
+    values = torch.tensor([[1.0], [3.0], [10.0], [5.0]])
+    video = torch.tensor([4, 2, 4, 2])
+    means, ids = video_mean(values, video)
+    assert ids.tolist() == [2, 4] and means.flatten().tolist() == [4.0, 5.5]
+    assert first_of_each(video, ids).tolist() == [1, 0]
+
+
+def test_bootstrap_spread_over_videos() -> None:
+    video = torch.arange(40).repeat_interleave(4)  # 40 videos, 4 clips each
+    assert bootstrap_std(torch.ones(160, dtype=torch.bool), video, seed=0) == 0.0
+    half = torch.arange(160) % 8 < 4  # half the videos right, half wrong
+    spread = bootstrap_std(half, video, seed=0)
+    assert 0.05 < spread < 0.11  # sqrt(0.25 / 40) = 0.079
+    assert spread == bootstrap_std(half, video, seed=0)
+
+
+@pytest.fixture(scope="module")
+def pretrained(ucf_tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "smp"
+    train(tiny_config(ucf_tiny, out, epochs=1), progress=False)
+    return out / "last.pt"
+
+
+def test_speed_probe_from_a_pretrained_checkpoint(ucf_tiny, pretrained, tmp_path) -> None:
+    out = tmp_path / "probe"
+    common = dict(data=str(ucf_tiny), init=str(pretrained), arch="r3d10", out=str(out), **TINY)
+    results = probe(make_eval_config("probe", epochs=2, **common), progress=False)
+    test_videos = len(load_index(ucf_tiny).test)
+    assert results["items"] == len(RATES) * test_videos  # every test video at every rate
+    assert set(results["per_class"]) == {"1", "2", "4", "8"}
+    assert sum(map(sum, results["confusion"])) == results["items"]
+    assert results["accuracy"] == pytest.approx(
+        sum(results["per_class"].values()) / 4  # balanced: the mean of the per-rate accuracies
+    )
+    rows = read_metrics(out)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert "val_acc_speed" in rows[0] and "val_acc_at_rate_8" in rows[0]
+    assert json.loads((out / "results.json").read_text())["accuracy"] == results["accuracy"]
+    assert not (out / "best.pt").exists()  # the test set picks nothing
+    features = (out / "features.pt").stat().st_mtime_ns
+    probe(make_eval_config("probe", epochs=3, resume=True, **common), progress=False)
+    assert [r["epoch"] for r in read_metrics(out)] == [1, 2, 3]
+    assert (out / "features.pt").stat().st_mtime_ns == features  # reused, not recomputed
+
+
+def test_action_probe_finetune_and_retrieval_from_random_weights(ucf_tiny, tmp_path) -> None:
+    index = load_index(ucf_tiny)
+    common = dict(data=str(ucf_tiny), arch="r3d10", test_views=2, **TINY)
+    action = probe(
+        make_eval_config("probe", target="action", epochs=1, out=str(tmp_path / "p"), **common),
+        progress=False,
+    )
+    assert action["items"] == len(index.test) and set(action["per_class"]) == set(index.classes)
+    tuned = finetune(
+        make_eval_config("finetune", epochs=1, out=str(tmp_path / "f"), precise_bn=1, **common),
+        progress=False,
+    )
+    assert tuned["items"] == len(index.test) and 0 <= tuned["accuracy"] <= 1
+    assert len(read_metrics(tmp_path / "f")) == 1
+    found = retrieve(
+        make_eval_config("retrieve", out=str(tmp_path / "r"), **common), progress=False
+    )
+    assert list(found["top_k"]) == [str(k) for k in TOP_K]
+    assert found["queries"] == len(index.test) and found["gallery"] == len(index.train)
+    assert found["top_k"]["50"] == 1.0  # the whole gallery holds every class
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["probe", "--init", "/no/such.pt"], "no such checkpoint file"),
+        (["probe", "--target", "colour"], "unknown probe target 'colour'"),
+        (["finetune", "--epochs", "0"], "epochs must be positive"),
+        (["retrieve", "--crop", "50"], "divisible by 16"),
+    ],
+)
+def test_bad_evaluation_input_is_one_line(args, message, tmp_path) -> None:
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "x")])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_checkpoint_of_another_architecture_is_refused_in_one_line(pretrained, tmp_path):
+    result = CliRunner().invoke(
+        app, ["probe", "--init", str(pretrained), "--arch", "c3d", "--out", str(tmp_path / "x")]
+    )
+    assert result.exit_code == 1
+    assert re.search(r"holds a r3d10 backbone, not c3d", result.output), result.output
+
+
+def test_presets_of_evaluations() -> None:
+    paper = make_eval_config("probe", data="ucf101:/somewhere")
+    assert (paper.epochs, paper.batch_size, paper.lr, paper.crop) == (150, 32, 0.0075, 112)
+    tuned = make_eval_config("finetune", data="ucf101:/somewhere")
+    assert (tuned.epochs, tuned.lr_step_epoch, tuned.batch_size, tuned.lr) == (160, 100, 8, 0.001)
+    with pytest.raises(ConfigError, match="unknown settings for retrieve: epochs"):
+        make_eval_config("retrieve", epochs=3)
