@@ -19,8 +19,9 @@ def pretrain_table(runs: list[str | Path]) -> str:
     """One markdown row per run: accuracies in %, best.pt being the lowest validation loss."""
     lines = [
         "| run | arch | task | epochs | best.pt: epoch, val acc | last val acc | "
-        "mean of last 3 | MG heads c4 / c3 / c2, last | last train acc |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "mean of last 3 | MG heads c4 / c3 / c2, last | at rate 1 / 2 / 4 / 8, last | "
+        "last train acc |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         config, rows = read_run(run)
@@ -31,10 +32,13 @@ def pretrain_table(runs: list[str | Path]) -> str:
         mg = "-"  # PRP and supervised runs have no multiple-granularity heads
         if "val_acc_rate_c4" in last:
             mg = " / ".join(pct(last[f"val_acc_rate_{c}"]) for c in ("c4", "c3", "c2"))
+        at_rate = "-"  # the c5 head's accuracy at each playback rate (motion tasks)
+        if "val_acc_at_rate_1" in last:
+            at_rate = " / ".join(pct(last[f"val_acc_at_rate_{r}"]) for r in (1, 2, 4, 8))
         lines.append(
             f"| {Path(run).name} | `{config['arch']}` | {config['task']} | {last['epoch']} | "
             f"{best['epoch']}: {pct(best[f'val_acc_{head}'])} | {pct(last[f'val_acc_{head}'])} | "
-            f"{pct(sum(tail) / len(tail))} | {mg} | "
+            f"{pct(sum(tail) / len(tail))} | {mg} | {at_rate} | "
             f"{pct(last[f'train_acc_{head}'])} |"
         )
     return "\n".join(lines)

@@ -35,9 +35,11 @@ def test_table_reports_best_pt_and_last_epoch(two_runs) -> None:
     assert cells[5] == f"{100 * rows[-1]['val_acc_rate_c5']:.1f}%"
     mean = sum(r["val_acc_rate_c5"] for r in rows) / 3
     assert cells[6] == f"{100 * mean:.1f}%"
+    per_rate = [f"{100 * rows[-1][f'val_acc_at_rate_{r}']:.1f}%" for r in (1, 2, 4, 8)]
+    assert cells[8] == " / ".join(per_rate)
     sup_cells = [c.strip() for c in table[3].split("|")[1:-1]]
     last_sup = read_metrics(sup)[-1]
-    assert sup_cells[2] == "supervised" and sup_cells[7] == "-"  # no MG heads
+    assert sup_cells[2] == "supervised" and sup_cells[7] == sup_cells[8] == "-"  # no rate heads
     assert sup_cells[5] == f"{100 * last_sup['val_acc_action']:.1f}%"
 
 
