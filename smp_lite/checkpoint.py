@@ -25,6 +25,7 @@ from . import __version__
 from .errors import TrainError
 
 CHECKPOINT_FORMAT = "smp-lite/1"
+BEST = "best.pt"
 ORIGINAL_ARCHS = ("c3d", "r3d10", "r21d10")  # the backbones the original PRP/SMP code has
 
 
@@ -107,6 +108,10 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 def read_torch_file(path: str | Path) -> object:
     path = Path(path)
+    if path.is_dir():
+        raise TrainError(f"{path} is a folder, not a checkpoint: give a file, e.g. {path / BEST}")
+    if path.exists() and not path.is_file():
+        raise TrainError(f"{path} is not a file: give a checkpoint file")
     if not path.is_file():
         raise TrainError(f"checkpoint {path} does not exist")
     try:

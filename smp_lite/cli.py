@@ -165,9 +165,9 @@ PRETRAIN_HELP = {
     "lam_schedule": "SMP mask blend: exp, linear, sigmoid, dpau (lambda=0), cam (lambda=1).",
     "mg": "SMP multiple-granularity rate heads on c4, c3, c2.",
     "workers": "Data loading processes.",
-    "device": "auto (a GPU if there is one), cpu, cuda, cuda:N.",
+    "device": "auto (a GPU if there is one), cpu, cuda (under torchrun: the rank's own), cuda:N.",
     "precision": "auto (bf16 on GPUs and CPUs with native bf16, else fp16 on a GPU, fp32 on a "
-    "CPU), bf16, fp16 or fp32.",
+    "CPU), bf16, fp16 (GPUs only) or fp32.",
     "channels_last": "channels_last_3d memory layout (auto: on with a GPU or bf16).",
     "seed": "Random seed: the same seed gives the same numbers on a CPU.",
     "limit_batches": "Stop each epoch after N batches (0 = all; for smoke tests).",

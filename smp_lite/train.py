@@ -122,12 +122,32 @@ def is_generated(data: str) -> bool:
 
 
 def validate(cfg: TrainConfig) -> None:
+    """Refuse a setting no run can use (ConfigError, exit code 2) before anything is read."""
+    h, w = cfg.resize
     checks = [
         (cfg.arch in ARCHS, f"unknown architecture {cfg.arch!r}: choose one of {', '.join(ARCHS)}"),
+        (
+            cfg.preset in PRESETS,
+            f"unknown preset {cfg.preset!r}: choose one of {', '.join(PRESETS)}",
+        ),
         (cfg.epochs > 0, f"epochs must be positive, got {cfg.epochs}"),
         (cfg.batch_size > 0, f"batch size must be positive, got {cfg.batch_size}"),
-        (cfg.lr > 0, f"learning rate must be positive, got {cfg.lr}"),
-        (cfg.crop % 16 == 0, f"crop {cfg.crop} must be divisible by 16"),
+        # chained comparisons: NaN fails them all
+        (0 < cfg.lr < math.inf, f"learning rate must be a positive number, got {cfg.lr}"),
+        (
+            0 < cfg.head_lr_scale < math.inf,
+            f"head lr scale must be a positive number, got {cfg.head_lr_scale}",
+        ),
+        (0 <= cfg.momentum < 1, f"momentum must be in [0, 1), got {cfg.momentum}"),
+        (
+            0 <= cfg.weight_decay < math.inf,
+            f"weight decay must be 0 or more, got {cfg.weight_decay}",
+        ),
+        (
+            cfg.crop > 0 and cfg.crop % 16 == 0,
+            f"crop {cfg.crop} must be positive and divisible by 16",
+        ),
+        (h > 0 and w > 0, f"resize {h}x{w} must be positive"),
         (
             cfg.clip_len >= 8 and cfg.clip_len % 8 == 0,
             f"clip length {cfg.clip_len} must be a multiple of 8",
@@ -141,8 +161,18 @@ def validate(cfg: TrainConfig) -> None:
         ),
         (cfg.precision in ("auto", "bf16", "fp16", "fp32"), f"unknown precision {cfg.precision!r}"),
         (cfg.schedule in ("plateau", "cosine"), f"unknown lr schedule {cfg.schedule!r}"),
+        (cfg.warmup_epochs >= 0, f"warm-up epochs must be 0 or more, got {cfg.warmup_epochs}"),
+        (
+            cfg.plateau_patience >= 0,
+            f"plateau patience must be 0 or more, got {cfg.plateau_patience}",
+        ),
         (cfg.save_every >= 0, f"save every must be 0 or more steps, got {cfg.save_every}"),
         (cfg.precise_bn >= 0, f"precise BN must be 0 or more batches, got {cfg.precise_bn}"),
+        (cfg.limit_batches >= 0, f"limit batches must be 0 or more, got {cfg.limit_batches}"),
+        (cfg.workers >= 0, f"workers must be 0 or more, got {cfg.workers}"),
+        (cfg.split > 0, f"split must be positive, got {cfg.split}"),
+        (0 <= cfg.seed < 2**32, f"seed must be in 0..{2**32 - 1}, got {cfg.seed}"),
+        (not (cfg.resume and cfg.overwrite), "pass --resume or --overwrite, not both"),
     ]
     for ok, message in checks:
         if not ok:
@@ -283,6 +313,11 @@ def ensure_default_dataset(data: str, rt: Runtime) -> None:
 def start_run(cfg: TrainConfig, rt: Runtime, out: Path) -> Run:
     """Data, model, optimiser and schedule of a run; from last.pt when resuming."""
     index = load_index(cfg.data, cfg.split)
+    if cfg.task == "supervised" and len({v.label for v in index.train}) < 2:
+        raise DataError(
+            f"{cfg.data}: supervised training needs two classes or more; its training videos "
+            f"are all {index.classes[index.train[0].label]!r}, the loss would be 0"
+        )
     loaders = make_loaders(cfg, rt, index.train)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, len(index.classes))

@@ -22,6 +22,12 @@ def test_checkpoints_are_checked_on_load(tmp_path) -> None:
         load_checkpoint(tmp_path / "junk.pt")
     with pytest.raises(TrainError, match="does not exist"):
         load_checkpoint(tmp_path / "none.pt")
+    with pytest.raises(
+        TrainError, match=r"is a folder, not a checkpoint: give a file, e.g. .*best"
+    ):
+        load_checkpoint(tmp_path)
+    with pytest.raises(TrainError, match="/dev/null is not a file"):
+        load_checkpoint("/dev/null")
     assert not list(tmp_path.glob("*.tmp"))  # atomic save leaves no temporary file
 
 

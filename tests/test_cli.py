@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -128,6 +129,18 @@ def test_pretrain_end_to_end(ucf_tiny, tmp_path) -> None:
         (["--resize", "big"], 2, "is not HxW"),
         (["--save-every", "-1"], 2, "save every must be 0 or more"),
         (["--data", "/no/such/folder"], 1, "does not exist"),
+        (["--crop", "0"], 2, "crop 0 must be positive"),
+        (["--crop", "-32"], 2, "crop -32 must be positive"),
+        (["--lr", "inf"], 2, "learning rate must be a positive number, got inf"),
+        (["--head-lr-scale", "nan"], 2, "head lr scale must be a positive number, got nan"),
+        (["--limit-batches", "-1"], 2, "limit batches must be 0 or more, got -1"),
+        (["--seed", "-1"], 2, "seed must be in 0..4294967295"),
+        (["--seed", "99999999999999999999"], 2, "seed must be in 0..4294967295"),
+        (["--workers", "-1"], 2, "workers must be 0 or more"),
+        (["--resume", "--overwrite"], 2, "pass --resume or --overwrite, not both"),
+        (["--device", "gpu"], 2, "unknown device 'gpu': use auto, cpu, cuda or cuda:N"),
+        (["--device", "mps"], 2, "unknown device 'mps'"),
+        (["--device", "cpu", "--precision", "fp16"], 2, "precision fp16 is for GPUs"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(args, code, message, tmp_path) -> None:
@@ -137,6 +150,22 @@ def test_bad_input_is_one_line_and_nonzero(args, code, message, tmp_path) -> Non
     assert len(lines) == 1 and message in lines[0], result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize(
+    "device, gpus, message",
+    [
+        ("cuda", 0, "device 'cuda': PyTorch sees no CUDA GPU on this machine"),
+        ("cuda:1", 0, "device 'cuda:1': PyTorch sees no CUDA GPU on this machine"),
+        ("cuda:3", 2, "device 'cuda:3': this machine has 2 GPUs, cuda:0 to cuda:1"),
+    ],
+)
+def test_a_gpu_this_machine_lacks_is_one_line(device, gpus, message, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    result = runner.invoke(app, ["pretrain", "--out", str(tmp_path / "r"), "--device", device])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == f"error: {message}"
+    assert not (tmp_path / "r").exists()
 
 
 def test_debug_shows_the_exception(tmp_path) -> None:
@@ -181,6 +210,8 @@ def write_bad_checkpoints(folder):
         "init-from corrupt",
         "init-from wrong architecture",
         "init-from foreign keys",
+        "init-from a folder",
+        "list not utf-8",
     ],
 )
 def test_bad_runs_fail_in_one_line_with_exit_code_1(case, ucf_tiny, tmp_path) -> None:
@@ -193,6 +224,17 @@ def test_bad_runs_fail_in_one_line_with_exit_code_1(case, ucf_tiny, tmp_path) ->
         out, message = tmp_path / "file" / "run", "cannot write to output folder"
     elif case == "resume with nothing":
         extra, message = ["--resume"], "nothing to resume"
+    elif case == "init-from a folder":
+        (tmp_path / "old").mkdir()
+        extra = ["--init-from", str(tmp_path / "old")]
+        message = f"{tmp_path / 'old'} is a folder, not a checkpoint: give a file, e.g. "
+    elif case == "list not utf-8":
+        shutil.copytree(ucf_tiny, tmp_path / "latin1")
+        trainlist = tmp_path / "latin1" / "trainlist01.txt"
+        lines = trainlist.read_text().splitlines()
+        lines[2] += " # \xe9t\xe9"  # Latin-1, as an editor may save it
+        trainlist.write_bytes("\n".join(lines).encode("latin-1"))
+        data, message = str(tmp_path / "latin1"), f"{trainlist}:3: not UTF-8 text (byte 0xe9)"
     else:
         path, message = write_bad_checkpoints(tmp_path / "ckpt")[case.removeprefix("init-from ")]
         extra = ["--init-from", str(path)]

@@ -14,7 +14,7 @@ import torch
 import smp_lite.train
 from smp_lite.checkpoint import load_checkpoint, read_metrics
 from smp_lite.data import load_index, split_by_group
-from smp_lite.errors import ConfigError, RunInterrupted, TrainError
+from smp_lite.errors import ConfigError, DataError, RunInterrupted, TrainError
 from smp_lite.models import MotionNet
 from smp_lite.synth import DEFAULT_DATA, synthesize
 from smp_lite.train import make_config, make_optimizer, make_scheduler, train
@@ -299,3 +299,53 @@ def test_the_python_api_creates_the_default_dataset_as_the_command_does(
     train(cfg, progress=False)
     assert made == [DEFAULT_DATA] and (tmp_path / DEFAULT_DATA / "classInd.txt").is_file()
     assert len(read_metrics(tmp_path / "run")) == 1
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(crop=0), "crop 0 must be positive"),
+        (dict(crop=-16), "crop -16 must be positive"),
+        (dict(resize=(0, 64)), "resize 0x64 must be positive"),
+        (dict(lr=math.inf), "learning rate must be a positive number, got inf"),
+        (dict(lr=math.nan), "learning rate must be a positive number, got nan"),
+        (dict(head_lr_scale=math.nan), "head lr scale must be a positive number, got nan"),
+        (dict(momentum=1.5), r"momentum must be in \[0, 1\)"),
+        (dict(weight_decay=-1e-4), "weight decay must be 0 or more"),
+        (dict(limit_batches=-1), "limit batches must be 0 or more"),
+        (dict(workers=-2), "workers must be 0 or more"),
+        (dict(warmup_epochs=-1), "warm-up epochs must be 0 or more"),
+        (dict(seed=-1), r"seed must be in 0..4294967295, got -1"),
+        (dict(seed=2**32), r"seed must be in 0..4294967295, got 4294967296"),
+        (dict(resume=True, overwrite=True), "pass --resume or --overwrite, not both"),
+    ],
+)
+def test_settings_no_run_can_use_are_refused_up_front(kw, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        make_config("smp", "quick", **kw)
+
+
+def csv_of(tmp_path, ucf_tiny, rows: list[tuple[int, str, str]]):
+    """A csv list over ucf_tiny's training videos: (video number, label, split) per row."""
+    videos = load_index(ucf_tiny).train
+    path = tmp_path / "list.csv"
+    lines = [f"{videos[i].path},{label},{split}" for i, label, split in rows]
+    path.write_text("path,label,split\n" + "\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("case", ["val fraction 0.99", "one training video"])
+def test_an_empty_training_part_is_one_line(case, ucf_tiny, tmp_path) -> None:
+    data, kw = ucf_tiny, dict(val_fraction=0.99)
+    if case == "one training video":
+        data, kw = csv_of(tmp_path, ucf_tiny, [(0, "a", "train"), (1, "b", "test")]), {}
+    with pytest.raises(DataError, match="no training video is left after holding out"):
+        train(tiny_config(data, tmp_path / "run", **kw), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_one_class_supervised_run_is_refused(ucf_tiny, tmp_path) -> None:
+    data = csv_of(tmp_path, ucf_tiny, [(i, "walk", "train") for i in range(4)])
+    with pytest.raises(DataError, match="all 'walk', the loss would be 0"):
+        train(tiny_config(data, tmp_path / "run", task="supervised"), progress=False)
+    train(tiny_config(data, tmp_path / "prp", task="prp", epochs=1), progress=False)  # fine
