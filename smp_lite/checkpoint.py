@@ -10,13 +10,18 @@ Every load uses `torch.load(weights_only=True)`: a checkpoint file never runs co
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import functools
 import json
 import math
 import os
+import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -25,7 +30,7 @@ from . import __version__
 from .errors import TrainError
 
 CHECKPOINT_FORMAT = "smp-lite/1"
-BEST = "best.pt"
+CONFIG, METRICS, BEST, LAST = "config.json", "metrics.jsonl", "best.pt", "last.pt"
 ORIGINAL_ARCHS = ("c3d", "r3d10", "r21d10")  # the backbones the original PRP/SMP code has
 
 
@@ -97,13 +102,69 @@ def load_run(
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically: a kill during the save leaves the previous file intact."""
+    """Save `state` atomically (write_atomic); `load_checkpoint` reads it back."""
+    write_atomic(path, functools.partial(torch.save, state), tensor_bytes(state))
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], object], size: int) -> None:
+    """Write `path` with `write` into NAME.tmp, fsync and rename it: a kill leaves the previous
+    file whole. A failed write removes NAME.tmp; on a full disk (or quota) the error names the
+    folder, the `size` the file needs and the space free."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if out_of_space(err) or 0 <= free_bytes(path.parent) < size:
+            raise TrainError(no_space_message(path, size)) from None
+        raise
+
+
+def out_of_space(err: BaseException | None) -> bool:
+    """Whether a failed write met a full disk or quota. torch.save reports it as a RuntimeError
+    of its own, with the OSError as its context."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(err) for text in ("No space left on device", "Disk quota exceeded")):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def tensor_bytes(obj: object) -> int:
+    """The bytes of the tensors in a (nested) state: about the size of its checkpoint."""
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    return sum(tensor_bytes(v) for v in obj) if isinstance(obj, (list, tuple)) else 0
+
+
+def free_bytes(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return -1  # unknown: not taken for a full disk
+
+
+def no_space_message(path: Path, needed: int) -> str:
+    free = free_bytes(path.parent)
+    then = "go on with --resume" if (path.parent / LAST).is_file() else "start again"
+    return (
+        f"no space left in {path.parent} to save {path.name}: it needs about {mib(needed)}, "
+        f"{mib(max(free, 0))} free (the files saved before are intact); free some space, "
+        f"then {then}"
+    )
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
 
 
 def read_torch_file(path: str | Path) -> object:
@@ -265,9 +326,41 @@ def original_names(arch: str) -> dict[str, str]:
 
 
 def read_metrics(run: str | Path) -> list[dict]:
-    """The per-epoch rows of a run folder's metrics.jsonl."""
-    lines = (Path(run) / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+    """The per-epoch rows of a run folder's metrics.jsonl. A last line without its newline that
+    does not parse is a row whose write a kill cut short: it is left out (a resume rewrites the
+    file without it)."""
+    path = Path(run) / METRICS
+    # smp-lite writes ASCII (json.dumps): a byte that is not UTF-8 makes its line fail to parse
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                break  # torn
+            raise TrainError(
+                f"{path}:{number}: not a metrics row ({err.msg} at column {err.colno})"
+            ) from None
+        if not (isinstance(row, dict) and isinstance(row.get("epoch"), int)):
+            raise TrainError(f"{path}:{number}: not a metrics row (no epoch): {line[:80]}")
+        rows.append(row)
+    return rows
+
+
+def append_metrics(out: Path, row: dict) -> None:
+    """Add an epoch's row to metrics.jsonl in one write: a kill mid-write leaves a torn last
+    line, which read_metrics leaves out."""
+    line = json.dumps(row) + "\n"
+    try:
+        with open(out / METRICS, "a", encoding="utf-8") as f:
+            f.write(line)
+    except OSError as err:
+        if out_of_space(err):
+            raise TrainError(no_space_message(out / METRICS, len(line))) from None
+        raise TrainError(f"cannot write to {out / METRICS}: {err.strerror}") from None
 
 
 def git_commit() -> str | None:
@@ -299,20 +392,26 @@ def check_out(out: Path, resume: bool, overwrite: bool) -> None:
 
 def write_run_folder(out: Path, config: dict, epochs_done: int) -> None:
     """Create the run folder and its config.json; on resume keep the metrics rows of the
-    `epochs_done` epochs last.pt holds (a kill after a row was written repeats its epoch)."""
+    `epochs_done` epochs last.pt holds (a kill after a row was written repeats its epoch).
+    Both atomically."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         if config["resume"]:
             rows = read_metrics(out) if (out / "metrics.jsonl").is_file() else []
             kept = "".join(json.dumps(r) + "\n" for r in rows if r["epoch"] <= epochs_done)
-            (out / "metrics.jsonl").write_text(kept)
+            write_text(out / METRICS, kept)
         elif config["overwrite"]:
             for name in ("metrics.jsonl", "last.pt", "best.pt"):
                 (out / name).unlink(missing_ok=True)
         meta = {**config, "version": __version__, "git_commit": git_commit()}
-        (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        write_text(out / CONFIG, json.dumps(meta, indent=2) + "\n")
     except OSError as err:
         raise TrainError(f"cannot write to output folder {out}: {err.strerror}") from None
+
+
+def write_text(path: Path, text: str) -> None:
+    data = text.encode("utf-8")
+    write_atomic(path, lambda f: f.write(data), len(data))
 
 
 # settings that make a run what it is: resuming with other values would not continue it

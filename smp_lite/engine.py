@@ -18,7 +18,6 @@ accuracy metric `acc_<head>`.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import signal
 import sys
@@ -39,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchmetrics import MetricCollection
 from tqdm.auto import tqdm
 
-from .checkpoint import Progress, load_run, save_run
+from .checkpoint import Progress, append_metrics, load_run, save_run
 from .data import to_float
 from .errors import ConfigError, RunInterrupted, TrainError
 
@@ -535,8 +534,7 @@ def end_epoch(run: Run, epoch: int, row: dict, stop: threading.Event) -> dict:
     if rt.is_main:
         # metrics first and last.pt last: a kill in between repeats the epoch on resume,
         # which then drops the epoch's row and rewrites best.pt
-        with open(run.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_metrics(run.out, row)
         if is_best:
             run.save("best.pt", row)
         run.save("last.pt", row)

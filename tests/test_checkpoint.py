@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import math
 
 import pytest
@@ -7,7 +8,13 @@ import torch
 from test_train import tiny_config
 
 import smp_lite.checkpoint
-from smp_lite.checkpoint import CHECKPOINT_FORMAT, load_backbone, load_checkpoint, save_checkpoint
+from smp_lite.checkpoint import (
+    CHECKPOINT_FORMAT,
+    load_backbone,
+    load_checkpoint,
+    read_metrics,
+    save_checkpoint,
+)
 from smp_lite.errors import TrainError
 from smp_lite.models import ActionNet, MotionNet, build_backbone
 from smp_lite.train import train
@@ -161,3 +168,64 @@ def test_wrong_original_checkpoints_fail_in_one_line(tmp_path) -> None:
     (tmp_path / "junk.pth").write_text("not a checkpoint")
     with pytest.raises(TrainError, match="not a readable checkpoint"):
         load_backbone(MotionNet("c3d"), tmp_path / "junk.pth", "c3d")
+
+
+# ---------------------------------------------------------------------------------------------
+# A full disk, torn metrics (docs/reliability.md)
+
+
+def enospc_from_torch(state, f) -> None:
+    f.write(b"x" * 1000)  # a partial file on the full disk
+    context = OSError(errno.ENOSPC, "No space left on device")
+    raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos") from context
+
+
+def enospc_at_fsync(fd) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")  # NFS reports it at the flush
+
+
+def quota_exceeded(state, f) -> None:
+    raise OSError(errno.EDQUOT, "Disk quota exceeded")
+
+
+@pytest.mark.parametrize(
+    "target, fault",
+    [
+        ("torch.save", enospc_from_torch),
+        ("os.fsync", enospc_at_fsync),
+        ("torch.save", quota_exceeded),
+    ],
+)
+def test_a_full_disk_says_what_the_save_needs_and_leaves_no_tmp(
+    target, fault, tmp_path, monkeypatch
+):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "step": 1})
+    module, name = target.split(".")
+    monkeypatch.setattr(torch if module == "torch" else smp_lite.checkpoint.os, name, fault)
+    state = {"format": CHECKPOINT_FORMAT, "step": 2, "w": torch.zeros(2**20)}  # 4 MiB
+    with pytest.raises(TrainError) as err:
+        save_checkpoint(path, state)
+    message = str(err.value)
+    assert message.startswith(f"no space left in {tmp_path} to save last.pt: it needs about 4.0")
+    assert "MiB free" in message and "\n" not in message
+    assert not list(tmp_path.glob("*.tmp"))
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1  # the previous save is intact
+
+
+def test_metrics_leave_out_a_torn_last_line_and_name_any_other_bad_line(tmp_path) -> None:
+    rows = '{"epoch": 1, "train_loss": 2.0}\n{"epoch": 2, "train_loss": 1.5}\n'
+    (tmp_path / "metrics.jsonl").write_text(rows + '{"epoch": 3, "train_lo')  # killed mid-row
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2]
+    (tmp_path / "metrics.jsonl").write_text(rows + '{"epoch": 3}')  # no newline, but whole
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2, 3]
+    for text, line in [
+        ('{"epoch": 1}\n{"epo\n{"epoch": 3}\n', 2),  # torn in the middle: not a kill
+        ('{"epoch": 1}\n{"epoch": 2\n', 2),  # a last line with its newline is whole
+        ('{"epoch": 1}\n\xff\xfe\n', 2),
+        ('{"epoch": 1}\n[1, 2]\n', 2),
+    ]:
+        (tmp_path / "metrics.jsonl").write_bytes(text.encode("latin-1"))
+        with pytest.raises(TrainError, match=rf"metrics.jsonl:{line}: not a metrics row"):
+            read_metrics(tmp_path)

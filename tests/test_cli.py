@@ -350,3 +350,30 @@ def test_help_shows_every_setting_with_its_default_from_the_config() -> None:
     assert f"[default: paper {paper.lr} (supervised {paper_sup.lr}), quick {quick.lr}" in text
     assert f"[default: {paper.save_every}]" in text and f"[default: {paper.precise_bn}]" in text
     assert "[kind:]PATH" in text  # help text is not read as markup
+
+
+# ---------------------------------------------------------------------------------------------
+# A full disk (docs/reliability.md)
+
+
+def test_a_full_disk_ends_in_one_line_and_keeps_the_saves_before(ucf_tiny, tmp_path, monkeypatch):
+    out, calls, save = tmp_path / "run", [], torch.save
+
+    def disk_full_at_the_second_save(state, f):
+        calls.append(1)
+        if len(calls) == 2:
+            f.write(b"x" * 4096)
+            raise RuntimeError(
+                "PytorchStreamWriter failed writing file data/3: No space left on device"
+            )
+        save(state, f)
+
+    monkeypatch.setattr(torch, "save", disk_full_at_the_second_save)
+    args = ["pretrain", "--data", str(ucf_tiny), "--out", str(out), *TINY, "--save-every", "1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    [line] = result.output.strip().splitlines()
+    assert line.startswith(f"error: no space left in {out} to save last.pt: it needs about ")
+    assert "MiB free" in line
+    assert not list(out.glob("*.tmp"))
+    assert load_checkpoint(out / "last.pt")["step"] == 1  # the save before is intact

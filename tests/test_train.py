@@ -349,3 +349,13 @@ def test_a_one_class_supervised_run_is_refused(ucf_tiny, tmp_path) -> None:
     with pytest.raises(DataError, match="all 'walk', the loss would be 0"):
         train(tiny_config(data, tmp_path / "run", task="supervised"), progress=False)
     train(tiny_config(data, tmp_path / "prp", task="prp", epochs=1), progress=False)  # fine
+
+
+def test_resume_goes_on_past_a_torn_last_metrics_line(ucf_tiny, tmp_path) -> None:
+    out = tmp_path / "run"
+    train(tiny_config(ucf_tiny, out, epochs=1), progress=False)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "train_loss": 0.5')  # killed while writing epoch 2's row
+    train(tiny_config(ucf_tiny, out, epochs=2, resume=True), progress=False)
+    assert [r["epoch"] for r in read_metrics(out)] == [1, 2]
+    assert (out / "metrics.jsonl").read_text().count("\n") == 2
