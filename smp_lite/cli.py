@@ -175,7 +175,7 @@ PRETRAIN_HELP = {
     "init_from": "Initialise the backbone from this checkpoint: a smp-lite one of the same "
     "architecture, or one of the original PRP/SMP code (c3d, r3d10, r21d10).",
     "resume": "Continue the run in OUT from last.pt, mid-epoch too.",
-    "overwrite": "Replace the run in OUT.",
+    "overwrite": "Replace the run in OUT (kept until the new run saves its first last.pt).",
 }
 
 

@@ -17,8 +17,10 @@ The loop itself, devices and metrics are the engine's (engine.py).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -29,10 +31,10 @@ from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric, MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from .checkpoint import check_out, load_backbone, write_run_folder
+from .checkpoint import load_backbone, run_folder, write_run_folder
 from .data import RATES, EpochSampler, VideoDataset, load_index, split_by_group, to_float
 from .engine import Run, Runtime, StepFn, StepOutput, fit, make_loader, make_runtime
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, TrainError
 from .masks import LAMBDA_SCHEDULES, blend_lambda
 from .models import ARCHS, NUM_RATES, ActionNet, MotionNet
 from .synth import DEFAULT_DATA, synthesize
@@ -287,15 +289,39 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     validate(cfg)
     rt = make_runtime(cfg.device, cfg.precision, cfg.channels_last)
     out = Path(cfg.out) if cfg.out else default_out(cfg)
-    check_out(out, cfg.resume, cfg.overwrite)  # refusals come before anything is read or written
-    ensure_default_dataset(cfg.data, rt)
-    run = start_run(cfg, rt, out)
-    if rt.is_main:
-        write_run_folder(out, run.config, run.at.epoch)
-    row = fit(run, progress)
+    with hold_run_folder(out, cfg, rt):  # refusals come before any data is read
+        ensure_default_dataset(cfg.data, rt)
+        run = start_run(cfg, rt, out)
+        if rt.is_main:
+            write_run_folder(out, run.config, run.at.epoch)
+        row = fit(run, progress)
     if rt.world > 1:
         torch.distributed.destroy_process_group()
     return {**row, "out": str(out), "best_val": run.at.best_val}
+
+
+@contextlib.contextmanager
+def hold_run_folder(out: Path, cfg: TrainConfig, rt: Runtime) -> Iterator[None]:
+    """Rank 0 holds the run folder (checkpoint.run_folder: one run per folder, nothing lost);
+    under torchrun the other ranks wait for its answer, so that a refusal stops them all."""
+    with contextlib.ExitStack() as stack:
+        refusal = None
+        if rt.is_main:
+            try:
+                stack.enter_context(run_folder(out, cfg.resume, cfg.overwrite))
+            except Exception as err:
+                refusal = err
+        if rt.world > 1 and not all_ranks_ok(refusal is None, rt):
+            refusal = refusal or TrainError(f"rank 0 could not take the run folder {out}")
+        if refusal is not None:
+            raise refusal
+        yield
+
+
+def all_ranks_ok(ok: bool, rt: Runtime) -> bool:
+    flag = torch.tensor(float(ok), device=rt.device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item())
 
 
 def ensure_default_dataset(data: str, rt: Runtime) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -178,11 +179,13 @@ def test_a_folder_holding_another_run_is_left_alone(ucf_tiny, tmp_path) -> None:
     out.mkdir()
     (out / "config.json").write_text('{"task": "prp"}\n')
     (out / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    (out / "last.pt").write_bytes(b"weights")
     result = runner.invoke(app, ["pretrain", "--data", str(ucf_tiny), "--out", str(out), *TINY])
     assert result.exit_code == 1 and "already holds a run" in result.output
     assert "--resume" in result.output and "--overwrite" in result.output
     assert (out / "config.json").read_text() == '{"task": "prp"}\n'  # nothing lost
     assert (out / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
+    assert (out / "last.pt").read_bytes() == b"weights"
 
 
 def write_bad_checkpoints(folder):
@@ -313,6 +316,10 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_numbers(ucf_tiny, tmp_path, 
         pretrain_command(ucf_tiny, out, "--resume"), env=ENV, capture_output=True, text=True
     )
     assert resumed.returncode == 0, resumed.stderr
+    # the killed run left its lock: a dead process of this host, taken over
+    assert (
+        f"taking over {out / 'run.lock'}: the run that held it (pid {killed.pid}" in resumed.stderr
+    )
     assert_same_run(out, uninterrupted)
 
 
@@ -353,7 +360,24 @@ def test_help_shows_every_setting_with_its_default_from_the_config() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# A full disk (docs/reliability.md)
+# One run per folder, a full disk (docs/reliability.md)
+
+
+def test_two_runs_into_one_folder_at_once_admit_one(ucf_tiny, tmp_path) -> None:
+    out = tmp_path / "run"
+    first = subprocess.Popen(pretrain_command(ucf_tiny, out), env=ENV, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out / "run.lock").is_file() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    second = runner.invoke(app, ["pretrain", "--data", str(ucf_tiny), "--out", str(out), *TINY])
+    assert second.exit_code == 1, second.output
+    assert second.output.startswith(f"error: {out} is in use by another run (pid {first.pid}, ")
+    assert len(second.output.strip().splitlines()) == 1
+    assert first.wait(timeout=120) == 0, first.stderr.read()
+    assert [r["epoch"] for r in read_metrics(out)] == [1, 2]  # one run's rows, once each
+    config = json.loads((out / "config.json").read_text())
+    assert (config["epochs"], config["save_every"]) == (2, 1)  # the first run's
+    assert not (out / "run.lock").exists()  # released at the end
 
 
 def test_a_full_disk_ends_in_one_line_and_keeps_the_saves_before(ucf_tiny, tmp_path, monkeypatch):
@@ -375,5 +399,5 @@ def test_a_full_disk_ends_in_one_line_and_keeps_the_saves_before(ucf_tiny, tmp_p
     [line] = result.output.strip().splitlines()
     assert line.startswith(f"error: no space left in {out} to save last.pt: it needs about ")
     assert "MiB free" in line
-    assert not list(out.glob("*.tmp"))
+    assert not list(out.glob("*.tmp")) and not (out / "run.lock").exists()
     assert load_checkpoint(out / "last.pt")["step"] == 1  # the save before is intact

@@ -4,6 +4,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -351,6 +352,33 @@ def test_a_one_class_supervised_run_is_refused(ucf_tiny, tmp_path) -> None:
     train(tiny_config(data, tmp_path / "prp", task="prp", epochs=1), progress=False)  # fine
 
 
+def test_an_overwrite_that_fails_before_saving_puts_the_previous_run_back(ucf_tiny, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(ucf_tiny, out, epochs=1), progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    # 160-frame clips: every video is too short, found when the first batch is read
+    with pytest.raises(DataError, match="videos in a row could not be read"):
+        train(tiny_config(ucf_tiny, out, clip_len=160, overwrite=True), progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the run is back, whole
+    train(tiny_config(ucf_tiny, out, epochs=1, seed=5, overwrite=True), progress=False)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "best.pt",
+        "config.json",
+        "last.pt",
+        "metrics.jsonl",
+    ]
+    assert load_checkpoint(out / "last.pt")["config"]["seed"] == 5
+
+
+def test_a_failed_start_leaves_nothing_and_the_corrected_command_runs(ucf_tiny, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(DataError, match="videos in a row could not be read"):
+        train(tiny_config(ucf_tiny, out, clip_len=160), progress=False)
+    assert not out.exists()  # no config.json: a folder with no checkpoint is no run
+    train(tiny_config(ucf_tiny, out, epochs=1), progress=False)  # no --overwrite needed
+    assert [r["epoch"] for r in read_metrics(out)] == [1]
+
+
 def test_resume_goes_on_past_a_torn_last_metrics_line(ucf_tiny, tmp_path) -> None:
     out = tmp_path / "run"
     train(tiny_config(ucf_tiny, out, epochs=1), progress=False)
@@ -359,3 +387,22 @@ def test_resume_goes_on_past_a_torn_last_metrics_line(ucf_tiny, tmp_path) -> Non
     train(tiny_config(ucf_tiny, out, epochs=2, resume=True), progress=False)
     assert [r["epoch"] for r in read_metrics(out)] == [1, 2]
     assert (out / "metrics.jsonl").read_text().count("\n") == 2
+
+
+def test_under_torchrun_a_refusal_stops_every_rank(ucf_tiny, tmp_path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = {"host": socket.gethostname(), "pid": os.getpid(), "started": "now"}
+    (out / "run.lock").write_text(json.dumps(holder) + "\n")  # this pytest process: alive
+    done = subprocess.run(
+        torchrun_command(tiny_pretrain_args(ucf_tiny, out)),
+        cwd=tmp_path,
+        env=TORCHRUN_ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,  # a rank left waiting would hang
+    )
+    assert done.returncode != 0
+    assert f"error: {out} is in use by another run (pid {os.getpid()}" in done.stderr
+    assert "rank 0 could not take the run folder" in done.stderr  # what rank 1 says
+    assert sorted(p.name for p in out.iterdir()) == ["run.lock"]
