@@ -143,7 +143,8 @@ PRETRAIN_HELP = {
     "data": "Dataset as [kind:]PATH, kind synth, ucf101, hmdb51 or csv. The default generated "
     "dataset is created if absent.",
     "split": "Official train/test split (1, 2 or 3).",
-    "out": "Run folder [default: runs/TASK-ARCH-DATASET].",
+    "out": "Run folder [default: runs/TASK-ARCH-DATASET, plus -lrLR and -seedN where they "
+    "differ from the preset].",
     "preset": "quick (a few CPU minutes) or paper (method.md) [default: quick on generated "
     "data, paper on real data]. The options below override it.",
     "epochs": "Epochs.",

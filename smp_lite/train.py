@@ -187,8 +187,14 @@ def config_dict(cfg: TrainConfig) -> dict:
 
 
 def default_out(cfg: TrainConfig) -> Path:
+    """runs/TASK-ARCH-DATASET, with -lrLR and -seedN where they differ from the preset: the runs
+    of a sweep over either get folders of their own."""
     data_name = Path(cfg.data.partition(":")[2] or cfg.data).name or "data"
-    return Path("runs") / f"{cfg.task}-{cfg.arch}-{data_name}"
+    preset = PRESETS[cfg.preset][cfg.task == "supervised"]
+    tags = [
+        f"-{k}{getattr(cfg, k)}" for k in ("lr", "seed") if getattr(cfg, k) != getattr(preset, k)
+    ]
+    return Path("runs") / (f"{cfg.task}-{cfg.arch}-{data_name}" + "".join(tags))
 
 
 # ---------------------------------------------------------------------------------------------

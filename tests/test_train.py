@@ -18,7 +18,7 @@ from smp_lite.data import load_index, split_by_group
 from smp_lite.errors import ConfigError, DataError, RunInterrupted, TrainError
 from smp_lite.models import MotionNet
 from smp_lite.synth import DEFAULT_DATA, synthesize
-from smp_lite.train import make_config, make_optimizer, make_scheduler, train
+from smp_lite.train import default_out, make_config, make_optimizer, make_scheduler, train
 
 
 def tiny_config(data, out, **kw):
@@ -324,6 +324,14 @@ def test_the_python_api_creates_the_default_dataset_as_the_command_does(
 def test_settings_no_run_can_use_are_refused_up_front(kw, message) -> None:
     with pytest.raises(ConfigError, match=message):
         make_config("smp", "quick", **kw)
+
+
+def test_the_default_folder_tells_runs_of_a_sweep_apart() -> None:
+    assert str(default_out(make_config("smp", arch="r3d18"))) == "runs/smp-r3d18-synth"
+    sweep = make_config("smp", arch="r3d18", lr=0.1, seed=3)
+    assert str(default_out(sweep)) == "runs/smp-r3d18-synth-lr0.1-seed3"
+    sup = make_config("supervised", "paper", data="ucf101:/data/UCF101", seed=1)
+    assert str(default_out(sup)) == "runs/supervised-r3d18-UCF101-seed1"  # lr 0.1 is its preset's
 
 
 def csv_of(tmp_path, ucf_tiny, rows: list[tuple[int, str, str]]):
