@@ -144,7 +144,8 @@ HELP = {
     "data": "Dataset as [kind:]PATH, kind synth, ucf101, hmdb51 or csv. The default generated "
     "dataset is created if absent.",
     "split": "Official train/test split (1, 2 or 3).",
-    "out": "Run folder [default: runs/TASK-ARCH-DATASET; evaluations: runs/KIND-ARCH-INIT].",
+    "out": "Run folder [default: runs/TASK-ARCH-DATASET, plus -lrLR and -seedN where they "
+    "differ from the preset; evaluations: runs/KIND-ARCH-INIT].",
     "preset": "quick (a few CPU minutes) or paper (method.md) [default: quick on generated "
     "data, paper on real data]. The options below override it.",
     "epochs": "Epochs.",
@@ -168,9 +169,9 @@ HELP = {
     "lam_schedule": "SMP mask blend: exp, linear, sigmoid, dpau (lambda=0), cam (lambda=1).",
     "mg": "SMP multiple-granularity rate heads on c4, c3, c2.",
     "workers": "Data loading processes.",
-    "device": "auto (a GPU if there is one), cpu, cuda, cuda:N.",
+    "device": "auto (a GPU if there is one), cpu, cuda (under torchrun: the rank's own), cuda:N.",
     "precision": "auto (bf16 on GPUs and CPUs with native bf16, else fp16 on a GPU, fp32 on a "
-    "CPU), bf16, fp16 or fp32.",
+    "CPU), bf16, fp16 (GPUs only) or fp32.",
     "channels_last": "channels_last_3d memory layout (auto: on with a GPU or bf16).",
     "seed": "Random seed: the same seed gives the same numbers on a CPU.",
     "limit_batches": "Stop each epoch after N batches (0 = all; for smoke tests).",
@@ -178,7 +179,7 @@ HELP = {
     "init_from": "Initialise the backbone from this checkpoint: a smp-lite one of the same "
     "architecture, or one of the original PRP/SMP code (c3d, r3d10, r21d10).",
     "resume": "Continue the run in OUT from last.pt, mid-epoch too.",
-    "overwrite": "Replace the run in OUT.",
+    "overwrite": "Replace the run in OUT (kept until the new run saves its first last.pt).",
     "init": "The backbone to evaluate: random, or a checkpoint (smp-lite of any task, or "
     "the original PRP/SMP code's c3d, r3d10, r21d10).",
     "target": "What the linear layer learns: speed (the 4 playback rates) or action.",

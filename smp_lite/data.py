@@ -19,6 +19,7 @@ counted. `smp-lite data check` (check.py) finds all of these before training.
 from __future__ import annotations
 
 import csv
+import io
 import random
 import re
 from collections.abc import Callable, Iterator
@@ -136,7 +137,7 @@ def read_ucf_layout(
     for f in (class_file, *lists):
         if not f.is_file():
             raise DataError(f"{f} is missing: expected the UCF101 list layout under {list_dir}")
-    classes = [line.split()[-1] for line in class_file.read_text().splitlines() if line.strip()]
+    classes = [line.split()[-1] for line in read_list_text(class_file).splitlines() if line.strip()]
     if not classes:
         raise DataError(f"{class_file} names no classes")
     label_of = {c.lower(): i for i, c in enumerate(classes)}
@@ -144,7 +145,7 @@ def read_ucf_layout(
 
     def read_list(path: Path) -> tuple[Video, ...]:
         videos = []
-        for line in path.read_text().splitlines():
+        for line in read_list_text(path).splitlines():
             if not line.strip():
                 continue
             rel = line.split()[0]
@@ -185,7 +186,7 @@ def read_hmdb_layout(root: Path, split: int) -> DatasetIndex:
     by_flag: dict[str, list[Video]] = {"0": [], "1": [], "2": []}
     for label, cls in enumerate(classes):
         split_file = list_dir / f"{cls}{suffix}"
-        for number, line in enumerate(split_file.read_text().splitlines(), start=1):
+        for number, line in enumerate(read_list_text(split_file).splitlines(), start=1):
             if not line.strip():
                 continue
             fields = line.rsplit(maxsplit=1)  # names may hold any character but the last blank
@@ -200,21 +201,41 @@ def read_hmdb_layout(root: Path, split: int) -> DatasetIndex:
     return DatasetIndex("hmdb51", root, classes, train, test, video_dir, unused)
 
 
+def read_list_text(path: Path) -> str:
+    """A list file read as UTF-8 (a byte-order mark dropped); a file in another encoding ends
+    in an error naming the file and the line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}): save the list as UTF-8"
+        ) from None
+
+
 def read_csv_list(path: Path) -> DatasetIndex:
     """A generic list: `path,label[,split][,group]` with a header; path relative to the CSV's
     folder or absolute, label a class name (classes sorted), split train (default) or test,
-    group default the path (every video its own group)."""
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if not {"path", "label"} <= set(reader.fieldnames or ()):
+    group default the path (every video its own group). Header names are matched without case
+    or blanks; a blank after a comma is dropped."""
+    text = io.StringIO(read_list_text(path), newline="")
+    reader = csv.DictReader(text, skipinitialspace=True)
+    try:
+        reader.fieldnames = [name.strip().lower() for name in reader.fieldnames or ()]
+        if not {"path", "label"} <= set(reader.fieldnames):
             raise DataError(f"{path}: expected a header path,label[,split][,group]")
         rows = []
-        for number, row in enumerate(reader, start=2):
+        for row in reader:
             row = {k: (v or "").strip() for k, v in row.items() if k}
             row["split"] = (row.get("split") or "train").lower()
             if not (row["path"] and row["label"] and row["split"] in ("train", "test")):
-                raise DataError(f"{path}:{number}: expected a path, a label, split train or test")
+                raise DataError(
+                    f"{path}:{reader.line_num}: expected a path, a label, split train or test"
+                )
             rows.append(row)
+    except csv.Error as err:
+        raise DataError(f"{path}:{reader.reader.line_num}: {err}") from None  # the line read
     classes = tuple(sorted({row["label"] for row in rows}))
     label_of = {c: i for i, c in enumerate(classes)}
     splits: dict[str, list[Video]] = {"train": [], "test": []}

@@ -18,7 +18,6 @@ accuracy metric `acc_<head>`.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import signal
 import sys
@@ -40,9 +39,9 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.wrappers.abstract import WrapperMetric
 from tqdm.auto import tqdm
 
-from .checkpoint import Progress, load_run, save_run
+from .checkpoint import Progress, append_metrics, load_run, save_run
 from .data import to_float
-from .errors import RunInterrupted, TrainError
+from .errors import ConfigError, RunInterrupted, TrainError
 
 StepOutput = tuple[
     torch.Tensor, dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -111,34 +110,55 @@ def make_runtime(
 ) -> Runtime:
     """The runtime for these settings ("auto": GPU if present, bf16 where it pays, channels_last
     on a GPU or with bf16); joins the process group under torchrun."""
-    rank, world, local_rank = init_distributed()
-    dev = pick_device(device, local_rank)
+    dev = pick_device(device, int(os.environ.get("LOCAL_RANK", "0")))
     prec = pick_precision(precision, dev)
     if channels_last is None:
         channels_last = dev.type == "cuda" or prec == "bf16"
+    rank, world = init_distributed(dev)
     return Runtime(dev, prec, channels_last, rank, world)
 
 
-def init_distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank); initialises the process group under torchrun."""
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world size); initialises the process group under torchrun, with the backend of
+    the device (NCCL for GPUs, gloo for CPUs: --device cpu on a GPU machine too)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    if world > 1:
-        return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
-    return 0, 1, 0
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """The device `name` says (auto, cpu, cuda, cuda:N), checked against this machine; under
+    torchrun, auto and cuda mean the rank's own GPU."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
+    if device.type == "cpu":
+        return device
+    count = torch.cuda.device_count()
+    if not count:
+        raise ConfigError(f"device {name!r}: PyTorch sees no CUDA GPU on this machine")
+    index = local_rank if device.index is None else device.index
+    if index >= count:
+        raise ConfigError(
+            f"device {name!r}: this machine has {count} GPUs, cuda:0 to cuda:{count - 1}"
+        )
+    return torch.device("cuda", index)
 
 
 def pick_precision(precision: str, device: torch.device) -> str:
+    if precision == "fp16" and device.type == "cpu":
+        raise ConfigError(
+            "precision fp16 is for GPUs: on a CPU a training step runs hundreds of times slower "
+            "than in fp32; use fp32, or bf16 on a CPU with AVX512-BF16 or AMX"
+        )
     if precision != "auto":
         return precision
     if device.type == "cuda":
@@ -550,8 +570,7 @@ def end_epoch(run: Run, epoch: int, row: dict, stop: threading.Event) -> dict:
     if rt.is_main:
         # metrics first and last.pt last: a kill in between repeats the epoch on resume,
         # which then drops the epoch's row and rewrites best.pt
-        with open(run.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_metrics(run.out, row)
         if is_best and run.keep_best:
             run.save("best.pt", row)
         run.save("last.pt", row)

@@ -36,13 +36,19 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from torchmetrics.wrappers import ClasswiseWrapper
 from tqdm.auto import tqdm
 
-from .checkpoint import check_out, load_backbone, write_run_folder
+from .checkpoint import FEATURES, RESULTS, load_backbone, write_run_folder
 from .data import RATES, EpochSampler, VideoDataset, load_index, to_float
 from .engine import Run, Runtime, StepOutput, fit, make_loader, make_runtime, unwrap
 from .errors import ConfigError
 from .models import ARCHS, ActionNet, build_backbone, pooled_feature, retrieval_feature
 from .synth import DEFAULT_DATA
-from .train import ensure_default_dataset, is_generated, supervised_step, warmup_cosine
+from .train import (
+    ensure_default_dataset,
+    hold_run_folder,
+    is_generated,
+    supervised_step,
+    warmup_cosine,
+)
 
 TARGETS = ("speed", "action")
 TOP_K = (1, 5, 10, 20, 50)
@@ -188,10 +194,7 @@ def start_eval(cfg: EvalConfig) -> tuple[Runtime, Path]:
     """The runtime and the run folder, after the refusals that come before any work."""
     validate_eval(cfg)
     rt = make_runtime(cfg.device, cfg.precision, cfg.channels_last)
-    out = eval_out(cfg)
-    check_out(out, cfg.resume, cfg.overwrite)
-    ensure_default_dataset(cfg.data, rt)
-    return rt, out
+    return rt, eval_out(cfg)
 
 
 def initial_backbone(cfg: EvalConfig) -> nn.Module:
@@ -218,7 +221,7 @@ def clip_dataset(cfg: EvalConfig, videos: tuple, mode: str, views: int, **kw) ->
 
 
 def write_results(out: Path, results: dict) -> Path:
-    path = out / "results.json"
+    path = out / RESULTS
     path.write_text(json.dumps(results, indent=2) + "\n")
     return path
 
@@ -327,34 +330,41 @@ def accuracy_report(
 def probe(cfg: ProbeConfig, progress: bool = True) -> dict:
     """Train a linear layer on the frozen backbone's cached features; returns results.json."""
     rt, out = start_eval(cfg)
-    t0 = time.perf_counter()
-    index = load_index(cfg.data, cfg.split)
-    resumed = cfg.resume and (out / "features.pt").is_file()
-    cached = torch.load(out / "features.pt") if resumed else probe_features(cfg, rt, index)
-    names = [str(r) for r in RATES] if cfg.target == "speed" else list(index.classes)
-    run = probe_run(cfg, rt, out, cached, names)
-    if rt.is_main:
-        write_run_folder(out, run.config, run.at.epoch)
-        if not resumed:
-            torch.save(cached, out / "features.pt")
-    fit(run, progress)
+    with hold_run_folder(out, cfg.resume, cfg.overwrite, rt):  # refusals before any work
+        ensure_default_dataset(cfg.data, rt)
+        t0 = time.perf_counter()
+        index = load_index(cfg.data, cfg.split)
+        resumed = cfg.resume and (out / FEATURES).is_file()
+        cached = torch.load(out / FEATURES) if resumed else probe_features(cfg, rt, index)
+        names = [str(r) for r in RATES] if cfg.target == "speed" else list(index.classes)
+        run = probe_run(cfg, rt, out, cached, names)
+        if rt.is_main:
+            write_run_folder(out, run.config, run.at.epoch)
+            if not resumed:
+                torch.save(cached, out / FEATURES)
+        fit(run, progress)
+        results = probe_results(cfg, run, cached, names)
+        results |= {"seconds": time.perf_counter() - t0, "device": str(rt.device)}
+        if rt.is_main:
+            write_results(out, results)
+    return results
+
+
+def probe_results(cfg: ProbeConfig, run: Run, cached: dict, names: list[str]) -> dict:
+    """The trained linear layer on the test clips: for speed, per clip (each test video at
+    each rate); for action, per video (its clips' mean logits)."""
     test = cached["test"]
     with torch.no_grad():
-        logits = unwrap(run.model)(test["output"].to(rt.device)).float().cpu()
+        logits = unwrap(run.model)(test["output"].to(run.rt.device)).float().cpu()
     labels, video = test["rate"], test["video"]
-    if cfg.target == "action":  # a video's clips vote with their mean logits
+    if cfg.target == "action":
         logits, video = video_mean(logits, test["video"])
         labels = test["label"][first_of_each(test["video"], video)]
-    results = {
+    return {
         "kind": eval_kind(cfg),
         **accuracy_report(logits, labels, video, names, cfg.seed),
         "views_dropped": cached["views_dropped"],
-        "seconds": time.perf_counter() - t0,
-        "device": str(rt.device),
     }
-    if rt.is_main:
-        write_results(out, results)
-    return results
 
 
 def first_of_each(video: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -455,25 +465,27 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     """Train the whole network on action labels; test with `test_views` clips per test video
     (centre crop, logits averaged). Returns results.json."""
     rt, out = start_eval(cfg)
-    t0 = time.perf_counter()
-    index = load_index(cfg.data, cfg.split)
-    run = finetune_run(cfg, rt, out, index)
-    if rt.is_main:
-        write_run_folder(out, run.config, run.at.epoch)
-    fit(run, progress)
-    test_set = clip_dataset(cfg, index.test, "clip", cfg.test_views, train=False)
-    clips = outputs(unwrap(run.model), test_set, rt, "testing", cfg.workers)
-    logits, ids = video_mean(clips["output"], clips["video"])
-    labels = clips["label"][first_of_each(clips["video"], ids)]
-    results = {
-        "kind": "finetune",
-        **accuracy_report(logits, labels, ids, list(index.classes), cfg.seed),
-        "views_dropped": test_set.views_dropped,
-        "seconds": time.perf_counter() - t0,
-        "device": str(rt.device),
-    }
-    if rt.is_main:
-        write_results(out, results)
+    with hold_run_folder(out, cfg.resume, cfg.overwrite, rt):
+        ensure_default_dataset(cfg.data, rt)
+        t0 = time.perf_counter()
+        index = load_index(cfg.data, cfg.split)
+        run = finetune_run(cfg, rt, out, index)
+        if rt.is_main:
+            write_run_folder(out, run.config, run.at.epoch)
+        fit(run, progress)
+        test_set = clip_dataset(cfg, index.test, "clip", cfg.test_views, train=False)
+        clips = outputs(unwrap(run.model), test_set, rt, "testing", cfg.workers)
+        logits, ids = video_mean(clips["output"], clips["video"])
+        labels = clips["label"][first_of_each(clips["video"], ids)]
+        results = {
+            "kind": "finetune",
+            **accuracy_report(logits, labels, ids, list(index.classes), cfg.seed),
+            "views_dropped": test_set.views_dropped,
+            "seconds": time.perf_counter() - t0,
+            "device": str(rt.device),
+        }
+        if rt.is_main:
+            write_results(out, results)
     return results
 
 
@@ -520,8 +532,32 @@ def retrieve(cfg: RetrieveConfig, progress: bool = True) -> dict:
     """Test videos query the training videos; a query hits at k when one of its k nearest
     (cosine similarity of the clip-averaged retrieval features) has its class."""
     rt, out = start_eval(cfg)
-    t0 = time.perf_counter()
-    index = load_index(cfg.data, cfg.split)
+    with hold_run_folder(out, cfg.resume, cfg.overwrite, rt):
+        ensure_default_dataset(cfg.data, rt)
+        t0 = time.perf_counter()
+        if rt.is_main:
+            write_run_folder(out, eval_config_dict(cfg), 0)
+        videos = retrieval_videos(cfg, rt, load_index(cfg.data, cfg.split))
+        hits = retrieval_hits(videos["queries"][:2], videos["gallery"][:2], TOP_K)  # (Q, K)
+        results = {
+            "kind": "retrieve",
+            "top_k": {str(k): hits[:, i].float().mean().item() for i, k in enumerate(TOP_K)},
+            "top_k_std": {
+                str(k): bootstrap_std(hits[:, i], videos["queries"][2], cfg.seed)
+                for i, k in enumerate(TOP_K)
+            },
+            "queries": len(videos["queries"][2]),
+            "gallery": len(videos["gallery"][2]),
+            "seconds": time.perf_counter() - t0,
+            "device": str(rt.device),
+        }
+        if rt.is_main:
+            write_results(out, results)
+    return results
+
+
+def retrieval_videos(cfg: RetrieveConfig, rt: Runtime, index) -> dict[str, tuple]:
+    """{"gallery": training videos, "queries": test videos}, each (features, labels, ids)."""
     backbone = rt.prepare(BackboneFeature(initial_backbone(cfg), kind="retrieval"))
     videos = {}
     for name, split in (("gallery", index.train), ("queries", index.test)):
@@ -529,23 +565,7 @@ def retrieve(cfg: RetrieveConfig, progress: bool = True) -> dict:
         clips = outputs(backbone, ds, rt, f"features of the {name}", cfg.workers)
         features, ids = video_mean(clips["output"], clips["video"])
         videos[name] = (features, clips["label"][first_of_each(clips["video"], ids)], ids)
-    hits = retrieval_hits(videos["queries"][:2], videos["gallery"][:2], TOP_K)  # (Q, len(K))
-    results = {
-        "kind": "retrieve",
-        "top_k": {str(k): hits[:, i].float().mean().item() for i, k in enumerate(TOP_K)},
-        "top_k_std": {
-            str(k): bootstrap_std(hits[:, i], videos["queries"][2], cfg.seed)
-            for i, k in enumerate(TOP_K)
-        },
-        "queries": len(videos["queries"][2]),
-        "gallery": len(videos["gallery"][2]),
-        "seconds": time.perf_counter() - t0,
-        "device": str(rt.device),
-    }
-    if rt.is_main:
-        write_run_folder(out, eval_config_dict(cfg), 0)
-        write_results(out, results)
-    return results
+    return videos
 
 
 def retrieval_hits(

@@ -84,7 +84,11 @@ def read_run(run: str | Path) -> tuple[dict, list[dict]]:
         raise TrainError(f"{run} has no finished epoch yet")
     if "val_loss" not in rows[-1]:
         raise TrainError(f"{run} has no validation metrics (it was run with --val-fraction 0)")
-    return json.loads((run / "config.json").read_text()), rows
+    try:
+        config = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    except ValueError as err:  # JSON or UTF-8
+        raise TrainError(f"{run / 'config.json'} is not readable JSON: {err}") from None
+    return config, rows
 
 
 def main_head(rows: list[dict]) -> str:

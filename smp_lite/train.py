@@ -17,8 +17,10 @@ The loop itself, devices and metrics are the engine's (engine.py).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -30,10 +32,10 @@ from torchmetrics import MeanMetric, MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.wrappers import ClasswiseWrapper
 
-from .checkpoint import check_out, load_backbone, write_run_folder
+from .checkpoint import load_backbone, run_folder, write_run_folder
 from .data import RATES, EpochSampler, VideoDataset, load_index, split_by_group, to_float
 from .engine import Run, Runtime, StepFn, StepOutput, fit, make_loader, make_runtime
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, TrainError
 from .masks import LAMBDA_SCHEDULES, blend_lambda
 from .models import ARCHS, NUM_RATES, ActionNet, MotionNet
 from .synth import DEFAULT_DATA, synthesize
@@ -129,12 +131,32 @@ def is_generated(data: str) -> bool:
 
 
 def validate(cfg: TrainConfig) -> None:
+    """Refuse a setting no run can use (ConfigError, exit code 2) before anything is read."""
+    h, w = cfg.resize
     checks = [
         (cfg.arch in ARCHS, f"unknown architecture {cfg.arch!r}: choose one of {', '.join(ARCHS)}"),
+        (
+            cfg.preset in PRESETS,
+            f"unknown preset {cfg.preset!r}: choose one of {', '.join(PRESETS)}",
+        ),
         (cfg.epochs > 0, f"epochs must be positive, got {cfg.epochs}"),
         (cfg.batch_size > 0, f"batch size must be positive, got {cfg.batch_size}"),
-        (cfg.lr > 0, f"learning rate must be positive, got {cfg.lr}"),
-        (cfg.crop % 16 == 0, f"crop {cfg.crop} must be divisible by 16"),
+        # chained comparisons: NaN fails them all
+        (0 < cfg.lr < math.inf, f"learning rate must be a positive number, got {cfg.lr}"),
+        (
+            0 < cfg.head_lr_scale < math.inf,
+            f"head lr scale must be a positive number, got {cfg.head_lr_scale}",
+        ),
+        (0 <= cfg.momentum < 1, f"momentum must be in [0, 1), got {cfg.momentum}"),
+        (
+            0 <= cfg.weight_decay < math.inf,
+            f"weight decay must be 0 or more, got {cfg.weight_decay}",
+        ),
+        (
+            cfg.crop > 0 and cfg.crop % 16 == 0,
+            f"crop {cfg.crop} must be positive and divisible by 16",
+        ),
+        (h > 0 and w > 0, f"resize {h}x{w} must be positive"),
         (
             cfg.clip_len >= 8 and cfg.clip_len % 8 == 0,
             f"clip length {cfg.clip_len} must be a multiple of 8",
@@ -149,8 +171,18 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.precision in ("auto", "bf16", "fp16", "fp32"), f"unknown precision {cfg.precision!r}"),
         (cfg.schedule in ("plateau", "cosine"), f"unknown lr schedule {cfg.schedule!r}"),
         (cfg.train_crop in ("", "random", "center"), f"unknown crop {cfg.train_crop!r}"),
+        (cfg.warmup_epochs >= 0, f"warm-up epochs must be 0 or more, got {cfg.warmup_epochs}"),
+        (
+            cfg.plateau_patience >= 0,
+            f"plateau patience must be 0 or more, got {cfg.plateau_patience}",
+        ),
         (cfg.save_every >= 0, f"save every must be 0 or more steps, got {cfg.save_every}"),
         (cfg.precise_bn >= 0, f"precise BN must be 0 or more batches, got {cfg.precise_bn}"),
+        (cfg.limit_batches >= 0, f"limit batches must be 0 or more, got {cfg.limit_batches}"),
+        (cfg.workers >= 0, f"workers must be 0 or more, got {cfg.workers}"),
+        (cfg.split > 0, f"split must be positive, got {cfg.split}"),
+        (0 <= cfg.seed < 2**32, f"seed must be in 0..{2**32 - 1}, got {cfg.seed}"),
+        (not (cfg.resume and cfg.overwrite), "pass --resume or --overwrite, not both"),
     ]
     for ok, message in checks:
         if not ok:
@@ -163,8 +195,14 @@ def config_dict(cfg: TrainConfig) -> dict:
 
 
 def default_out(cfg: TrainConfig) -> Path:
+    """runs/TASK-ARCH-DATASET, with -lrLR and -seedN where they differ from the preset: the runs
+    of a sweep over either get folders of their own."""
     data_name = Path(cfg.data.partition(":")[2] or cfg.data).name or "data"
-    return Path("runs") / f"{cfg.task}-{cfg.arch}-{data_name}"
+    preset = PRESETS[cfg.preset][cfg.task == "supervised"]
+    tags = [
+        f"-{k}{getattr(cfg, k)}" for k in ("lr", "seed") if getattr(cfg, k) != getattr(preset, k)
+    ]
+    return Path("runs") / (f"{cfg.task}-{cfg.arch}-{data_name}" + "".join(tags))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,15 +309,39 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     validate(cfg)
     rt = make_runtime(cfg.device, cfg.precision, cfg.channels_last)
     out = Path(cfg.out) if cfg.out else default_out(cfg)
-    check_out(out, cfg.resume, cfg.overwrite)  # refusals come before anything is read or written
-    ensure_default_dataset(cfg.data, rt)
-    run = start_run(cfg, rt, out)
-    if rt.is_main:
-        write_run_folder(out, {**run.config, "best_by": BEST_BY}, run.at.epoch)
-    row = fit(run, progress)
+    with hold_run_folder(out, cfg.resume, cfg.overwrite, rt):  # refusals before any data is read
+        ensure_default_dataset(cfg.data, rt)
+        run = start_run(cfg, rt, out)
+        if rt.is_main:
+            write_run_folder(out, {**run.config, "best_by": BEST_BY}, run.at.epoch)
+        row = fit(run, progress)
     if rt.world > 1:
         torch.distributed.destroy_process_group()
     return {**row, "out": str(out), "best_val": run.at.best_val}
+
+
+@contextlib.contextmanager
+def hold_run_folder(out: Path, resume: bool, overwrite: bool, rt: Runtime) -> Iterator[None]:
+    """Rank 0 holds the run folder (checkpoint.run_folder: one run per folder, nothing lost);
+    under torchrun the other ranks wait for its answer, so that a refusal stops them all."""
+    with contextlib.ExitStack() as stack:
+        refusal = None
+        if rt.is_main:
+            try:
+                stack.enter_context(run_folder(out, resume, overwrite))
+            except Exception as err:
+                refusal = err
+        if rt.world > 1 and not all_ranks_ok(refusal is None, rt):
+            refusal = refusal or TrainError(f"rank 0 could not take the run folder {out}")
+        if refusal is not None:
+            raise refusal
+        yield
+
+
+def all_ranks_ok(ok: bool, rt: Runtime) -> bool:
+    flag = torch.tensor(float(ok), device=rt.device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item())
 
 
 def ensure_default_dataset(data: str, rt: Runtime) -> None:
@@ -297,6 +359,11 @@ def ensure_default_dataset(data: str, rt: Runtime) -> None:
 def start_run(cfg: TrainConfig, rt: Runtime, out: Path) -> Run:
     """Data, model, optimiser and schedule of a run; from last.pt when resuming."""
     index = load_index(cfg.data, cfg.split)
+    if cfg.task == "supervised" and len({v.label for v in index.train}) < 2:
+        raise DataError(
+            f"{cfg.data}: supervised training needs two classes or more; its training videos "
+            f"are all {index.classes[index.train[0].label]!r}, the loss would be 0"
+        )
     loaders = make_loaders(cfg, rt, index.train)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, len(index.classes))

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -128,6 +130,18 @@ def test_pretrain_end_to_end(ucf_tiny, tmp_path) -> None:
         (["--resize", "big"], 2, "is not HxW"),
         (["--save-every", "-1"], 2, "save every must be 0 or more"),
         (["--data", "/no/such/folder"], 1, "does not exist"),
+        (["--crop", "0"], 2, "crop 0 must be positive"),
+        (["--crop", "-32"], 2, "crop -32 must be positive"),
+        (["--lr", "inf"], 2, "learning rate must be a positive number, got inf"),
+        (["--head-lr-scale", "nan"], 2, "head lr scale must be a positive number, got nan"),
+        (["--limit-batches", "-1"], 2, "limit batches must be 0 or more, got -1"),
+        (["--seed", "-1"], 2, "seed must be in 0..4294967295"),
+        (["--seed", "99999999999999999999"], 2, "seed must be in 0..4294967295"),
+        (["--workers", "-1"], 2, "workers must be 0 or more"),
+        (["--resume", "--overwrite"], 2, "pass --resume or --overwrite, not both"),
+        (["--device", "gpu"], 2, "unknown device 'gpu': use auto, cpu, cuda or cuda:N"),
+        (["--device", "mps"], 2, "unknown device 'mps'"),
+        (["--device", "cpu", "--precision", "fp16"], 2, "precision fp16 is for GPUs"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(args, code, message, tmp_path) -> None:
@@ -137,6 +151,22 @@ def test_bad_input_is_one_line_and_nonzero(args, code, message, tmp_path) -> Non
     assert len(lines) == 1 and message in lines[0], result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize(
+    "device, gpus, message",
+    [
+        ("cuda", 0, "device 'cuda': PyTorch sees no CUDA GPU on this machine"),
+        ("cuda:1", 0, "device 'cuda:1': PyTorch sees no CUDA GPU on this machine"),
+        ("cuda:3", 2, "device 'cuda:3': this machine has 2 GPUs, cuda:0 to cuda:1"),
+    ],
+)
+def test_a_gpu_this_machine_lacks_is_one_line(device, gpus, message, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    result = runner.invoke(app, ["pretrain", "--out", str(tmp_path / "r"), "--device", device])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == f"error: {message}"
+    assert not (tmp_path / "r").exists()
 
 
 def test_debug_shows_the_exception(tmp_path) -> None:
@@ -149,11 +179,13 @@ def test_a_folder_holding_another_run_is_left_alone(ucf_tiny, tmp_path) -> None:
     out.mkdir()
     (out / "config.json").write_text('{"task": "prp"}\n')
     (out / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    (out / "last.pt").write_bytes(b"weights")
     result = runner.invoke(app, ["pretrain", "--data", str(ucf_tiny), "--out", str(out), *TINY])
     assert result.exit_code == 1 and "already holds a run" in result.output
     assert "--resume" in result.output and "--overwrite" in result.output
     assert (out / "config.json").read_text() == '{"task": "prp"}\n'  # nothing lost
     assert (out / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
+    assert (out / "last.pt").read_bytes() == b"weights"
 
 
 def write_bad_checkpoints(folder):
@@ -181,6 +213,8 @@ def write_bad_checkpoints(folder):
         "init-from corrupt",
         "init-from wrong architecture",
         "init-from foreign keys",
+        "init-from a folder",
+        "list not utf-8",
     ],
 )
 def test_bad_runs_fail_in_one_line_with_exit_code_1(case, ucf_tiny, tmp_path) -> None:
@@ -193,6 +227,17 @@ def test_bad_runs_fail_in_one_line_with_exit_code_1(case, ucf_tiny, tmp_path) ->
         out, message = tmp_path / "file" / "run", "cannot write to output folder"
     elif case == "resume with nothing":
         extra, message = ["--resume"], "nothing to resume"
+    elif case == "init-from a folder":
+        (tmp_path / "old").mkdir()
+        extra = ["--init-from", str(tmp_path / "old")]
+        message = f"{tmp_path / 'old'} is a folder, not a checkpoint: give a file, e.g. "
+    elif case == "list not utf-8":
+        shutil.copytree(ucf_tiny, tmp_path / "latin1")
+        trainlist = tmp_path / "latin1" / "trainlist01.txt"
+        lines = trainlist.read_text().splitlines()
+        lines[2] += " # \xe9t\xe9"  # Latin-1, as an editor may save it
+        trainlist.write_bytes("\n".join(lines).encode("latin-1"))
+        data, message = str(tmp_path / "latin1"), f"{trainlist}:3: not UTF-8 text (byte 0xe9)"
     else:
         path, message = write_bad_checkpoints(tmp_path / "ckpt")[case.removeprefix("init-from ")]
         extra = ["--init-from", str(path)]
@@ -271,6 +316,10 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_numbers(ucf_tiny, tmp_path, 
         pretrain_command(ucf_tiny, out, "--resume"), env=ENV, capture_output=True, text=True
     )
     assert resumed.returncode == 0, resumed.stderr
+    # the killed run left its lock: a dead process of this host, taken over
+    assert (
+        f"taking over {out / 'run.lock'}: the run that held it (pid {killed.pid}" in resumed.stderr
+    )
     assert_same_run(out, uninterrupted)
 
 
@@ -308,3 +357,47 @@ def test_help_shows_every_setting_with_its_default_from_the_config() -> None:
     assert f"[default: paper {paper.lr} (supervised {paper_sup.lr}), quick {quick.lr}" in text
     assert f"[default: {paper.save_every}]" in text and f"[default: {paper.precise_bn}]" in text
     assert "[kind:]PATH" in text  # help text is not read as markup
+
+
+# ---------------------------------------------------------------------------------------------
+# One run per folder, a full disk (docs/reliability.md)
+
+
+def test_two_runs_into_one_folder_at_once_admit_one(ucf_tiny, tmp_path) -> None:
+    out = tmp_path / "run"
+    first = subprocess.Popen(pretrain_command(ucf_tiny, out), env=ENV, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out / "run.lock").is_file() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    second = runner.invoke(app, ["pretrain", "--data", str(ucf_tiny), "--out", str(out), *TINY])
+    assert second.exit_code == 1, second.output
+    assert second.output.startswith(f"error: {out} is in use by another run (pid {first.pid}, ")
+    assert len(second.output.strip().splitlines()) == 1
+    assert first.wait(timeout=120) == 0, first.stderr.read()
+    assert [r["epoch"] for r in read_metrics(out)] == [1, 2]  # one run's rows, once each
+    config = json.loads((out / "config.json").read_text())
+    assert (config["epochs"], config["save_every"]) == (2, 1)  # the first run's
+    assert not (out / "run.lock").exists()  # released at the end
+
+
+def test_a_full_disk_ends_in_one_line_and_keeps_the_saves_before(ucf_tiny, tmp_path, monkeypatch):
+    out, calls, save = tmp_path / "run", [], torch.save
+
+    def disk_full_at_the_second_save(state, f):
+        calls.append(1)
+        if len(calls) == 2:
+            f.write(b"x" * 4096)
+            raise RuntimeError(
+                "PytorchStreamWriter failed writing file data/3: No space left on device"
+            )
+        save(state, f)
+
+    monkeypatch.setattr(torch, "save", disk_full_at_the_second_save)
+    args = ["pretrain", "--data", str(ucf_tiny), "--out", str(out), *TINY, "--save-every", "1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    [line] = result.output.strip().splitlines()
+    assert line.startswith(f"error: no space left in {out} to save last.pt: it needs about ")
+    assert "MiB free" in line
+    assert not list(out.glob("*.tmp")) and not (out / "run.lock").exists()
+    assert load_checkpoint(out / "last.pt")["step"] == 1  # the save before is intact

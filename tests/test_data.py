@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import av
 import numpy as np
 import pytest
@@ -355,6 +357,58 @@ def test_csv_list(csv_list, tmp_path) -> None:
         load_index(csv_list, 2)
     with pytest.raises(DataError, match="is not a file"):
         load_index(f"csv:{tmp_path}/none.csv")
+
+
+def test_a_csv_header_is_read_as_people_write_it(tmp_path) -> None:
+    """A byte-order mark (Excel's "CSV UTF-8"), capitalised names, blanks after commas."""
+    path = tmp_path / "list.csv"
+    path.write_bytes(
+        "\ufeffPath, Label, Split\r\na.mp4, walk, train\r\nb.mp4, run, TEST\r\n".encode()
+    )
+    index = load_index(path)
+    assert index.classes == ("run", "walk")
+    assert [(v.path.name, v.label) for v in index.train] == [("a.mp4", 1)]
+    assert [v.path.name for v in index.test] == ["b.mp4"]
+    path.write_text("path,label\n\na.mp4,walk\nb.mp4,\n")  # a blank line before the bad one
+    with pytest.raises(DataError, match=r"list.csv:4: expected a path, a label"):
+        load_index(path)
+    path.write_text("path,label\na.mp4,walk\n" + "x" * 200_000 + ",walk\n")
+    with pytest.raises(DataError, match=r"list.csv:3: field larger than field limit"):
+        load_index(path)
+
+
+def latin1(text: str) -> bytes:
+    return text.encode("latin-1")
+
+
+@pytest.mark.parametrize("layout", ["ucf101 list", "ucf101 classes", "hmdb51", "csv"])
+def test_a_list_file_not_in_utf8_names_the_file_and_line(layout, tmp_path) -> None:
+    if layout.startswith("ucf101"):
+        spec = write_ucf_lists(tmp_path, train="Walk/v_Walk_g01_c01.avi 1\n" * 3)
+        name = "trainlist01.txt" if layout == "ucf101 list" else "classInd.txt"
+        path = tmp_path / "ucfTrainTestlist" / name
+        path.write_bytes(path.read_bytes() + latin1("Walk/caf\xe9.avi 1\n"))
+        line = 4 if name == "trainlist01.txt" else 2
+    elif layout == "hmdb51":
+        (tmp_path / "jump").mkdir()
+        path = tmp_path / "testTrainMulti_7030_splits" / "jump_test_split1.txt"
+        path.parent.mkdir()
+        path.write_bytes(latin1("a.avi 1\nb.avi 2\nSa\xefd_jump.avi 1\n"))
+        spec, line = f"hmdb51:{tmp_path}", 3
+    else:
+        path = tmp_path / "list.csv"
+        path.write_bytes(latin1("path,label\na.mp4,caf\xe9\n"))
+        spec, line = f"csv:{path}", 2
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:{line}: not UTF-8 text \(byte"):
+        load_index(spec)
+
+
+def test_ucf101_lists_with_a_byte_order_mark(tmp_path) -> None:
+    spec = write_ucf_lists(
+        tmp_path, classes="\ufeff1 Walk\n", train="\ufeffWalk/v_Walk_g01_c01.avi 1\n"
+    )
+    index = load_index(spec)
+    assert index.classes == ("Walk",) and index.train[0].path.name == "v_Walk_g01_c01.avi"
 
 
 @pytest.mark.parametrize("layout", ["official_ucf", "official_hmdb"])

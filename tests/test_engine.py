@@ -167,3 +167,25 @@ def test_the_loop_with_the_runtime_a_user_gets_and_worker_processes(ucf_tiny, tm
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     assert result["train_clips"] == rows[-1]["train_clips"] > 0
+
+
+@pytest.mark.parametrize("device, backend", [("cpu", "gloo"), ("cuda", "nccl"), ("auto", "nccl")])
+def test_under_torchrun_the_process_group_follows_the_device(device, backend, monkeypatch):
+    """--device cpu on a GPU machine joins with gloo (NCCL cannot reduce CPU tensors); the GPU
+    is the rank's own. The GPU is faked: no process group is joined."""
+    joined = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", joined.append)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group", joined.append)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
+    rt = make_runtime(device, "fp32")
+    assert (rt.rank, rt.world) == (1, 2)
+    if backend == "gloo":
+        assert rt.device == torch.device("cpu") and joined == ["gloo"]
+    else:
+        assert rt.device == torch.device("cuda", 1) and joined == [rt.device, "nccl"]

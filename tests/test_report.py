@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from typer.testing import CliRunner
 
@@ -60,3 +62,18 @@ def test_report_command_and_a_folder_that_is_no_run(two_runs, tmp_path) -> None:
     )
     with pytest.raises(TrainError, match="not a run folder"):
         pretrain_table([tmp_path / "missing"])
+
+
+def test_report_of_a_killed_run_and_of_torn_files(two_runs, tmp_path) -> None:
+    runner = CliRunner()
+    run = tmp_path / "smp"
+    shutil.copytree(two_runs[0], run)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 4, "train_loss": 0.')  # killed while writing a row
+    result = runner.invoke(app, ["report", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "| smp | `r3d10` | smp | 3 |" in result.output  # the three whole rows
+    (run / "config.json").write_text('{"arch": "r3d10", "ta')
+    bad = runner.invoke(app, ["report", str(run)])
+    assert bad.exit_code == 1 and len(bad.output.strip().splitlines()) == 1
+    assert bad.output.startswith(f"error: {run / 'config.json'} is not readable JSON: ")

@@ -4,6 +4,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,11 +18,12 @@ import smp_lite.train
 from smp_lite.checkpoint import load_checkpoint, read_metrics
 from smp_lite.data import RATES, VideoDataset, load_index, split_by_group
 from smp_lite.engine import Runtime, evaluate, metrics_row
-from smp_lite.errors import ConfigError, RunInterrupted, TrainError
+from smp_lite.errors import ConfigError, DataError, RunInterrupted, TrainError
 from smp_lite.models import MotionNet
 from smp_lite.synth import DEFAULT_DATA, synthesize
 from smp_lite.train import (
     build_model,
+    default_out,
     make_config,
     make_loaders,
     make_optimizer,
@@ -402,3 +404,117 @@ def test_validation_under_torchrun_counts_each_clip_once(ucf_tiny, tmp_path) -> 
     alone = metrics_row(metrics)
     for key in ("val_clips", "val_loss", "val_acc_action"):
         assert row[key] == pytest.approx(alone[key], rel=1e-5), key
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(crop=0), "crop 0 must be positive"),
+        (dict(crop=-16), "crop -16 must be positive"),
+        (dict(resize=(0, 64)), "resize 0x64 must be positive"),
+        (dict(lr=math.inf), "learning rate must be a positive number, got inf"),
+        (dict(lr=math.nan), "learning rate must be a positive number, got nan"),
+        (dict(head_lr_scale=math.nan), "head lr scale must be a positive number, got nan"),
+        (dict(momentum=1.5), r"momentum must be in \[0, 1\)"),
+        (dict(weight_decay=-1e-4), "weight decay must be 0 or more"),
+        (dict(limit_batches=-1), "limit batches must be 0 or more"),
+        (dict(workers=-2), "workers must be 0 or more"),
+        (dict(warmup_epochs=-1), "warm-up epochs must be 0 or more"),
+        (dict(seed=-1), r"seed must be in 0..4294967295, got -1"),
+        (dict(seed=2**32), r"seed must be in 0..4294967295, got 4294967296"),
+        (dict(resume=True, overwrite=True), "pass --resume or --overwrite, not both"),
+    ],
+)
+def test_settings_no_run_can_use_are_refused_up_front(kw, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        make_config("smp", "quick", **kw)
+
+
+def test_the_default_folder_tells_runs_of_a_sweep_apart() -> None:
+    assert str(default_out(make_config("smp", arch="r3d18"))) == "runs/smp-r3d18-synth"
+    sweep = make_config("smp", arch="r3d18", lr=0.1, seed=3)
+    assert str(default_out(sweep)) == "runs/smp-r3d18-synth-lr0.1-seed3"
+    sup = make_config("supervised", "paper", data="ucf101:/data/UCF101", seed=1)
+    assert str(default_out(sup)) == "runs/supervised-r3d18-UCF101-seed1"  # lr 0.1 is its preset's
+
+
+def csv_of(tmp_path, ucf_tiny, rows: list[tuple[int, str, str]]):
+    """A csv list over ucf_tiny's training videos: (video number, label, split) per row."""
+    videos = load_index(ucf_tiny).train
+    path = tmp_path / "list.csv"
+    lines = [f"{videos[i].path},{label},{split}" for i, label, split in rows]
+    path.write_text("path,label,split\n" + "\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("case", ["val fraction 0.99", "one training video"])
+def test_an_empty_training_part_is_one_line(case, ucf_tiny, tmp_path) -> None:
+    data, kw = ucf_tiny, dict(val_fraction=0.99)
+    if case == "one training video":
+        data, kw = csv_of(tmp_path, ucf_tiny, [(0, "a", "train"), (1, "b", "test")]), {}
+    with pytest.raises(DataError, match="no training video is left after holding out"):
+        train(tiny_config(data, tmp_path / "run", **kw), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_one_class_supervised_run_is_refused(ucf_tiny, tmp_path) -> None:
+    data = csv_of(tmp_path, ucf_tiny, [(i, "walk", "train") for i in range(4)])
+    with pytest.raises(DataError, match="all 'walk', the loss would be 0"):
+        train(tiny_config(data, tmp_path / "run", task="supervised"), progress=False)
+    train(tiny_config(data, tmp_path / "prp", task="prp", epochs=1), progress=False)  # fine
+
+
+def test_an_overwrite_that_fails_before_saving_puts_the_previous_run_back(ucf_tiny, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(ucf_tiny, out, epochs=1), progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    # 160-frame clips: every video is too short, found when the first batch is read
+    with pytest.raises(DataError, match="videos in a row could not be read"):
+        train(tiny_config(ucf_tiny, out, clip_len=160, overwrite=True), progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the run is back, whole
+    train(tiny_config(ucf_tiny, out, epochs=1, seed=5, overwrite=True), progress=False)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "best.pt",
+        "config.json",
+        "last.pt",
+        "metrics.jsonl",
+    ]
+    assert load_checkpoint(out / "last.pt")["config"]["seed"] == 5
+
+
+def test_a_failed_start_leaves_nothing_and_the_corrected_command_runs(ucf_tiny, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(DataError, match="videos in a row could not be read"):
+        train(tiny_config(ucf_tiny, out, clip_len=160), progress=False)
+    assert not out.exists()  # no config.json: a folder with no checkpoint is no run
+    train(tiny_config(ucf_tiny, out, epochs=1), progress=False)  # no --overwrite needed
+    assert [r["epoch"] for r in read_metrics(out)] == [1]
+
+
+def test_resume_goes_on_past_a_torn_last_metrics_line(ucf_tiny, tmp_path) -> None:
+    out = tmp_path / "run"
+    train(tiny_config(ucf_tiny, out, epochs=1), progress=False)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "train_loss": 0.5')  # killed while writing epoch 2's row
+    train(tiny_config(ucf_tiny, out, epochs=2, resume=True), progress=False)
+    assert [r["epoch"] for r in read_metrics(out)] == [1, 2]
+    assert (out / "metrics.jsonl").read_text().count("\n") == 2
+
+
+def test_under_torchrun_a_refusal_stops_every_rank(ucf_tiny, tmp_path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = {"host": socket.gethostname(), "pid": os.getpid(), "started": "now"}
+    (out / "run.lock").write_text(json.dumps(holder) + "\n")  # this pytest process: alive
+    done = subprocess.run(
+        torchrun_command(tiny_pretrain_args(ucf_tiny, out)),
+        cwd=tmp_path,
+        env=TORCHRUN_ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,  # a rank left waiting would hang
+    )
+    assert done.returncode != 0
+    assert f"error: {out} is in use by another run (pid {os.getpid()}" in done.stderr
+    assert "rank 0 could not take the run folder" in done.stderr  # what rank 1 says
+    assert sorted(p.name for p in out.iterdir()) == ["run.lock"]
