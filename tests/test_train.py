@@ -468,8 +468,8 @@ def test_an_overwrite_that_fails_before_saving_puts_the_previous_run_back(ucf_ti
     out = tmp_path / "run"
     train(tiny_config(ucf_tiny, out, epochs=1), progress=False)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    # 160-frame clips: every video is too short, found when the first batch is read
-    with pytest.raises(DataError, match="videos in a row could not be read"):
+    # 160-frame clips: every video is too short, found when the data is read
+    with pytest.raises(DataError, match="no training video has the 161 frames"):
         train(tiny_config(ucf_tiny, out, clip_len=160, overwrite=True), progress=False)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the run is back, whole
     train(tiny_config(ucf_tiny, out, epochs=1, seed=5, overwrite=True), progress=False)
@@ -484,7 +484,7 @@ def test_an_overwrite_that_fails_before_saving_puts_the_previous_run_back(ucf_ti
 
 def test_a_failed_start_leaves_nothing_and_the_corrected_command_runs(ucf_tiny, tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(DataError, match="videos in a row could not be read"):
+    with pytest.raises(DataError, match="no training video has the 161 frames"):
         train(tiny_config(ucf_tiny, out, clip_len=160), progress=False)
     assert not out.exists()  # no config.json: a folder with no checkpoint is no run
     train(tiny_config(ucf_tiny, out, epochs=1), progress=False)  # no --overwrite needed
