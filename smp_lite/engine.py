@@ -25,7 +25,7 @@ import threading
 import time
 import types
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -39,9 +39,10 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.wrappers.abstract import WrapperMetric
 from tqdm.auto import tqdm
 
-from .checkpoint import Progress, append_metrics, load_run, save_run
+from .checkpoint import Progress, append_metrics, load_run, run_folder, save_run
 from .data import to_float
-from .errors import ConfigError, RunInterrupted, TrainError
+from .errors import ConfigError, DataError, RunInterrupted, TrainError
+from .synth import DEFAULT_DATA, synthesize
 
 StepOutput = tuple[
     torch.Tensor, dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -198,6 +199,46 @@ def conv3d_fp32_at_depth2(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
 
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+# ---------------------------------------------------------------------------------------------
+# The run folder and the data a run starts from
+
+
+@contextmanager
+def hold_run_folder(out: Path, resume: bool, overwrite: bool, rt: Runtime) -> Iterator[None]:
+    """Rank 0 holds the run folder (checkpoint.run_folder: one run per folder, nothing lost);
+    under torchrun the other ranks wait for its answer, so that a refusal stops them all."""
+    with ExitStack() as stack:
+        refusal = None
+        if rt.is_main:
+            try:
+                stack.enter_context(run_folder(out, resume, overwrite))
+            except Exception as err:
+                refusal = err
+        if rt.world > 1 and not all_ranks_ok(refusal is None, rt):
+            refusal = refusal or TrainError(f"rank 0 could not take the run folder {out}")
+        if refusal is not None:
+            raise refusal
+        yield
+
+
+def all_ranks_ok(ok: bool, rt: Runtime) -> bool:
+    flag = torch.tensor(float(ok), device=rt.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def ensure_default_dataset(data: str, rt: Runtime) -> None:
+    """The default dataset is generated on first use, by the command and the Python API alike."""
+    if data != DEFAULT_DATA or Path(DEFAULT_DATA).exists():
+        return
+    if rt.world > 1:  # the ranks would all write it at once
+        raise DataError(
+            f"no dataset in {DEFAULT_DATA}: under torchrun, run `smp-lite data synth` first"
+        )
+    print(f"no dataset given: generating the default one in {DEFAULT_DATA}")
+    synthesize(DEFAULT_DATA)
 
 
 # ---------------------------------------------------------------------------------------------

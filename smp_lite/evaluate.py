@@ -38,17 +38,21 @@ from tqdm.auto import tqdm
 
 from .checkpoint import FEATURES, RESULTS, load_backbone, write_run_folder
 from .data import RATES, EpochSampler, VideoDataset, load_index, to_float
-from .engine import Run, Runtime, StepOutput, fit, make_loader, make_runtime, unwrap
+from .engine import (
+    Run,
+    Runtime,
+    StepOutput,
+    ensure_default_dataset,
+    fit,
+    hold_run_folder,
+    make_loader,
+    make_runtime,
+    unwrap,
+)
 from .errors import ConfigError
 from .models import ARCHS, ActionNet, build_backbone, pooled_feature, retrieval_feature
 from .synth import DEFAULT_DATA
-from .train import (
-    ensure_default_dataset,
-    hold_run_folder,
-    is_generated,
-    supervised_step,
-    warmup_cosine,
-)
+from .train import is_generated, supervised_step, warmup_cosine
 
 TARGETS = ("speed", "action")
 TOP_K = (1, 5, 10, 20, 50)

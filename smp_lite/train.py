@@ -17,10 +17,8 @@ The loop itself, devices and metrics are the engine's (engine.py).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -32,13 +30,23 @@ from torchmetrics import MeanMetric, MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.wrappers import ClasswiseWrapper
 
-from .checkpoint import load_backbone, run_folder, write_run_folder
+from .checkpoint import load_backbone, write_run_folder
 from .data import RATES, EpochSampler, VideoDataset, load_index, split_by_group, to_float
-from .engine import Run, Runtime, StepFn, StepOutput, fit, make_loader, make_runtime
-from .errors import ConfigError, DataError, TrainError
+from .engine import (
+    Run,
+    Runtime,
+    StepFn,
+    StepOutput,
+    ensure_default_dataset,
+    fit,
+    hold_run_folder,
+    make_loader,
+    make_runtime,
+)
+from .errors import ConfigError, DataError
 from .masks import LAMBDA_SCHEDULES, blend_lambda
 from .models import ARCHS, NUM_RATES, ActionNet, MotionNet
-from .synth import DEFAULT_DATA, synthesize
+from .synth import DEFAULT_DATA
 
 TASKS = ("smp", "prp", "supervised")
 TASK_CROPS = {"smp": "random", "prp": "center", "supervised": "random"}  # the original codes'
@@ -318,42 +326,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     if rt.world > 1:
         torch.distributed.destroy_process_group()
     return {**row, "out": str(out), "best_val": run.at.best_val}
-
-
-@contextlib.contextmanager
-def hold_run_folder(out: Path, resume: bool, overwrite: bool, rt: Runtime) -> Iterator[None]:
-    """Rank 0 holds the run folder (checkpoint.run_folder: one run per folder, nothing lost);
-    under torchrun the other ranks wait for its answer, so that a refusal stops them all."""
-    with contextlib.ExitStack() as stack:
-        refusal = None
-        if rt.is_main:
-            try:
-                stack.enter_context(run_folder(out, resume, overwrite))
-            except Exception as err:
-                refusal = err
-        if rt.world > 1 and not all_ranks_ok(refusal is None, rt):
-            refusal = refusal or TrainError(f"rank 0 could not take the run folder {out}")
-        if refusal is not None:
-            raise refusal
-        yield
-
-
-def all_ranks_ok(ok: bool, rt: Runtime) -> bool:
-    flag = torch.tensor(float(ok), device=rt.device)
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-    return bool(flag.item())
-
-
-def ensure_default_dataset(data: str, rt: Runtime) -> None:
-    """The default dataset is generated on first use, by the command and the Python API alike."""
-    if data != DEFAULT_DATA or Path(DEFAULT_DATA).exists():
-        return
-    if rt.world > 1:  # the ranks would all write it at once
-        raise DataError(
-            f"no dataset in {DEFAULT_DATA}: under torchrun, run `smp-lite data synth` first"
-        )
-    print(f"no dataset given: generating the default one in {DEFAULT_DATA}")
-    synthesize(DEFAULT_DATA)
 
 
 def start_run(cfg: TrainConfig, rt: Runtime, out: Path) -> Run:

@@ -14,6 +14,7 @@ from threading import Event
 import pytest
 import torch
 
+import smp_lite.engine
 import smp_lite.train
 from smp_lite.checkpoint import load_checkpoint, read_metrics
 from smp_lite.data import RATES, VideoDataset, load_index, split_by_group
@@ -317,7 +318,7 @@ def test_the_python_api_creates_the_default_dataset_as_the_command_does(
         made.append(out)
         return synthesize(out, preset="tiny", progress=False)
 
-    monkeypatch.setattr(smp_lite.train, "synthesize", tiny_synthesize)
+    monkeypatch.setattr(smp_lite.engine, "synthesize", tiny_synthesize)
     cfg = tiny_config(DEFAULT_DATA, tmp_path / "run", epochs=1)
     train(cfg, progress=False)
     assert made == [DEFAULT_DATA] and (tmp_path / DEFAULT_DATA / "classInd.txt").is_file()
