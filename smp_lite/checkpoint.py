@@ -57,7 +57,7 @@ class Progress:
 
 
 def save_run(
-    path: Path,
+    paths: list[Path],
     config: dict,
     classes: tuple[str, ...],
     objects: dict[str, Any],
@@ -66,7 +66,8 @@ def save_run(
 ) -> None:
     """Save everything a resumed run needs to go on as this one would: the state of each object
     (model, optimizer, scheduler, scaler), the progress, the random generators, and `row`, the
-    metrics of the last finished epoch."""
+    metrics of the last finished epoch. The state is written to paths[0]; the other paths, in
+    order, become hard links to that file (one write, and the disk space of one)."""
     cuda_rng = {"rng_cuda": torch.cuda.get_rng_state()} if torch.cuda.is_initialized() else {}
     state = {
         "format": CHECKPOINT_FORMAT,
@@ -86,9 +87,11 @@ def save_run(
         "rng_cpu": torch.get_rng_state(),
         **cuda_rng,
     }
-    save_checkpoint(path, state)
-    if path.name == LAST:  # this run can resume now: the run an --overwrite replaced goes
-        shutil.rmtree(path.parent / PREVIOUS, ignore_errors=True)
+    save_checkpoint(paths[0], state)
+    for path in paths[1:]:
+        link_atomic(paths[0], path)
+    if any(path.name == LAST for path in paths):  # this run can resume: the run it replaced goes
+        shutil.rmtree(paths[0].parent / PREVIOUS, ignore_errors=True)
 
 
 def load_run(
@@ -135,6 +138,27 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], object], size: int) -> 
         if out_of_space(err) or 0 <= free_bytes(path.parent) < size:
             raise TrainError(no_space_message(path, size)) from None
         raise
+
+
+def link_atomic(source: Path, path: Path) -> None:
+    """Make `path` a second name of `source`'s file, replacing any old `path` in one rename. A
+    later write_atomic of `source` makes a new file and leaves `path` as it is. Where the file
+    system has no hard links, `path` becomes a copy."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.EXDEV, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        write_atomic(path, functools.partial(copy_file, source), source.stat().st_size)
+        return
+    os.replace(tmp, path)
+
+
+def copy_file(source: Path, f: BinaryIO) -> None:
+    with open(source, "rb") as src:
+        shutil.copyfileobj(src, f)
 
 
 def out_of_space(err: BaseException | None) -> bool:

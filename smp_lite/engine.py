@@ -493,8 +493,10 @@ class Run:
     def resume(self) -> None:
         self.at = load_run(self.out / "last.pt", self.config, self.classes, self.objects())
 
-    def save(self, name: str, row: dict) -> None:
-        save_run(self.out / name, self.config, self.classes, self.objects(), self.at, row)
+    def save(self, names: list[str], row: dict) -> None:
+        """Save the run as the first of `names`, the others linked to it (save_run)."""
+        paths = [self.out / name for name in names]
+        save_run(paths, self.config, self.classes, self.objects(), self.at, row)
 
 
 def fit(run: Run, progress: bool = True) -> dict:
@@ -579,7 +581,7 @@ def train_epoch(run: Run, epoch: int, stop: threading.Event, progress: bool) -> 
 def save_mid_epoch(run: Run, metrics: MetricCollection) -> None:
     run.at.metric_state = metrics_state(metrics, run.rt)  # on every rank: a collective under DDP
     if run.rt.is_main:
-        run.save("last.pt", {})
+        run.save(["last.pt"], {})
 
 
 def end_epoch(run: Run, epoch: int, row: dict, stop: threading.Event) -> dict:
@@ -596,7 +598,7 @@ def end_epoch(run: Run, epoch: int, row: dict, stop: threading.Event) -> dict:
         step = run.step_for(epoch, False)
         if not evaluate(unwrap(run.model), batches, step, metrics, rt, stop, at.skipped):
             if rt.is_main:
-                run.save("last.pt", {})
+                run.save(["last.pt"], {})
             raise RunInterrupted(run.out / "last.pt")
         row |= metrics_row(metrics) | {
             "val_views_dropped": run.loaders["val"].dataset.views_dropped
@@ -612,9 +614,7 @@ def end_epoch(run: Run, epoch: int, row: dict, stop: threading.Event) -> dict:
         # metrics first and last.pt last: a kill in between repeats the epoch on resume,
         # which then drops the epoch's row and rewrites best.pt
         append_metrics(run.out, row)
-        if is_best and run.keep_best:
-            run.save("best.pt", row)
-        run.save("last.pt", row)
+        run.save(["best.pt", "last.pt"] if is_best and run.keep_best else ["last.pt"], row)
     return row
 
 

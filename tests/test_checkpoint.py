@@ -59,6 +59,24 @@ def test_a_save_interrupted_before_the_rename_keeps_the_previous_file(tmp_path, 
     assert load_checkpoint(path)["step"] == 1
 
 
+@pytest.mark.parametrize("links", [True, False])
+def test_best_and_last_share_one_file_until_last_moves_on(links, tmp_path, monkeypatch):
+    if not links:  # a file system without hard links gets a copy
+
+        def no_links(*args):
+            raise OSError(errno.EPERM, "Operation not permitted")
+
+        monkeypatch.setattr(smp_lite.checkpoint.os, "link", no_links)
+    best, last = tmp_path / "best.pt", tmp_path / "last.pt"
+    config = {"arch": "c3d", "task": "prp"}
+    save_run([best, last], config, (), {}, Progress(epoch=1), {"epoch": 0})
+    assert (best.stat().st_ino == last.stat().st_ino) is links
+    assert load_checkpoint(last)["epoch"] == load_checkpoint(best)["epoch"] == 1
+    save_run([last], config, (), {}, Progress(epoch=2), {"epoch": 1})  # not a better epoch
+    assert load_checkpoint(last)["epoch"] == 2 and load_checkpoint(best)["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
+
+
 def test_init_from_a_smp_lite_checkpoint_loads_the_backbone(ucf_tiny, tmp_path) -> None:
     torch.manual_seed(1)
     source = ActionNet("r3d10", num_classes=2)  # another task's checkpoint serves too
@@ -335,7 +353,7 @@ def test_overwrite_keeps_the_previous_run_until_the_new_one_saves_last_pt(tmp_pa
             raise ValueError("bad option found when the data is read")
     assert run_files(out) == old and not (out / ".previous").exists()
     with run_folder(out, resume=False, overwrite=True):  # one that saves
-        save_run(out / "last.pt", {"arch": "c3d", "task": "prp"}, (), {}, Progress(), {})
+        save_run([out / "last.pt"], {"arch": "c3d", "task": "prp"}, (), {}, Progress(), {})
         assert not (out / ".previous").exists()  # gone at the first last.pt
     assert run_files(out)["last.pt"] != old["last.pt"] and "metrics.jsonl" not in run_files(out)
 
