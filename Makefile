@@ -19,18 +19,13 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# The README's results: quick SMP and PRP pretraining of c3d and r3d18 (~1 hour on 2 cores),
-# each run's per-epoch metrics in runs/<task>-<arch>/metrics.jsonl, then their table
-# (docs/pretrain_results.md) and curves (docs/pretrain_curves.png). The dataset is regenerated
-# (same seed, same frames): one left by an older smp-lite would give other numbers.
-RUNS := runs/smp-c3d runs/prp-c3d runs/smp-r3d18 runs/prp-r3d18
+# Every pretraining and evaluation behind Table 1, Table 2 and retrieval (smp_lite/reproduce.py):
+# the generated-data profile, under 2 hours on 2 CPU cores, writes results/synth/. With
+# DATA=ucf101:/path (or hmdb51:) the paper profile runs method.md's protocol on that dataset
+# instead (for GPUs), into results/paper/. A rerun reuses the finished steps.
+DATA ?=
 reproduce: install
-	$(BIN)/smp-lite data synth --out data/synth --overwrite --figure docs/synth_grid.png
-	for arch in c3d r3d18; do for task in smp prp; do \
-		$(BIN)/smp-lite pretrain --arch $$arch --task $$task --data data/synth \
-			--out runs/$$task-$$arch --overwrite || exit 1; \
-	done; done
-	$(BIN)/smp-lite report $(RUNS) --table docs/pretrain_results.md --figure docs/pretrain_curves.png
+	$(BIN)/smp-lite reproduce $(if $(DATA),--profile paper --data $(DATA),--profile synth)
 
 bench: install
 	$(BIN)/python benchmarks/bench_train.py

@@ -366,6 +366,44 @@ def report(
         typer.echo(f"figure: {plot_curves(runs, figure)}")
 
 
+@app.command("reproduce")
+@friendly_errors
+def reproduce_command(
+    profile: Annotated[
+        str,
+        typer.Option(
+            help="tiny: every step in about 2 minutes (a smoke test); synth: the generated "
+            "dataset, under 2 hours on 2 CPU cores (make reproduce); paper: method.md's "
+            "protocol on --data, for GPUs."
+        ),
+    ] = "synth",
+    data: Annotated[
+        str | None,
+        typer.Option(help="[kind:]PATH of the dataset; default: the profile's generated one."),
+    ] = None,
+    runs: Annotated[
+        Path | None, typer.Option(help="Folder of the steps' runs; default runs/reproduce-PROFILE.")
+    ] = None,
+    results: Annotated[
+        Path | None,
+        typer.Option(help="Folder of the tables and pictures; default results/PROFILE."),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Pretrain (supervised, PRP, SMP) and evaluate (speed and action probes, fine-tuning,
+    retrieval) three backbones, then write Table 1, Table 2, retrieval and their pictures. A
+    rerun reuses the finished steps and resumes an interrupted one."""
+    from .reproduce import reproduce
+
+    try:
+        summary = reproduce(profile, data, runs, results, progress)
+    except RunInterrupted as stopped:
+        typer.echo(f"{stopped}; run the same command again to go on from there", err=True)
+        raise typer.Exit(130) from None
+    where = results or Path("results") / profile
+    typer.echo(f"done in {summary['seconds'] / 60:.0f} min of steps: {where}/table1.md, ...")
+
+
 def resume_command(ctx: typer.Context, out: Path) -> str:
     """This command with the options the user gave, ending in --resume --out OUT."""
     args = ["smp-lite", *(["--debug"] if state["debug"] else []), ctx.info_name]

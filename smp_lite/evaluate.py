@@ -236,7 +236,7 @@ def write_results(out: Path, results: dict) -> Path:
 
 @torch.no_grad()
 def outputs(
-    fn: nn.Module, dataset: VideoDataset, rt: Runtime, desc: str, workers: int
+    fn: nn.Module, dataset: VideoDataset, rt: Runtime, desc: str, workers: int, progress: bool
 ) -> dict[str, torch.Tensor]:
     """`fn` (a model or `backbone_feature`) on every item of `dataset` (views of its videos):
     "output" (N, D) float32, "label", "rate" (rate index in prp mode, else the label) and
@@ -244,7 +244,10 @@ def outputs(
     fn.eval()
     loader = make_loader(dataset, EpochSampler(len(dataset), shuffle=False), 16, workers, rt, False)
     parts: dict[str, list[torch.Tensor]] = {"output": [], "label": [], "rate": [], "video": []}
-    for batch in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True):
+    bar = tqdm(
+        loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=not progress
+    )
+    for batch in bar:
         batch = rt.to_device(batch)
         with rt.autocast():
             parts["output"].append(fn(to_float(batch["clip"])).float().cpu())
@@ -339,7 +342,7 @@ def probe(cfg: ProbeConfig, progress: bool = True) -> dict:
         t0 = time.perf_counter()
         index = load_index(cfg.data, cfg.split)
         resumed = cfg.resume and (out / FEATURES).is_file()
-        cached = torch.load(out / FEATURES) if resumed else probe_features(cfg, rt, index)
+        cached = torch.load(out / FEATURES) if resumed else probe_features(cfg, rt, index, progress)
         names = [str(r) for r in RATES] if cfg.target == "speed" else list(index.classes)
         run = probe_run(cfg, rt, out, cached, names)
         if rt.is_main:
@@ -378,7 +381,7 @@ def first_of_each(video: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return order[starts]
 
 
-def probe_features(cfg: ProbeConfig, rt: Runtime, index) -> dict:
+def probe_features(cfg: ProbeConfig, rt: Runtime, index, progress: bool) -> dict:
     """The frozen backbone's pooled features of the probe's training and test clips."""
     backbone = rt.prepare(BackboneFeature(initial_backbone(cfg)))
     mode = "prp" if cfg.target == "speed" else "clip"
@@ -390,7 +393,7 @@ def probe_features(cfg: ProbeConfig, rt: Runtime, index) -> dict:
         "test": clip_dataset(cfg, index.test, mode, test_views, train=False),
     }
     cached = {
-        name: outputs(backbone, ds, rt, f"features of {name} clips", cfg.workers)
+        name: outputs(backbone, ds, rt, f"features of {name} clips", cfg.workers, progress)
         for name, ds in sets.items()
     }
     cached["views_dropped"] = {name: ds.views_dropped for name, ds in sets.items()}
@@ -478,7 +481,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
             write_run_folder(out, run.config, run.at.epoch)
         fit(run, progress)
         test_set = clip_dataset(cfg, index.test, "clip", cfg.test_views, train=False)
-        clips = outputs(unwrap(run.model), test_set, rt, "testing", cfg.workers)
+        clips = outputs(unwrap(run.model), test_set, rt, "testing", cfg.workers, progress)
         logits, ids = video_mean(clips["output"], clips["video"])
         labels = clips["label"][first_of_each(clips["video"], ids)]
         results = {
@@ -541,7 +544,8 @@ def retrieve(cfg: RetrieveConfig, progress: bool = True) -> dict:
         t0 = time.perf_counter()
         if rt.is_main:
             write_run_folder(out, eval_config_dict(cfg), 0)
-        videos = retrieval_videos(cfg, rt, load_index(cfg.data, cfg.split))
+        index = load_index(cfg.data, cfg.split)
+        videos = retrieval_videos(cfg, rt, index, progress)
         hits = retrieval_hits(videos["queries"][:2], videos["gallery"][:2], TOP_K)  # (Q, K)
         results = {
             "kind": "retrieve",
@@ -552,6 +556,7 @@ def retrieve(cfg: RetrieveConfig, progress: bool = True) -> dict:
             },
             "queries": len(videos["queries"][2]),
             "gallery": len(videos["gallery"][2]),
+            "neighbours": neighbours(videos, index),
             "seconds": time.perf_counter() - t0,
             "device": str(rt.device),
         }
@@ -560,16 +565,42 @@ def retrieve(cfg: RetrieveConfig, progress: bool = True) -> dict:
     return results
 
 
-def retrieval_videos(cfg: RetrieveConfig, rt: Runtime, index) -> dict[str, tuple]:
+def retrieval_videos(cfg: RetrieveConfig, rt: Runtime, index, progress: bool) -> dict[str, tuple]:
     """{"gallery": training videos, "queries": test videos}, each (features, labels, ids)."""
     backbone = rt.prepare(BackboneFeature(initial_backbone(cfg), kind="retrieval"))
     videos = {}
     for name, split in (("gallery", index.train), ("queries", index.test)):
         ds = clip_dataset(cfg, split, "clip", cfg.test_views, train=False)
-        clips = outputs(backbone, ds, rt, f"features of the {name}", cfg.workers)
+        clips = outputs(backbone, ds, rt, f"features of the {name}", cfg.workers, progress)
         features, ids = video_mean(clips["output"], clips["video"])
         videos[name] = (features, clips["label"][first_of_each(clips["video"], ids)], ids)
     return videos
+
+
+def neighbours(videos: dict[str, tuple], index, k: int = 5) -> list[dict]:
+    """Each query video and its `k` nearest training videos (paths under the dataset root) with
+    their classes."""
+    nearest = nearest_gallery(videos["queries"][0], videos["gallery"][0], k)  # (Q, k)
+    gallery_ids = videos["gallery"][2].tolist()
+    return [
+        {
+            "query": relative_name(index.test[q].path, index.root),
+            "class": index.classes[index.test[q].label],
+            "nearest": [relative_name(index.train[gallery_ids[g]].path, index.root) for g in row],
+            "classes": [index.classes[index.train[gallery_ids[g]].label] for g in row],
+        }
+        for q, row in zip(videos["queries"][2].tolist(), nearest.tolist(), strict=True)
+    ]
+
+
+def relative_name(path: Path, root: Path) -> str:
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+def nearest_gallery(queries: torch.Tensor, gallery: torch.Tensor, k: int) -> torch.Tensor:
+    """(Q, D) and (G, D) features -> (Q, min(k, G)) gallery rows, most cosine-similar first."""
+    sims = F.normalize(queries, dim=1) @ F.normalize(gallery, dim=1).T  # (Q, G)
+    return sims.topk(min(k, sims.shape[1]), dim=1).indices
 
 
 def retrieval_hits(
@@ -579,7 +610,6 @@ def retrieval_hits(
 ) -> torch.Tensor:
     """(features, labels) of queries and gallery -> (Q, len(ks)) bool: whether one of the k
     most cosine-similar gallery items has the query's class."""
-    sims = F.normalize(queries[0], dim=1) @ F.normalize(gallery[0], dim=1).T  # (Q, G)
-    nearest = sims.topk(min(max(ks), sims.shape[1]), dim=1).indices  # (Q, K)
+    nearest = nearest_gallery(queries[0], gallery[0], max(ks))  # (Q, K)
     same = gallery[1][nearest] == queries[1][:, None]  # (Q, K)
     return torch.stack([same[:, :k].any(1) for k in ks], dim=1)

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from .checkpoint import read_metrics
+from .data import load_index, open_video
 from .errors import TrainError
 
 
@@ -97,3 +98,266 @@ def main_head(rows: list[dict]) -> str:
 
 def pct(x: float) -> str:
     return f"{100 * x:.1f}%"
+
+
+# ---------------------------------------------------------------------------------------------
+# make reproduce: Table 1, Table 2, retrieval, and their pictures from summary.json
+
+SEED_TABLE1 = {  # method.md section 4: UCF101 split 1, C3D / 3D-R18 / R(2+1)D
+    "Random": (42.48, 40.89, 41.53),
+    "Fully-supervised": (48.83, 45.97, 51.27),
+}
+INIT_NAMES = {"random": "Random", "supervised": "Fully-supervised", "prp": "PRP", "smp": "SMP"}
+FAMILY = {"c3d": "C3D", "r3d10": "3D-R18", "r21d10": "R(2+1)D"}
+
+
+def write_reproduce_report(summary: dict, runs: Path, results: Path) -> None:
+    """summary.json, table1.md, table2.md, retrieval.md, pretrain.md and the pictures."""
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (results / "table1.md").write_text(table1(summary))
+    (results / "table2.md").write_text(table2(summary))
+    (results / "retrieval.md").write_text(retrieval_table(summary))
+    pretrained = sorted(p.parent for p in runs.glob("pretrain-*/metrics.jsonl"))
+    pretrained = [run for run in pretrained if read_metrics(run)]
+    if pretrained:
+        (results / "pretrain.md").write_text(pretrain_table(pretrained) + "\n")
+        plot_pretraining(summary, runs, results / "pretrain_curves.png")
+    plot_table1(summary, results / "table1.png")
+    plot_speed_confusions(summary, results / "speed_confusion.png")
+    plot_neighbours(summary, results / "retrieval_neighbours.png")
+
+
+def accuracy_cell(numbers: dict | None, random: dict | None) -> str:
+    """ "48.8 ± 1.1 (+6.3)": accuracy in %, its bootstrap std, the difference to random init."""
+    if not numbers:
+        return "not run yet"
+    text = f"{100 * numbers['accuracy']:.1f} ± {100 * numbers['accuracy_std']:.1f}"
+    if random and numbers is not random:
+        text += f" ({100 * (numbers['accuracy'] - random['accuracy']):+.1f})"
+    return text
+
+
+def init_rows(summary: dict, kind: str) -> list[str]:
+    """Markdown rows, one per initialisation, one column per backbone."""
+    rows = []
+    for init, name in INIT_NAMES.items():
+        cells = []
+        for arch in summary["archs"]:
+            by_init = summary[kind].get(arch, {})
+            cells.append(accuracy_cell(by_init.get(init), by_init.get("random")))
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def arch_header(summary: dict, first: str) -> list[str]:
+    names = [f"{FAMILY.get(a, a)} (`{a}`)" for a in summary["archs"]]
+    return [f"| {first} | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+
+
+def profile_line(summary: dict) -> str:
+    return (
+        f"Profile `{summary['profile']}` on `{summary['data']}`, {summary['device']}; all steps "
+        f"together took {summary['seconds'] / 60:.0f} min (summary.json has each step's time)."
+    )
+
+
+def table1(summary: dict) -> str:
+    lines = [
+        "# Table 1: speed discrimination by linear probing",
+        "",
+        profile_line(summary),
+        "",
+        "Accuracy (%) of a linear layer on the frozen backbone's pooled c5 feature at telling the",
+        "playback rate (1, 2, 4 or 8) of a test clip; every test video at each rate once. ± is",
+        "the std over 1000 bootstrap resamplings of the test videos; (+x) is the difference to",
+        "Random, as the seed prints it. Chance is 25%.",
+        "",
+        *arch_header(summary, "Initialisation"),
+        *init_rows(summary, "probe-speed"),
+        "",
+        "Accuracy (%) at each rate, 1 / 2 / 4 / 8:",
+        "",
+        *arch_header(summary, "Initialisation"),
+    ]
+    for init, name in INIT_NAMES.items():
+        cells = []
+        for arch in summary["archs"]:
+            numbers = summary["probe-speed"].get(arch, {}).get(init)
+            per_rate = numbers["per_class"].values() if numbers else []
+            cells.append(" / ".join(f"{100 * v:.0f}" for v in per_rate) or "not run yet")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "The seed's published rows (UCF101 split 1, 112x112 clips, not this data):", ""]
+    lines += ["| Initialisation | C3D | 3D-R18 | R(2+1)D |", "|---|---|---|---|"]
+    random = SEED_TABLE1["Random"]
+    for name, values in SEED_TABLE1.items():
+        cells = [
+            f"{v:.2f}" + (f" ({v - r:+.2f})" if name != "Random" else "")
+            for v, r in zip(values, random, strict=True)
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def table2(summary: dict) -> str:
+    lines = ["# Table 2: action recognition", "", profile_line(summary), ""]
+    for kind, title, how in (
+        ("probe-action", "Linear probe", "a linear layer on the frozen pooled c5 feature"),
+        ("finetune", "Fine-tuning", "the whole network trained on the action labels"),
+    ):
+        lines += [
+            f"## {title}",
+            "",
+            f"Accuracy (%) per test video of {how}, logits averaged over the video's clips; ±",
+            "bootstrap std over test videos; (+x) the difference to Random.",
+            "",
+            *arch_header(summary, "Initialisation"),
+            *init_rows(summary, kind),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def retrieval_table(summary: dict) -> str:
+    lines = [
+        "# Video retrieval",
+        "",
+        profile_line(summary),
+        "",
+        "Top-k hit rate (%): a test video hits when one of its k most similar training videos",
+        "(cosine similarity of the clip-averaged 9216-d retrieval feature) has its class; ±",
+        "bootstrap std over test videos.",
+        "",
+    ]
+    for arch in summary["archs"]:
+        by_init = summary["retrieve"].get(arch, {})
+        ks = next(iter(by_init.values()))["top_k"] if by_init else {}
+        lines += [f"## {FAMILY.get(arch, arch)} (`{arch}`)", ""]
+        lines += ["| Initialisation | " + " | ".join(f"top-{k}" for k in ks) + " |"]
+        lines += ["|---" * (len(ks) + 1) + "|"]
+        for init, name in INIT_NAMES.items():
+            numbers = by_init.get(init)
+            cells = [
+                f"{100 * numbers['top_k'][k]:.1f} ± {100 * numbers['top_k_std'][k]:.1f}"
+                if numbers
+                else "not run yet"
+                for k in ks
+            ]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def new_figure(width: float, height: float):
+    from matplotlib.figure import Figure  # no pyplot: works headless, no global state
+
+    return Figure(figsize=(width, height), dpi=100)
+
+
+def save_figure(fig, png: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(png)
+
+
+def plot_table1(summary: dict, png: Path) -> None:
+    """Table 1 as grouped bars, one group per backbone, with the bootstrap std as error bars."""
+    fig = new_figure(7, 3.6)
+    ax = fig.subplots()
+    archs, width = summary["archs"], 0.8 / len(INIT_NAMES)
+    for i, (init, name) in enumerate(INIT_NAMES.items()):
+        numbers = [summary["probe-speed"].get(a, {}).get(init) for a in archs]
+        xs = [j + (i - 1.5) * width for j, n in enumerate(numbers) if n]
+        ys = [100 * n["accuracy"] for n in numbers if n]
+        errs = [100 * n["accuracy_std"] for n in numbers if n]
+        ax.bar(xs, ys, width, yerr=errs, capsize=3, label=name, color=f"C{i}")
+    ax.axhline(25, color="gray", lw=0.8, ls=":", label="chance")
+    ax.set_xticks(range(len(archs)), [f"{FAMILY.get(a, a)}\n({a})" for a in archs])
+    ax.set_ylabel("speed probe accuracy (%)")
+    ax.set_title(f"Speed discrimination by linear probing ({summary['profile']} profile)")
+    ax.legend(fontsize=8, ncol=5, loc="lower center")
+    save_figure(fig, png)
+
+
+def plot_pretraining(summary: dict, runs: Path, png: Path) -> None:
+    """Per backbone, the held-out accuracy of each pretraining's main head per epoch."""
+    fig = new_figure(4 * len(summary["archs"]), 3.4)
+    axes = fig.subplots(1, len(summary["archs"]), squeeze=False)[0]
+    for ax, arch in zip(axes, summary["archs"], strict=True):
+        for i, task in enumerate(("supervised", "prp", "smp")):
+            run = runs / f"pretrain-{task}-{arch}"
+            rows = read_metrics(run) if (run / "metrics.jsonl").is_file() else []
+            if not rows or "val_loss" not in rows[-1]:
+                continue
+            head = main_head(rows)
+            what = "action" if head == "action" else "rate (c5)"
+            epochs = [r["epoch"] for r in rows]
+            ax.plot(epochs, [100 * r[f"val_acc_{head}"] for r in rows], "-o", ms=3,
+                    color=f"C{i + 1}", label=f"{INIT_NAMES[task]}: {what}")  # fmt: skip
+        ax.set_title(f"{FAMILY.get(arch, arch)} ({arch})")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("held-out accuracy (%)")
+    save_figure(fig, png)
+
+
+def plot_speed_confusions(summary: dict, png: Path) -> None:
+    """The speed probe's confusion matrix (rows: true rate, normalised) per backbone and init."""
+    archs = summary["archs"]
+    fig = new_figure(2.3 * len(INIT_NAMES), 2.3 * len(archs))
+    axes = fig.subplots(len(archs), len(INIT_NAMES), squeeze=False)
+    for row, arch in zip(axes, archs, strict=True):
+        for ax, (init, name) in zip(row, INIT_NAMES.items(), strict=True):
+            numbers = summary["probe-speed"].get(arch, {}).get(init)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if not numbers:
+                ax.set_title(f"{arch}, {name}: not run", fontsize=8)
+                continue
+            counts = numbers["confusion"]
+            matrix = [[c / max(1, sum(line)) for c in line] for line in counts]
+            ax.imshow(matrix, vmin=0, vmax=1, cmap="Blues")
+            rates = list(numbers["per_class"])
+            ax.set_xticks(range(len(rates)), rates, fontsize=7)
+            ax.set_yticks(range(len(rates)), rates, fontsize=7)
+            ax.set_title(f"{arch}, {name}: {100 * numbers['accuracy']:.0f}%", fontsize=8)
+    fig.supxlabel("predicted rate", fontsize=9)
+    fig.supylabel("true rate", fontsize=9)
+    save_figure(fig, png)
+
+
+def plot_neighbours(summary: dict, png: Path, queries: int = 4) -> None:
+    """A few test videos (left) and their five nearest training videos by retrieval feature,
+    from random weights and from SMP, for the profile's second backbone (the seed's 3D-R18);
+    a green title is a neighbour of the query's class."""
+    archs = summary["archs"]
+    arch = archs[1] if len(archs) > 1 else archs[0]
+    shown = [(init, summary["retrieve"].get(arch, {}).get(init)) for init in ("random", "smp")]
+    shown = [(init, numbers) for init, numbers in shown if numbers]
+    if not shown:
+        return
+    root = load_index(summary["data"]).root
+    lists = shown[0][1]["neighbours"]
+    picks = [lists[i * len(lists) // queries] for i in range(queries)]  # spread over classes
+    fig = new_figure(1.6 * 6, 1.35 * queries * len(shown))
+    axes = fig.subplots(queries * len(shown), 6, squeeze=False)
+    for block, (init, numbers) in enumerate(shown):
+        found = {n["query"]: n for n in numbers["neighbours"]}
+        for q, pick in enumerate(picks):
+            row = axes[block * queries + q]
+            near = found[pick["query"]]
+            videos = [(pick["query"], pick["class"])]
+            videos += list(zip(near["nearest"], near["classes"], strict=True))[:5]
+            for j, (ax, (video, cls)) in enumerate(zip(row, videos, strict=False)):
+                ax.imshow(middle_frame(root / video))
+                ax.set_xticks([])
+                ax.set_yticks([])
+                label = f"{INIT_NAMES[init]}: query" if j == 0 else f"#{j}"
+                color = "black" if j == 0 else ("green" if cls == pick["class"] else "red")
+                ax.set_title(f"{label}\n{cls}", fontsize=7, color=color)
+    save_figure(fig, png)
+
+
+def middle_frame(path: Path):
+    reader = open_video(path, (96, 128))
+    return reader[len(reader) // 2].asnumpy()

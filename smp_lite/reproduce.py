@@ -1,0 +1,346 @@
+"""`smp-lite reproduce` (`make reproduce`): every run behind the seed's Table 1 and the PRP/SMP
+papers' downstream tables, for one backbone per family, then the tables and pictures.
+
+For each backbone of the profile: supervised, PRP and SMP pretraining (`train.train`); then
+from each initialisation (random weights, and the best.pt of each pretraining) the speed probe
+(Table 1), the action probe and fine-tuning (Table 2) and retrieval (`evaluate`). The speed
+probes come first after pretraining, so Table 1 is complete earliest; fine-tuning, the slowest
+step, comes last.
+
+Every step is a run folder under RUNS (runs/reproduce-<profile>): steps.json there records each
+finished step with the settings it ran with and the time it took. A rerun reuses the recorded
+steps, resumes an interrupted one from its last.pt and runs the rest; before each step it says
+what it is doing and how long that and the whole rest should take, estimated from the steps
+done so far. Then `report.write_reproduce_report` writes RESULTS (results/<profile>).
+
+Backbones: the seed's Table 1 has C3D, "3D-R18" and R(2+1)D. The PRP/SMP code builds its R3D
+and R(2+1)D with one basic block per stage, which smp-lite names `r3d10` and `r21d10` (SMP's
+README calls that R3D "3D-R18", method.md section 1), so those and `c3d` are reproduced.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .checkpoint import BEST, LAST, RESULTS, read_metrics, write_text
+from .data import load_index
+from .errors import ConfigError, DataError
+from .evaluate import finetune, make_eval_config, probe, retrieve
+from .report import main_head, write_reproduce_report
+from .synth import DEFAULT_DATA, synthesize
+from .synth import PRESETS as SYNTH_PRESETS
+from .train import make_config, train
+
+ARCHS_REPRODUCED = ("c3d", "r3d10", "r21d10")  # C3D, "3D-R18" and R(2+1)D of the seed
+INITS = ("random", "supervised", "prp", "smp")  # Table 1's rows, in order
+EVALUATIONS = ("probe-speed", "probe-action", "retrieve", "finetune")  # in the order they run
+STEPS_FILE = "steps.json"
+
+
+@dataclass
+class Profile:
+    """What `reproduce` runs: the data, the backbones and the settings of every step (overrides
+    of the pretraining and evaluation presets, which are method.md's protocol by default)."""
+
+    data: str  # "" : must be given (--data)
+    synth: str = ""  # a generated dataset: its synth preset, generated at `data` when missing
+    archs: tuple[str, ...] = ARCHS_REPRODUCED
+    pretrain: dict = field(default_factory=dict)
+    evaluations: dict[str, dict] = field(default_factory=dict)  # per EVALUATIONS entry
+    seconds_per_unit: float = 0.2  # first guess of one SMP training clip's time (see step_units)
+
+
+SMALL_CLIPS = dict(clip_len=8, resize=(32, 40), crop=32, workers=0, precision="fp32")
+PROFILES: dict[str, Profile] = {
+    # make test: every step on 48 generated videos in seconds; checks the pipeline, not science
+    "tiny": Profile(
+        data="data/synth-tiny",
+        synth="tiny",
+        pretrain=dict(preset="quick", epochs=1, batch_size=4, limit_batches=2, **SMALL_CLIPS),
+        evaluations={
+            "probe-speed": dict(preset="quick", epochs=2, train_views=1, **SMALL_CLIPS),
+            "probe-action": dict(
+                preset="quick", epochs=2, train_views=1, test_views=1, **SMALL_CLIPS
+            ),  # fmt: skip
+            "retrieve": dict(preset="quick", test_views=1, **SMALL_CLIPS),
+            "finetune": dict(
+                preset="quick", epochs=1, limit_batches=2, test_views=1, **SMALL_CLIPS
+            ),  # fmt: skip
+        },
+        seconds_per_unit=0.05,
+    ),
+    # make reproduce: the default generated dataset, 48x48 clips, under 2 hours on 2 CPU cores
+    "synth": Profile(
+        data=DEFAULT_DATA,
+        synth="default",
+        pretrain=dict(preset="quick", epochs=6),
+        evaluations={
+            "probe-speed": dict(preset="quick", train_views=1),
+            "probe-action": dict(preset="quick", train_views=1, test_views=3),
+            "retrieve": dict(preset="quick", test_views=3),
+            "finetune": dict(preset="quick", epochs=3, lr_step_epoch=2, test_views=3),
+        },
+    ),
+    # make reproduce DATA=ucf101:/path: method.md's protocol in full, for GPUs
+    "paper": Profile(data="", pretrain=dict(preset="paper"), seconds_per_unit=0.01),
+}
+
+
+@dataclass
+class Step:
+    """One run of the pipeline; `name` is its run folder's name under RUNS."""
+
+    name: str  # "pretrain-smp-c3d", "probe-speed-c3d-prp", ...
+    kind: str  # "pretrain" or one of EVALUATIONS
+    arch: str
+    init: str  # the pretraining task, or for evaluations the initialisation (INITS)
+    settings: dict  # the keyword arguments of make_config / make_eval_config
+
+
+def reproduce(
+    profile: str = "synth",
+    data: str | None = None,
+    runs: str | Path | None = None,
+    results: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run (or go on with) every step of `profile`, then write the tables and pictures;
+    returns summary.json's contents."""
+    prof, data = pick_profile(profile, data)
+    runs = Path(runs or Path("runs") / f"reproduce-{profile}")
+    results = Path(results or Path("results") / profile)
+    prepare_data(prof, data, progress)
+    index = load_index(data)
+    steps = plan_steps(prof, data, runs)
+    records = read_records(runs)
+    for i, step in enumerate(steps, start=1):
+        if is_done(step, records, runs):
+            print(f"[{i}/{len(steps)}] {step.name}: done before, reused")
+            continue
+        units = {s.name: step_units(s, len(index.train), len(index.test)) for s in steps}
+        pace = seconds_per_unit(records, step.arch, prof.seconds_per_unit)
+        left = sum(units[s.name] for s in steps[i - 1 :] if not is_done(s, records, runs))
+        print(
+            f"[{i}/{len(steps)}] {step.name}: {describe(step)}, about "
+            f"{duration(units[step.name] * pace)} ({duration(left * pace)} left in all)",
+            flush=True,
+        )
+        t0 = time.perf_counter()
+        run_step(step, runs / step.name, progress)
+        records[step.name] = {
+            "arch": step.arch,
+            "settings": jsonable(step.settings),
+            "seconds": round(time.perf_counter() - t0, 1),
+            "units": units[step.name],
+        }
+        write_text(runs / STEPS_FILE, json.dumps(records, indent=1) + "\n")
+    summary = collect(profile, prof, data, steps, records, runs)
+    write_reproduce_report(summary, runs, results)
+    return summary
+
+
+def pick_profile(name: str, data: str | None) -> tuple[Profile, str]:
+    if name not in PROFILES:
+        raise ConfigError(f"unknown profile {name!r}: choose one of {', '.join(PROFILES)}")
+    prof = PROFILES[name]
+    data = data or prof.data
+    if not data:
+        raise ConfigError(f"profile {name!r} needs --data, e.g. --data ucf101:/path/to/UCF101")
+    return prof, data
+
+
+def prepare_data(prof: Profile, data: str, progress: bool) -> None:
+    """A generated dataset is made on first use; one made with other settings is refused, since
+    it would give other numbers under the same names."""
+    if not prof.synth:
+        return
+    meta_file = Path(data, "meta.json")
+    if not meta_file.is_file():
+        print(f"generating the {prof.synth!r} dataset in {data}")
+        synthesize(data, prof.synth, progress=progress, overwrite=Path(data).exists())
+        return
+    meta = json.loads(meta_file.read_text())
+    expected = asdict(SYNTH_PRESETS[prof.synth])
+    if meta["preset"] != prof.synth or meta["config"] != jsonable(expected):
+        raise DataError(
+            f"{data} was generated with other settings than this profile's {prof.synth!r} "
+            f"dataset; regenerate it: smp-lite data synth --out {data} --preset {prof.synth} "
+            "--overwrite"
+        )
+
+
+def plan_steps(prof: Profile, data: str, runs: Path) -> list[Step]:
+    """Pretraining first, then each evaluation from every initialisation, speed probes first."""
+    steps = [
+        Step(f"pretrain-{task}-{arch}", "pretrain", arch, task, {**prof.pretrain, "data": data})
+        for arch in prof.archs
+        for task in INITS[1:]
+    ]
+    for kind in EVALUATIONS:
+        for arch in prof.archs:
+            for init in INITS:
+                weights = runs / f"pretrain-{init}-{arch}" / BEST
+                source = "random" if init == "random" else str(weights)
+                settings = {**prof.evaluations.get(kind, {}), "data": data, "init": source}
+                steps.append(Step(f"{kind}-{arch}-{init}", kind, arch, init, settings))
+    return steps
+
+
+def run_step(step: Step, out: Path, progress: bool) -> dict:
+    """The step's run: resumed from its last.pt if it has one, else (re)started afresh."""
+    resume = (out / LAST).is_file()
+    settings = {
+        **step.settings,
+        "arch": step.arch,
+        "out": str(out),
+        "resume": resume,
+        "overwrite": out.exists() and not resume,
+    }
+    if step.kind == "pretrain":
+        return train(make_config(step.init, **settings), progress)
+    kind, _, target = step.kind.partition("-")
+    if target:
+        settings["target"] = target
+    run = {"probe": probe, "finetune": finetune, "retrieve": retrieve}[kind]
+    return run(make_eval_config(kind, **settings), progress)
+
+
+def describe(step: Step) -> str:
+    if step.kind == "pretrain":
+        return f"{step.init} pretraining of {step.arch}"
+    what = {
+        "probe-speed": "speed probe (Table 1)",
+        "probe-action": "action probe",
+        "retrieve": "retrieval",
+        "finetune": "fine-tuning",
+    }[step.kind]
+    return f"{what} of {step.arch} from {step.init} weights"
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps done, and the time the rest takes
+
+
+def read_records(runs: Path) -> dict:
+    path = runs / STEPS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        raise DataError(f"{path} is not readable JSON: delete it to run every step again") from None
+
+
+def is_done(step: Step, records: dict, runs: Path) -> bool:
+    """Recorded with the settings it has now, and its output is there."""
+    record = records.get(step.name)
+    output = runs / step.name / (BEST if step.kind == "pretrain" else RESULTS)
+    return record is not None and record["settings"] == jsonable(step.settings) and output.is_file()
+
+
+def jsonable(value: object) -> object:
+    return json.loads(json.dumps(value))
+
+
+# Cost of one clip, in SMP training clips, measured on a 2-core CPU at 16x48x48
+# (docs/benchmarks.md): supervised and fine-tuning steps have no decoder, the frozen backbone's
+# features need no backward pass.
+MOTION_CLIP, ACTION_CLIP, FEATURE_CLIP = 1.0, 0.45, 0.15
+
+
+def step_units(step: Step, n_train: int, n_test: int) -> float:
+    """The step's work in SMP training clips: what the time estimate scales."""
+    if step.kind == "pretrain":
+        cfg = make_config(step.init, **step.settings, arch=step.arch)
+        cost = ACTION_CLIP if step.init == "supervised" else MOTION_CLIP
+        clips = n_train * (1 - cfg.val_fraction)
+        if cfg.limit_batches:
+            clips = min(clips, cfg.limit_batches * cfg.batch_size)
+        per_epoch = clips * cost + n_train * cfg.val_fraction * 4 * FEATURE_CLIP * 2
+        return round(cfg.epochs * per_epoch, 1)
+    kind, _, target = step.kind.partition("-")
+    settings = {**step.settings, "init": "random", **({"target": target} if target else {})}
+    cfg = make_eval_config(kind, **settings)
+    if kind == "probe":
+        rates = 4 if target == "speed" else 1
+        test_views = 4 if target == "speed" else cfg.test_views
+        return round((n_train * cfg.train_views * rates + n_test * test_views) * FEATURE_CLIP, 1)
+    if kind == "retrieve":
+        return round((n_train + n_test) * cfg.test_views * FEATURE_CLIP, 1)
+    clips = n_train if not cfg.limit_batches else min(n_train, cfg.limit_batches * cfg.batch_size)
+    return round(cfg.epochs * clips * ACTION_CLIP + n_test * cfg.test_views * FEATURE_CLIP, 1)
+
+
+def seconds_per_unit(records: dict, arch: str, guess: float) -> float:
+    """Seconds per unit of the finished steps of `arch`, else of all finished steps, else
+    the profile's guess."""
+    for chosen in ([r for r in records.values() if r["arch"] == arch], list(records.values())):
+        units = sum(r["units"] for r in chosen)
+        if units > 0:
+            return sum(r["seconds"] for r in chosen) / units
+    return guess
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = math.ceil(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary
+
+
+def collect(
+    name: str, prof: Profile, data: str, steps: list[Step], records: dict, runs: Path
+) -> dict:
+    """Every number of the tables, the time each step took and the device: summary.json."""
+    summary: dict = {
+        "profile": name,
+        "data": data,
+        "archs": list(prof.archs),
+        "device": device_name(),
+        "seconds": round(sum(records[s.name]["seconds"] for s in steps if s.name in records), 1),
+        "steps": {s.name: records[s.name]["seconds"] for s in steps if s.name in records},
+        "pretrain": {},
+        **{kind: {} for kind in EVALUATIONS},
+    }
+    for step in steps:
+        out = runs / step.name
+        if step.kind == "pretrain":
+            summary["pretrain"].setdefault(step.arch, {})[step.init] = pretrain_numbers(out)
+        elif (out / RESULTS).is_file():
+            numbers = json.loads((out / RESULTS).read_text())
+            summary[step.kind].setdefault(step.arch, {})[step.init] = numbers
+    return summary
+
+
+def pretrain_numbers(out: Path) -> dict:
+    """The held-out accuracy of the run's main head at its best.pt and its last epoch."""
+    rows = read_metrics(out) if (out / "metrics.jsonl").is_file() else []
+    if not rows or "val_loss" not in rows[-1]:
+        return {}
+    head = main_head(rows)
+    best = min(rows, key=lambda r: r["val_loss"])
+    return {
+        "head": head,
+        "epochs": rows[-1]["epoch"],
+        "best_epoch": best["epoch"],
+        "best_val_acc": best[f"val_acc_{head}"],
+        "last_val_acc": rows[-1][f"val_acc_{head}"],
+        "last_train_acc": rows[-1][f"train_acc_{head}"],
+    }
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name()}"
+    return f"CPU, {os.cpu_count()} cores"
