@@ -208,8 +208,8 @@ def table2(summary: dict) -> str:
         lines += [
             f"## {title}",
             "",
-            f"Accuracy (%) per test video of {how}, logits averaged over the video's clips; ±",
-            "bootstrap std over test videos; (+x) the difference to Random.",
+            f"Accuracy (%) per test video: {how}, logits averaged over its clips.",
+            "± is the bootstrap std over test videos; (+x) the difference to Random.",
             "",
             *arch_header(summary, "Initialisation"),
             *init_rows(summary, kind),
@@ -231,8 +231,11 @@ def retrieval_table(summary: dict) -> str:
     ]
     for arch in summary["archs"]:
         by_init = summary["retrieve"].get(arch, {})
-        ks = next(iter(by_init.values()))["top_k"] if by_init else {}
         lines += [f"## {FAMILY.get(arch, arch)} (`{arch}`)", ""]
+        if not by_init:
+            lines += ["Not run yet.", ""]
+            continue
+        ks = next(iter(by_init.values()))["top_k"]
         lines += ["| Initialisation | " + " | ".join(f"top-{k}" for k in ks) + " |"]
         lines += ["|---" * (len(ks) + 1) + "|"]
         for init, name in INIT_NAMES.items():

@@ -8,7 +8,15 @@ from typer.testing import CliRunner
 from smp_lite.checkpoint import read_metrics
 from smp_lite.cli import app
 from smp_lite.errors import TrainError
-from smp_lite.report import plot_curves, pretrain_table
+from smp_lite.report import (
+    plot_curves,
+    plot_speed_confusions,
+    plot_table1,
+    pretrain_table,
+    retrieval_table,
+    table1,
+    table2,
+)
 from smp_lite.train import make_config, train
 
 
@@ -77,3 +85,44 @@ def test_report_of_a_killed_run_and_of_torn_files(two_runs, tmp_path) -> None:
     bad = runner.invoke(app, ["report", str(run)])
     assert bad.exit_code == 1 and len(bad.output.strip().splitlines()) == 1
     assert bad.output.startswith(f"error: {run / 'config.json'} is not readable JSON: ")
+
+
+def probe_numbers(accuracy: float, std: float) -> dict:
+    per_rate = {"1": accuracy, "2": accuracy, "4": accuracy, "8": accuracy}
+    return {"accuracy": accuracy, "accuracy_std": std, "per_class": per_rate,
+            "confusion": [[3, 1, 0, 0], [1, 3, 0, 0], [0, 0, 4, 0], [0, 0, 1, 3]]}  # fmt: skip
+
+
+def test_tables_of_a_pipeline_still_running(tmp_path) -> None:
+    """Numbers as the seed prints them, and what has not run yet said so."""
+    summary = {
+        "profile": "synth",
+        "data": "data/synth",
+        "device": "CPU, 2 cores",
+        "seconds": 1500.0,
+        "archs": ["c3d", "r3d10"],
+        "probe-speed": {
+            "c3d": {"random": probe_numbers(0.425, 0.012), "supervised": probe_numbers(0.5, 0.02)}
+        },
+        "probe-action": {},
+        "finetune": {"r3d10": {"smp": probe_numbers(0.3, 0.05)}},
+        "retrieve": {
+            "c3d": {"prp": {"top_k": {"1": 0.25, "5": 0.5}, "top_k_std": {"1": 0.03, "5": 0.04}}}
+        },
+    }
+    text = table1(summary)
+    assert "| Initialisation | C3D (`c3d`) | 3D-R18 (`r3d10`) |" in text
+    assert "| Random | 42.5 ± 1.2 | not run yet |" in text
+    assert "| Fully-supervised | 50.0 ± 2.0 (+7.5) | not run yet |" in text
+    assert "| Fully-supervised | 48.83 (+6.35) | 45.97 (+5.08) | 51.27 (+9.74) |" in text
+    assert "| Random | 42 / 42 / 42 / 42 | not run yet |" in text  # per rate, 1 / 2 / 4 / 8
+    assert "took 25 min" in text
+    # no random-init row to compare with: no difference printed
+    assert "| SMP | not run yet | 30.0 ± 5.0 |" in table2(summary)
+    retrieval = retrieval_table(summary)
+    assert "| PRP | 25.0 ± 3.0 | 50.0 ± 4.0 |" in retrieval and "| SMP | not run yet |" in retrieval
+    assert "## 3D-R18 (`r3d10`)\n\nNot run yet." in retrieval
+    plot_table1(summary, tmp_path / "t1.png")
+    plot_speed_confusions(summary, tmp_path / "confusion.png")
+    assert (tmp_path / "t1.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "confusion.png").stat().st_size > 1000

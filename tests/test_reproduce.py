@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from smp_lite.cli import app
+from smp_lite.errors import ConfigError, DataError
+from smp_lite.reproduce import (
+    EVALUATIONS,
+    INITS,
+    PROFILES,
+    duration,
+    plan_steps,
+    reproduce,
+    seconds_per_unit,
+    step_units,
+)
+from smp_lite.synth import synthesize
+
+
+@pytest.fixture(scope="module")
+def tiny_reproduced(tmp_path_factory):
+    """The tiny profile run once: every step of the pipeline on 48 generated videos (~2 min)."""
+    root = tmp_path_factory.mktemp("reproduce")
+    data = synthesize(root / "data", "tiny", progress=False)
+    runs, results = root / "runs", root / "results"
+    summary = reproduce("tiny", str(data), runs, results, progress=False)
+    yield summary, runs, results
+    shutil.rmtree(root, ignore_errors=True)  # ~4 GB of checkpoints
+
+
+def test_tiny_profile_writes_every_table_picture_and_number(tiny_reproduced) -> None:
+    summary, runs, results = tiny_reproduced
+    names = {p.name for p in results.iterdir()}
+    tables = {"table1.md", "table2.md", "retrieval.md", "pretrain.md", "summary.json"}
+    pictures = {"table1.png", "speed_confusion.png", "retrieval_neighbours.png"}
+    assert tables | pictures | {"pretrain_curves.png"} <= names
+    archs = PROFILES["tiny"].archs
+    steps = json.loads((runs / "steps.json").read_text())
+    assert len(steps) == len(archs) * (3 + len(EVALUATIONS) * len(INITS))
+    assert summary["seconds"] == pytest.approx(sum(s["seconds"] for s in steps.values()), abs=0.5)
+    # every cell comes from its run's results.json, with the difference to random init
+    table = (results / "table1.md").read_text()
+    for arch in archs:
+        random = json.loads((runs / f"probe-speed-{arch}-random" / "results.json").read_text())
+        smp = json.loads((runs / f"probe-speed-{arch}-smp" / "results.json").read_text())
+        assert summary["probe-speed"][arch]["smp"]["accuracy"] == smp["accuracy"]
+        diff = 100 * (smp["accuracy"] - random["accuracy"])
+        assert (
+            f"{100 * smp['accuracy']:.1f} ± {100 * smp['accuracy_std']:.1f} ({diff:+.1f})" in table
+        )
+        finetuned = summary["finetune"][arch]["prp"]
+        assert f"{100 * finetuned['accuracy']:.1f} ±" in (results / "table2.md").read_text()
+        assert set(summary["retrieve"][arch]) == set(INITS)
+    assert "not run yet" not in table and "| Fully-supervised | 48.83 (+6.35)" in table
+    # the evaluations start from the pretrainings' best.pt
+    config = json.loads((runs / "probe-speed-r3d10-prp" / "config.json").read_text())
+    assert config["init"] == str(runs / "pretrain-prp-r3d10" / "best.pt")
+    nearest = summary["retrieve"]["c3d"]["smp"]["neighbours"][0]
+    assert len(nearest["nearest"]) == len(nearest["classes"]) == 5
+
+
+def test_a_rerun_reuses_what_finished_and_resumes_or_redoes_the_rest(tiny_reproduced, capsys):
+    summary, runs, results = tiny_reproduced
+    steps = json.loads((runs / "steps.json").read_text())
+    # an interrupted fine-tuning (its last.pt kept) and a retrieval whose settings changed
+    (runs / "finetune-r3d10-smp" / "results.json").unlink()
+    del steps["finetune-r3d10-smp"]
+    steps["retrieve-c3d-prp"]["settings"]["test_views"] = 7
+    (runs / "steps.json").write_text(json.dumps(steps))
+    kept = (runs / "probe-speed-c3d-smp" / "results.json").stat().st_mtime_ns
+    again = reproduce("tiny", summary["data"], runs, results, progress=False)
+    printed = capsys.readouterr().out
+    assert printed.count("done before, reused") == len(steps) - 1
+    assert "finetune-r3d10-smp: fine-tuning of r3d10 from smp weights, about" in printed
+    assert "retrieve-c3d-prp: retrieval of c3d from prp weights, about" in printed
+    assert (runs / "probe-speed-c3d-smp" / "results.json").stat().st_mtime_ns == kept
+    assert json.loads((runs / "finetune-r3d10-smp" / "config.json").read_text())["resume"]
+    assert not json.loads((runs / "retrieve-c3d-prp" / "config.json").read_text())["resume"]
+    assert again["probe-speed"] == summary["probe-speed"]
+    assert (
+        again["finetune"]["r3d10"]["smp"]["accuracy"]
+        == summary["finetune"]["r3d10"]["smp"]["accuracy"]
+    )  # a finished fine-tuning resumed: the same weights, the same test
+
+
+def test_the_time_left_is_estimated_from_the_steps_done(tmp_path) -> None:
+    steps = plan_steps(PROFILES["synth"], "data/synth", tmp_path)
+    units = {s.name: step_units(s, n_train=432, n_test=168) for s in steps}
+    # SMP and PRP cost the same, supervised pretraining less, a frozen-feature step less still
+    assert units["pretrain-smp-c3d"] == units["pretrain-prp-c3d"] > units["pretrain-supervised-c3d"]
+    assert units["finetune-c3d-smp"] > units["probe-action-c3d-smp"]
+    records = {
+        "pretrain-smp-c3d": {"arch": "c3d", "seconds": 600.0, "units": 3000.0},
+        "pretrain-smp-r3d10": {"arch": "r3d10", "seconds": 300.0, "units": 3000.0},
+    }
+    assert seconds_per_unit(records, "r3d10", 9.0) == pytest.approx(0.1)
+    assert seconds_per_unit(records, "r21d10", 9.0) == pytest.approx(0.15)  # all steps
+    assert seconds_per_unit({}, "r21d10", 9.0) == 9.0  # the profile's guess
+    assert [duration(s) for s in (42, 600, 7500)] == ["42 s", "10 min", "2 h 05 min"]
+
+
+def test_bad_profiles_and_data_are_refused_in_one_line(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="unknown profile 'huge': choose one of tiny, synth"):
+        reproduce("huge", runs=tmp_path / "runs")
+    with pytest.raises(ConfigError, match="profile 'paper' needs --data, e.g. --data ucf101:"):
+        reproduce("paper", runs=tmp_path / "runs")
+    other = synthesize(tmp_path / "data", "tiny", progress=False)
+    with pytest.raises(DataError, match="other settings than this profile's 'default' dataset"):
+        reproduce("synth", str(other), tmp_path / "runs", tmp_path / "results", progress=False)
+    result = CliRunner().invoke(app, ["reproduce", "--profile", "paper"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "error: profile 'paper' needs --data, e.g. --data ucf101:/path/to/UCF101"
+    ]
