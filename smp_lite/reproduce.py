@@ -133,12 +133,13 @@ def reproduce(
             flush=True,
         )
         t0 = time.perf_counter()
-        run_step(step, runs / step.name, progress)
+        resumed = run_step(step, runs / step.name, progress)
         records[step.name] = {
             "arch": step.arch,
             "settings": jsonable(step.settings),
-            "seconds": round(time.perf_counter() - t0, 1),
+            "seconds": round(time.perf_counter() - t0, 1),  # of this last start only
             "units": units[step.name],
+            "resumed": resumed,
         }
         write_text(runs / STEPS_FILE, json.dumps(records, indent=1) + "\n")
     summary = collect(profile, prof, data, steps, records, runs)
@@ -193,8 +194,9 @@ def plan_steps(prof: Profile, data: str, runs: Path) -> list[Step]:
     return steps
 
 
-def run_step(step: Step, out: Path, progress: bool) -> dict:
-    """The step's run: resumed from its last.pt if it has one, else (re)started afresh."""
+def run_step(step: Step, out: Path, progress: bool) -> bool:
+    """The step's run: resumed from its last.pt if it has one, else (re)started afresh;
+    returns whether it was resumed."""
     resume = (out / LAST).is_file()
     settings = {
         **step.settings,
@@ -204,12 +206,14 @@ def run_step(step: Step, out: Path, progress: bool) -> dict:
         "overwrite": out.exists() and not resume,
     }
     if step.kind == "pretrain":
-        return train(make_config(step.init, **settings), progress)
+        train(make_config(step.init, **settings), progress)
+        return resume
     kind, _, target = step.kind.partition("-")
     if target:
         settings["target"] = target
     run = {"probe": probe, "finetune": finetune, "retrieve": retrieve}[kind]
-    return run(make_eval_config(kind, **settings), progress)
+    run(make_eval_config(kind, **settings), progress)
+    return resume
 
 
 def describe(step: Step) -> str:
@@ -279,9 +283,10 @@ def step_units(step: Step, n_train: int, n_test: int) -> float:
 
 
 def seconds_per_unit(records: dict, arch: str, guess: float) -> float:
-    """Seconds per unit of the finished steps of `arch`, else of all finished steps, else
-    the profile's guess."""
-    for chosen in ([r for r in records.values() if r["arch"] == arch], list(records.values())):
+    """Seconds per unit of the steps of `arch` that ran from start to end, else of all such
+    steps, else the profile's guess (a resumed step's time covers only part of its units)."""
+    whole = [r for r in records.values() if not r.get("resumed")]
+    for chosen in ([r for r in whole if r["arch"] == arch], whole):
         units = sum(r["units"] for r in chosen)
         if units > 0:
             return sum(r["seconds"] for r in chosen) / units

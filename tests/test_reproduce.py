@@ -79,6 +79,7 @@ def test_a_rerun_reuses_what_finished_and_resumes_or_redoes_the_rest(tiny_reprod
     assert "retrieve-c3d-prp: retrieval of c3d from prp weights, about" in printed
     assert (runs / "probe-speed-c3d-smp" / "results.json").stat().st_mtime_ns == kept
     assert json.loads((runs / "finetune-r3d10-smp" / "config.json").read_text())["resume"]
+    assert json.loads((runs / "steps.json").read_text())["finetune-r3d10-smp"]["resumed"]
     assert not json.loads((runs / "retrieve-c3d-prp" / "config.json").read_text())["resume"]
     assert again["probe-speed"] == summary["probe-speed"]
     assert (
@@ -100,6 +101,8 @@ def test_the_time_left_is_estimated_from_the_steps_done(tmp_path) -> None:
     assert seconds_per_unit(records, "r3d10", 9.0) == pytest.approx(0.1)
     assert seconds_per_unit(records, "r21d10", 9.0) == pytest.approx(0.15)  # all steps
     assert seconds_per_unit({}, "r21d10", 9.0) == 9.0  # the profile's guess
+    records["pretrain-prp-r3d10"] = {"arch": "r3d10", "seconds": 1, "units": 3000, "resumed": True}
+    assert seconds_per_unit(records, "r3d10", 9.0) == pytest.approx(0.1)  # resumed: left out
     assert [duration(s) for s in (42, 600, 7500)] == ["42 s", "10 min", "2 h 05 min"]
 
 
