@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from smp_lite.checkpoint import read_metrics
 from smp_lite.cli import app
-from smp_lite.data import RATES, load_index
+from smp_lite.data import RATES, DatasetIndex, Video, load_index
 from smp_lite.errors import ConfigError
 from smp_lite.evaluate import (
     TOP_K,
@@ -19,6 +19,7 @@ from smp_lite.evaluate import (
     finetune,
     first_of_each,
     make_eval_config,
+    neighbours,
     probe,
     retrieval_hits,
     retrieve,
@@ -52,6 +53,26 @@ def test_retrieval_hits_match_a_brute_force_search_and_torchmetrics() -> None:
             indexes=indexes.flatten(),
         )
         assert hits[:, j].float().mean().item() == pytest.approx(reference.item())
+
+
+def test_neighbours_are_the_most_similar_training_videos_with_their_classes(tmp_path) -> None:
+    g = torch.Generator().manual_seed(1)
+    train = tuple(Video(tmp_path / "v" / f"t{i}.mp4", i % 3, str(i)) for i in range(9))
+    test = tuple(Video(tmp_path / "v" / f"q{i}.mp4", i % 3, str(i)) for i in range(4))
+    index = DatasetIndex("toy", tmp_path, ("A", "B", "C"), train, test, tmp_path / "v")
+    gallery_ids = torch.tensor([8, 0, 1, 2, 3, 4, 5, 6])  # video 7 was unreadable
+    videos = {
+        "queries": (torch.randn(3, 6, generator=g), None, torch.tensor([0, 2, 3])),
+        "gallery": (torch.randn(8, 6, generator=g), None, gallery_ids),
+    }
+    found = neighbours(videos, index, k=5)
+    assert [n["query"] for n in found] == ["v/q0.mp4", "v/q2.mp4", "v/q3.mp4"]
+    assert [n["class"] for n in found] == ["A", "C", "A"]
+    for n, query in zip(found, videos["queries"][0], strict=True):
+        sims = torch.nn.functional.cosine_similarity(query[None], videos["gallery"][0])
+        rows = sims.argsort(descending=True)[:5]
+        assert n["nearest"] == [f"v/t{gallery_ids[r]}.mp4" for r in rows]
+        assert n["classes"] == ["ABC"[gallery_ids[r] % 3] for r in rows]
 
 
 def test_video_means_and_first_rows() -> None:
