@@ -119,12 +119,12 @@ def reproduce(
     prepare_data(prof, data, progress)
     index = load_index(data)
     steps = plan_steps(prof, data, runs)
+    units = {s.name: step_units(s, len(index.train), len(index.test)) for s in steps}
     records = read_records(runs)
     for i, step in enumerate(steps, start=1):
         if is_done(step, records, runs):
             print(f"[{i}/{len(steps)}] {step.name}: done before, reused")
             continue
-        units = {s.name: step_units(s, len(index.train), len(index.test)) for s in steps}
         pace = seconds_per_unit(records, step.arch, prof.seconds_per_unit)
         left = sum(units[s.name] for s in steps[i - 1 :] if not is_done(s, records, runs))
         print(
