@@ -4,8 +4,8 @@
 
 For each probe run folder given, retrains its linear layer on the features it cached
 (features.pt) with its own settings (config.json), twice: on the features as they are (the
-seed's protocol, what the run did) and standardised per dimension with the training clips' mean
-and std (which a linear layer could learn itself, given enough steps). Prints both test
+seed's protocol, what the run did) and with `--standardize` (each dimension less the training
+clips' mean, over their std). Prints both test
 accuracies and the features' spread over the training clips. Plain SGD with one learning rate
 moves a linear layer's output in proportion to the square of its inputs' scale, so features
 100x smaller train ~10^4x slower in the same number of steps.
@@ -26,20 +26,7 @@ from smp_lite.engine import fit, make_runtime
 from smp_lite.evaluate import ProbeConfig, probe_results, probe_run
 
 
-def standardised(cached: dict) -> dict:
-    """The cached features less the training clips' mean, over their std, per dimension."""
-    train = cached["train"]["output"]
-    mean, std = train.mean(0), train.std(0).clamp_min(1e-12)
-    return {
-        **cached,
-        **{
-            split: {**cached[split], "output": (cached[split]["output"] - mean) / std}
-            for split in ("train", "test")
-        },
-    }
-
-
-def retrained_accuracy(folder: Path, cached: dict) -> float:
+def retrained_accuracy(folder: Path, cached: dict, standardize: bool) -> float:
     config = json.loads((folder / "config.json").read_text())
     fields = {f.name for f in dataclasses.fields(ProbeConfig)}
     cfg = ProbeConfig(**{k: v for k, v in config.items() if k in fields})
@@ -47,7 +34,7 @@ def retrained_accuracy(folder: Path, cached: dict) -> float:
     if names is None:
         names = [str(i) for i in range(int(cached["train"]["label"].max()) + 1)]
     with tempfile.TemporaryDirectory() as out:
-        cfg = dataclasses.replace(cfg, out=out, resume=False, device="cpu")
+        cfg = dataclasses.replace(cfg, out=out, resume=False, standardize=standardize)
         rt = make_runtime("cpu", cfg.precision, cfg.channels_last)
         run = probe_run(cfg, rt, Path(out), cached, names)
         fit(run, progress=False)
@@ -63,8 +50,8 @@ def main() -> None:
     for folder in args.runs:
         cached = torch.load(folder / "features.pt")
         spread = cached["train"]["output"].std(0).mean().item()
-        plain = retrained_accuracy(folder, cached)
-        scaled = retrained_accuracy(folder, standardised(cached))
+        plain = retrained_accuracy(folder, cached, standardize=False)
+        scaled = retrained_accuracy(folder, cached, standardize=True)
         print(f"| {folder.name} | {spread:.4f} | {100 * plain:.1f} | {100 * scaled:.1f} |")
 
 

@@ -184,6 +184,9 @@ HELP = {
     "the original PRP/SMP code's c3d, r3d10, r21d10).",
     "target": "What the linear layer learns: speed (the 4 playback rates) or action.",
     "train_views": "Cached training clips per video (and per rate for speed).",
+    "standardize": "Standardise each feature dimension with the training clips' mean and std "
+    "before the linear layer (not in the seed's protocol: without it, SGD favours features of "
+    "large scale).",
     "test_views": "Clips per test video; their logits or features are averaged.",
     "lr_step_epoch": "Epoch at which the learning rate drops 10x.",
 }

@@ -90,6 +90,7 @@ class ProbeConfig(EvalConfig):
 
     target: str = "speed"
     train_views: int = 2  # cached training clips per video (and per rate for speed)
+    standardize: bool = False  # features less the training mean, over its std, per dimension
     epochs: int = 150
     batch_size: int = 32
     lr: float = 0.0075
@@ -422,7 +423,11 @@ def probe_run(cfg: ProbeConfig, rt: Runtime, out: Path, cached: dict, names: lis
         sampler = EpochSampler(len(sets[key]), cfg.seed, training, rt.rank, rt.world, training)
         loaders[name] = make_loader(sets[key], sampler, cfg.batch_size, 0, rt, training)
     torch.manual_seed(cfg.seed)
-    model = nn.Linear(cached["train"]["output"].shape[1], len(names)).to(rt.device)
+    features = cached["train"]["output"]  # (N, D)
+    model = nn.Linear(features.shape[1], len(names))
+    if cfg.standardize:  # a fixed affine map then a linear layer: still a linear probe
+        model = nn.Sequential(Standardize(features.mean(0), features.std(0)), model)
+    model = model.to(rt.device)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
@@ -447,6 +452,20 @@ def probe_run(cfg: ProbeConfig, rt: Runtime, out: Path, cached: dict, names: lis
         run.resume()
     run.model = rt.wrap(model)
     return run
+
+
+class Standardize(nn.Module):
+    """(x - mean) / std per feature dimension, with the statistics fixed (buffers). Plain SGD
+    with one learning rate moves a linear layer in proportion to its inputs' square scale, so
+    without this a probe ranks features by their scale as much as by what they hold."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.clone())
+        self.register_buffer("std", std.clamp_min(1e-12).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
 
 
 def same_step(epoch: int, training: bool, step):

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from smp_lite.checkpoint import read_metrics
 from smp_lite.cli import app
 from smp_lite.data import RATES, DatasetIndex, Video, load_index
+from smp_lite.engine import fit, make_runtime
 from smp_lite.errors import ConfigError
 from smp_lite.evaluate import (
     TOP_K,
@@ -21,6 +22,8 @@ from smp_lite.evaluate import (
     make_eval_config,
     neighbours,
     probe,
+    probe_results,
+    probe_run,
     retrieval_hits,
     retrieve,
     video_mean,
@@ -73,6 +76,31 @@ def test_neighbours_are_the_most_similar_training_videos_with_their_classes(tmp_
         rows = sims.argsort(descending=True)[:5]
         assert n["nearest"] == [f"v/t{gallery_ids[r]}.mp4" for r in rows]
         assert n["classes"] == ["ABC"[gallery_ids[r] % 3] for r in rows]
+
+
+def test_a_standardised_probe_sees_what_tiny_features_hold(tmp_path) -> None:
+    """Features 1000x smaller than usual, their class in one dimension: with the seed's SGD the
+    linear layer hardly moves; standardised, it finds the class."""
+    g = torch.Generator().manual_seed(0)
+
+    def split(n: int) -> dict:
+        labels = torch.randint(0, 2, (n,), generator=g)
+        features = torch.randn(n, 16, generator=g)
+        features[:, 3] += 6 * labels  # the class, along one dimension
+        return {"output": 1e-3 * features, "label": labels, "rate": labels,
+                "video": torch.arange(n)}  # fmt: skip
+
+    cached = {"train": split(256), "test": split(128), "views_dropped": {"train": 0, "test": 0}}
+    accuracy = {}
+    for standardize in (False, True):
+        (tmp_path / str(standardize)).mkdir()
+        cfg = make_eval_config("probe", preset="quick", standardize=standardize,
+                               out=str(tmp_path / str(standardize)))  # fmt: skip
+        run = probe_run(cfg, make_runtime("cpu", "fp32"), tmp_path / str(standardize), cached,
+                        ["1", "2", "4", "8"])  # fmt: skip
+        fit(run, progress=False)
+        accuracy[standardize] = probe_results(cfg, run, cached, ["1", "2", "4", "8"])["accuracy"]
+    assert accuracy[True] > 0.95 > 0.7 > accuracy[False]  # chance: 0.5
 
 
 def test_video_means_and_first_rows() -> None:
