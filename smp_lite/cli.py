@@ -392,6 +392,10 @@ def reproduce_command(
         typer.Option(help="Folder of the tables and pictures; default results/PROFILE."),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    report_only: Annotated[
+        bool,
+        typer.Option(help="Run no step: write the tables and pictures of the finished ones."),
+    ] = False,
 ) -> None:
     """Pretrain (supervised, PRP, SMP) and evaluate (speed and action probes, fine-tuning,
     retrieval) three backbones, then write Table 1, Table 2, retrieval and their pictures. A
@@ -399,7 +403,7 @@ def reproduce_command(
     from .reproduce import reproduce
 
     try:
-        summary = reproduce(profile, data, runs, results, progress)
+        summary = reproduce(profile, data, runs, results, progress, report_only)
     except RunInterrupted as stopped:
         typer.echo(f"{stopped}; run the same command again to go on from there", err=True)
         raise typer.Exit(130) from None

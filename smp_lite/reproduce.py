@@ -110,9 +110,11 @@ def reproduce(
     runs: str | Path | None = None,
     results: str | Path | None = None,
     progress: bool = True,
+    report_only: bool = False,
 ) -> dict:
     """Run (or go on with) every step of `profile`, then write the tables and pictures;
-    returns summary.json's contents."""
+    returns summary.json's contents. `report_only`: run nothing, write what the finished
+    steps give (the rest shows as not run yet)."""
     prof, data = pick_profile(profile, data)
     runs = Path(runs or Path("runs") / f"reproduce-{profile}")
     results = Path(results or Path("results") / profile)
@@ -121,7 +123,7 @@ def reproduce(
     steps = plan_steps(prof, data, runs)
     units = {s.name: step_units(s, len(index.train), len(index.test)) for s in steps}
     records = read_records(runs)
-    for i, step in enumerate(steps, start=1):
+    for i, step in enumerate([] if report_only else steps, start=1):
         if is_done(step, records, runs):
             print(f"[{i}/{len(steps)}] {step.name}: done before, reused")
             continue
@@ -318,7 +320,7 @@ def collect(
         "pretrain": {},
         **{kind: {} for kind in EVALUATIONS},
     }
-    for step in steps:
+    for step in [s for s in steps if is_done(s, records, runs)]:
         out = runs / step.name
         if step.kind == "pretrain":
             summary["pretrain"].setdefault(step.arch, {})[step.init] = pretrain_numbers(out)

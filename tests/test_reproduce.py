@@ -72,6 +72,10 @@ def test_a_rerun_reuses_what_finished_and_resumes_or_redoes_the_rest(tiny_reprod
     steps["retrieve-c3d-prp"]["settings"]["test_views"] = 7
     (runs / "steps.json").write_text(json.dumps(steps))
     kept = (runs / "probe-speed-c3d-smp" / "results.json").stat().st_mtime_ns
+    partial = reproduce("tiny", summary["data"], runs, results, progress=False, report_only=True)
+    assert "smp" not in partial["finetune"]["r3d10"] and "[" not in capsys.readouterr().out
+    assert "| SMP | " in (results / "table2.md").read_text().split("## Fine-tuning")[1]
+    assert "not run yet" in (results / "table2.md").read_text().split("## Fine-tuning")[1]
     again = reproduce("tiny", summary["data"], runs, results, progress=False)
     printed = capsys.readouterr().out
     assert printed.count("done before, reused") == len(steps) - 1
