@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchmetrics import MeanMetric, MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from torchmetrics.wrappers import ClasswiseWrapper
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: the same in a terminal and a notebook
 
 from .checkpoint import FEATURES, RESULTS, load_backbone, write_run_folder
 from .data import RATES, EpochSampler, VideoDataset, load_index, to_float
@@ -521,8 +521,9 @@ def finetune_run(cfg: FinetuneConfig, rt: Runtime, out: Path, index) -> Run:
     for name, seed in (("train", cfg.seed), ("bn", cfg.seed + 1)):
         sampler = EpochSampler(len(train_set), seed, True, rt.rank, rt.world)
         loaders[name] = make_loader(train_set, sampler, cfg.batch_size, cfg.workers, rt, True)
+    backbone = initial_backbone(cfg)  # seeds first: the new head's weights follow from the seed
     model = ActionNet(cfg.arch, len(index.classes))
-    model.backbone = initial_backbone(cfg)
+    model.backbone = backbone
     model = rt.prepare(model)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay

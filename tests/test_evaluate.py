@@ -171,6 +171,20 @@ def test_action_probe_finetune_and_retrieval_from_random_weights(ucf_tiny, tmp_p
     assert found["top_k"]["50"] == 1.0  # the whole gallery holds every class
 
 
+def test_finetuning_gives_the_same_numbers_whatever_ran_before(ucf_tiny, tmp_path) -> None:
+    """The seed decides every weight, the new head's too: a process (a notebook, make
+    reproduce) that drew random numbers before gets the same run."""
+    common = dict(data=str(ucf_tiny), arch="r3d10", epochs=1, test_views=1, **TINY)
+    first = finetune(make_eval_config("finetune", out=str(tmp_path / "a"), **common), False)
+    torch.rand(1000)  # other work in the same process
+    second = finetune(make_eval_config("finetune", out=str(tmp_path / "b"), **common), False)
+    assert (
+        read_metrics(tmp_path / "a")[0]["train_loss"]
+        == read_metrics(tmp_path / "b")[0]["train_loss"]
+    )
+    assert first["confusion"] == second["confusion"]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
