@@ -13,18 +13,23 @@ another video (at most `max_skips` in a row) and names the skipped one in the sa
 training loop logs and counts it. A video with enough frames for some rates but not all (rate s
 needs clip_len * s + 1 frames, 129 for rate 8) gives the rates it allows; a training sample at
 another rate goes to a longer video, and an evaluation view at another rate is dropped and
-counted. `smp-lite data check` (check.py) finds all of these before training.
+counted. A decode that hangs (decord on some MPEG-4 files with B-frames, docs/decoders.md) is
+given up after `decode_timeout` seconds and its video skipped the same way. `smp-lite data check`
+(check.py) finds all of these before training.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import queue
 import random
 import re
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import decord
@@ -308,21 +313,53 @@ def open_video(path: Path, size: tuple[int, int]):
     return decord.VideoReader(str(path), width=size[1], height=size[0], num_threads=1)
 
 
-def count_frames(videos: tuple[Video, ...], workers: int = 0) -> tuple[int, ...]:
+def count_frames(
+    videos: tuple[Video, ...], workers: int = 0, timeout: float | None = None
+) -> tuple[int, ...]:
     """Each video's frame count from its container (nothing is decoded); 0 if it cannot be
-    opened. Several processes when `workers` > 1 and the list is long."""
+    opened within `timeout` seconds. Several processes when `workers` > 1 and the list is long."""
     paths = [str(v.path) for v in videos]
+    count = partial(frame_count, timeout=timeout or DECODE_TIMEOUT_S)
     if workers <= 1 or len(paths) < 64:
-        return tuple(map(frame_count, paths))
+        return tuple(map(count, paths))
     with ProcessPoolExecutor(workers) as pool:
-        return tuple(pool.map(frame_count, paths, chunksize=16))
+        return tuple(pool.map(count, paths, chunksize=16))
 
 
-def frame_count(path: str) -> int:
+def frame_count(path: str, timeout: float) -> int:
     try:
-        return len(decord.VideoReader(path, num_threads=1))
+        return call_with_timeout(lambda: len(decord.VideoReader(path, num_threads=1)), timeout)
     except (decord.DECORDError, RuntimeError, OSError, ValueError):
         return 0
+
+
+DECODE_TIMEOUT_S = 60.0  # a video that takes longer to open or to decode is taken for hung
+
+
+class DecodeTimeout(OSError):
+    """A decode that did not end within its timeout."""
+
+
+def call_with_timeout(fn: Callable[[], object], timeout: float):
+    """fn() in a daemon thread; DecodeTimeout when it has not returned after `timeout` seconds.
+    A hung decoder cannot be interrupted, so its thread is left blocked; decord releases the GIL
+    while it decodes, so everything else goes on, and the thread ends with the process."""
+    box: queue.Queue = queue.Queue(maxsize=1)
+
+    def run() -> None:
+        try:
+            box.put((True, fn()))
+        except BaseException as err:  # handed to the caller, who decides
+            box.put((False, err))
+
+    threading.Thread(target=run, daemon=True, name="decode").start()
+    try:
+        ok, value = box.get(timeout=timeout)
+    except queue.Empty:
+        raise DecodeTimeout(f"decoding took over {timeout:g} s (a hung decoder)") from None
+    if not ok:
+        raise value
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,10 +382,10 @@ class VideoDataset(Dataset):
     at rates[v % len(rates)], in "clip" mode the views are clips centred at
     linspace(T/2, frames - T/2, views) (the fine-tuning test protocol). Views a video is too
     short for are dropped and counted in `views_dropped`.
-    A video that cannot be decoded, or is too short for any sample, is skipped: another one is
-    drawn, and the sample names the skipped paths (`"skipped"`, newline-joined) so the training
-    loop can count and log them. Frame counts are read once, when the dataset is made
-    (`workers` processes).
+    A video that cannot be decoded, whose decoding hangs for `decode_timeout` seconds, or that
+    is too short for any sample, is skipped: another one is drawn, and the sample names the
+    skipped paths (`"skipped"`, newline-joined) so the training loop can count and log them.
+    Frame counts are read once, when the dataset is made (`workers` processes).
     """
 
     def __init__(
@@ -365,6 +402,7 @@ class VideoDataset(Dataset):
         views: int = 1,
         random_crop: bool = True,
         workers: int = 0,
+        decode_timeout: float = DECODE_TIMEOUT_S,
     ) -> None:
         if mode not in ("prp", "clip"):
             raise ValueError(f"unknown mode {mode!r}: use 'prp' or 'clip'")
@@ -376,7 +414,8 @@ class VideoDataset(Dataset):
         self.resize, self.crop, self.train = resize, crop, train
         self.seed, self.rates, self.max_skips, self.views = seed, rates, max_skips, views
         self.random_crop = train and random_crop
-        self.frames = count_frames(videos, workers)
+        self.decode_timeout = decode_timeout
+        self.frames = count_frames(videos, workers, decode_timeout)
         self.items = [(i, v) for i in range(len(videos)) for v in range(views) if self.fits(i, v)]
         self.views_dropped = len(videos) * views - len(self.items)
         # per rate, the videos long enough for it: where a too-short video's sample goes
@@ -410,11 +449,12 @@ class VideoDataset(Dataset):
         for _ in range(self.max_skips + 1):
             index = self.long_enough_video(index, rate, rng)
             video = self.videos[index]
+            if self.mode == "prp":
+                load = partial(self.load_prp, video, rng, rate)
+            else:
+                load = partial(self.load_clip, video, rng, view)
             try:
-                if self.mode == "prp":
-                    sample = self.load_prp(video, rng, rate)
-                else:
-                    sample = self.load_clip(video, rng, view)
+                sample = call_with_timeout(load, self.decode_timeout)
             except READ_ERRORS as err:
                 skipped.append(f"{video.path}: {str(err).splitlines()[0][:200]}")
                 index = int(rng.integers(len(self.videos)))

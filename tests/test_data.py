@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
+import time
 
 import av
 import numpy as np
 import pytest
 import torch
-from conftest import distinct_frames, write_ucf_layout
 from test_train import tiny_config
+from video_files import distinct_frames, write_ucf_layout
 
 from smp_lite.checkpoint import load_checkpoint
 from smp_lite.data import (
@@ -479,3 +482,39 @@ def test_training_on_the_official_ucf101_layout(official_ucf, tmp_path) -> None:
     result = train(cfg, progress=False)
     assert result["skipped_videos"] == 0 and result["epoch"] == 1
     assert load_checkpoint(tmp_path / "run" / "best.pt")["config"]["split"] == 2
+
+
+def test_a_decode_that_hangs_is_given_up_and_the_video_skipped(ucf_tiny, tmp_path) -> None:
+    """A FIFO that no one writes to: the real decoder blocks opening it, as it does on a hung
+    decode. Counting frames and sampling both give up after the timeout and go on."""
+    hung = tmp_path / "v_Hung_g01_c01.avi"
+    os.mkfifo(hung)
+    good = load_index(ucf_tiny).train[:3]
+    videos = (*good, dataclasses.replace(good[0], path=hung))
+    t0 = time.monotonic()
+    try:
+        dataset = VideoDataset(
+            videos, mode="prp", clip_len=8, resize=(64, 80), crop=48, decode_timeout=1.0
+        )
+        assert dataset.frames[-1] == 0 and all(dataset.frames[:-1])  # unreadable, not stuck
+        sample = dataset[len(videos) - 1]  # the hung video's own item
+    finally:
+        release_readers(hung)
+    assert time.monotonic() - t0 < 30
+    assert sample["index"] != len(videos) - 1  # another video served the item
+    lines = sample["skipped"].splitlines()  # the redraw may land on the hung video again
+    assert lines and all(
+        line.startswith(str(hung)) and "decoding took over 1 s (a hung decoder)" in line
+        for line in lines
+    )
+
+
+def release_readers(fifo) -> None:
+    """Open the FIFO for writing and close it: each reader blocked on it gets end-of-file and
+    its abandoned thread ends."""
+    for _ in range(10):
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # no reader left
+            return
+        time.sleep(0.05)
