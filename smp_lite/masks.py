@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -23,13 +24,28 @@ def motion_mask_dpau(chunks: torch.Tensor) -> torch.Tensor:
 
     chunks: (s, 4, H, W, 3) uint8, per chunk of T original frames the 4 differenced frames.
     Returns (3, s, 13, 13) in [0.8, 2.0]; `upsample_mask` brings it to the target's size.
+    The original's avg_pool3d, kernel (3, H/4, W/4) and stride (3, H/16, W/16) over the 3
+    squared differences, computed in NumPy: in a loader, torch's intra-op threads cost more
+    than the pooling itself (4 ms a sample on 2 cores, docs/benchmarks.md).
     """
-    x = chunks.float().div_(255).permute(0, 4, 1, 2, 3)  # (s, 3, 4, H, W)
-    diff = (x[:, :, 1:] - x[:, :, :-1]).pow(2)  # (s, 3, 3, H, W)
-    h, w = diff.shape[-2:]
-    pooled = F.avg_pool3d(diff, kernel_size=(3, h // 4, w // 4), stride=(3, h // 16, w // 16))
-    pooled = pooled[:, :, 0]  # (s, 3, 13, 13)
+    x = chunks.numpy().astype(np.float32) / 255
+    diff = np.square(x[:, 1:] - x[:, :-1]).mean(1)  # (s, H, W, 3): the window spans all 3
+    h, w = diff.shape[1:3]
+    pooled = box_mean(diff, (h // 4, w // 4), (h // 16, w // 16))  # (s, 13, 13, 3)
+    pooled = torch.from_numpy(pooled).permute(0, 3, 1, 2)  # (s, 3, 13, 13)
     return rescale_per_map(pooled.flatten(2)).view_as(pooled).transpose(0, 1).contiguous()
+
+
+def box_mean(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int]) -> np.ndarray:
+    """(s, H, W, C) -> (s, (H - kh) // sh + 1, (W - kw) // sw + 1, C) float32: the mean of each
+    kh x kw window, from the summed-area table (float64: exact enough at any clip size)."""
+    (kh, kw), (sh, sw) = kernel, stride
+    table = np.zeros((x.shape[0], x.shape[1] + 1, x.shape[2] + 1, x.shape[3]))
+    table[:, 1:, 1:] = x.cumsum(1, dtype=np.float64).cumsum(2)
+    ys = np.arange(0, x.shape[1] - kh + 1, sh)[:, None]
+    xs = np.arange(0, x.shape[2] - kw + 1, sw)[None, :]
+    sums = table[:, ys + kh, xs + kw] - table[:, ys, xs + kw] - table[:, ys + kh, xs]
+    return ((sums + table[:, ys, xs]) / (kh * kw)).astype(np.float32)
 
 
 def motion_mask_cam(

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from smp_lite.masks import blend_lambda, motion_mask_cam, motion_mask_dpau, upsample_mask
 
@@ -33,6 +34,22 @@ def test_dpau_mask_follows_motion() -> None:
     assert mask[:, 0, :, 9:].max() < 0.81  # no motion right of column 36
     full = upsample_mask(mask.unsqueeze(0), (32, 64, 64))
     assert full.shape == (1, 3, 32, 64, 64)
+
+
+@pytest.mark.parametrize("shape", [(1, 48, 48), (8, 48, 64), (4, 112, 112), (2, 50, 70)])
+def test_dpau_pooling_is_the_originals_avg_pool3d(shape) -> None:
+    """The NumPy pooling against the original's avg_pool3d, kernel (3, H/4, W/4), stride
+    (3, H/16, W/16), on random frames of several clip sizes (odd ones too)."""
+    s, h, w = shape
+    frames = torch.from_numpy(np.random.default_rng(s).integers(0, 256, (s, 4, h, w, 3), np.uint8))
+    x = frames.float().div(255).permute(0, 4, 1, 2, 3)  # (s, 3, 4, H, W)
+    diff = (x[:, :, 1:] - x[:, :, :-1]).pow(2)
+    pooled = F.avg_pool3d(diff, (3, h // 4, w // 4), stride=(3, h // 16, w // 16))[:, :, 0]
+    lo, hi = pooled.amin((2, 3), keepdim=True), pooled.amax((2, 3), keepdim=True)
+    reference = (0.8 + 1.2 * (pooled - lo) / (hi - lo)).transpose(0, 1)  # (3, s, h', w')
+    mask = motion_mask_dpau(frames)
+    assert mask.shape == reference.shape
+    assert torch.allclose(mask, reference, atol=1e-4)
 
 
 def test_lambda_schedules_follow_the_original_forms() -> None:
