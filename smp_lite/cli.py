@@ -411,6 +411,111 @@ def reproduce_command(
     typer.echo(f"done in {summary['seconds'] / 60:.0f} min of steps: {where}/table1.md, ...")
 
 
+def bench_help(name: str, text: str) -> str:
+    """`text` with BenchConfig's default of `name`, comma-joined where it is a list."""
+    from .bench import BenchConfig
+
+    value = getattr(BenchConfig(), name)
+    shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+    return f"{text} [default: {shown}]" if shown != "" else text
+
+
+def comma_list(text: str | None, kind: type) -> tuple | None:
+    if text is None:
+        return None
+    try:
+        return tuple(kind(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a comma-separated list of {kind.__name__}") from None
+
+
+@app.command("bench")
+@friendly_errors
+def bench_command(
+    data: Annotated[str | None, typer.Option(help=bench_help("data", HELP["data"]))] = None,
+    device: Annotated[str | None, typer.Option(help=bench_help("device", HELP["device"]))] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="Clip sizes of this pretraining preset [default: paper on a GPU, quick on a CPU]."
+        ),
+    ] = None,
+    archs: Annotated[str | None, typer.Option(help=bench_help("archs", "Backbones."))] = None,
+    tasks: Annotated[str | None, typer.Option(help=bench_help("tasks", "Tasks."))] = None,
+    clip_len: Annotated[
+        int | None, typer.Option(help="Frames per clip [default: the preset's].")
+    ] = None,
+    resize: Annotated[
+        str | None, typer.Option(help="Decode frames at HxW [default: the preset's].")
+    ] = None,
+    crop: Annotated[int | None, typer.Option(help="Crop side [default: the preset's].")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help=bench_help("batch_size", "Clips per batch."))
+    ] = None,
+    original_batch: Annotated[
+        int | None,
+        typer.Option(help=bench_help("original_batch", "Batch of the original code's style.")),
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option(help=bench_help("steps", "Timed compute steps per setting."))
+    ] = None,
+    rates: Annotated[
+        str | None, typer.Option(help=bench_help("rates", "Playback rates of the loader."))
+    ] = None,
+    workers: Annotated[
+        str | None, typer.Option(help=bench_help("workers", "Loader worker counts."))
+    ] = None,
+    loader_batches: Annotated[
+        int | None,
+        typer.Option(help=bench_help("loader_batches", "Timed loader batches per setting.")),
+    ] = None,
+    step_batches: Annotated[
+        int | None,
+        typer.Option(help=bench_help("step_batches", "Batches of the end-to-end epoch (0: skip).")),
+    ] = None,
+    write: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also put the tables into this markdown file, between its bench "
+            "markers (e.g. docs/benchmarks.md)."
+        ),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Print each number as it is measured.")] = True,
+) -> None:
+    """Time each part of a pretraining step alone: matmul peak, compute (with FLOPs and the
+    share of the peak), the loader per rate and worker count, the original code's loading
+    style on the same files, and train() end to end."""
+    from .bench import bench, bench_config, format_report, write_section
+
+    given = dict(
+        data=data,
+        device=device,
+        preset=preset,
+        archs=archs,
+        tasks=tasks,
+        clip_len=clip_len,
+        resize=resize,
+        crop=crop,
+        batch_size=batch_size,
+        original_batch=original_batch,
+        steps=steps,
+        rates=rates,
+        workers=workers,
+        loader_batches=loader_batches,
+        step_batches=step_batches,
+    )
+    lists = {"archs": str, "tasks": str, "rates": int, "workers": int}
+    settings = {k: comma_list(v, lists[k]) if k in lists else v for k, v in given.items()}
+    settings["resize"] = parse_size(resize) if resize is not None else None
+    cfg = bench_config(**settings)
+    options = [f"--{k.replace('_', '-')} {v}" for k, v in given.items() if v is not None]
+    text = format_report(bench(cfg, progress), " ".join(["smp-lite bench", *options]))
+    typer.echo(text)
+    if write is not None:
+        write_section(write, text)
+        typer.echo(f"written to {write}")
+
+
 def resume_command(ctx: typer.Context, out: Path) -> str:
     """This command with the options the user gave, ending in --resume --out OUT."""
     args = ["smp-lite", *(["--debug"] if state["debug"] else []), ctx.info_name]

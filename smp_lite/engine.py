@@ -37,7 +37,7 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.wrappers.abstract import WrapperMetric
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: the same in a terminal and a notebook
 
 from .checkpoint import Progress, append_metrics, load_run, run_folder, save_run
 from .data import to_float
@@ -115,6 +115,8 @@ def make_runtime(
     prec = pick_precision(precision, dev)
     if channels_last is None:
         channels_last = dev.type == "cuda" or prec == "bf16"
+    if dev.type == "cuda":  # clips keep one size: cuDNN times its kernels once and keeps the best
+        torch.backends.cudnn.benchmark = True
     rank, world = init_distributed(dev)
     return Runtime(dev, prec, channels_last, rank, world)
 

@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -294,6 +293,9 @@ def make_sprite(rng: np.random.Generator, size: int = 32) -> tuple[torch.Tensor,
 
 def write_video(path: Path, frames: np.ndarray, fps: int, crf: int = 18, gop: int = 32) -> None:
     """Encode (T, H, W, 3) uint8 RGB frames as H.264 (yuv420p) .mp4 with PyAV."""
+    import av  # PyAV only writes (and, for pictures, reads) the generated videos: a machine that
+    # trains on a dataset made elsewhere needs decord alone
+
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.height, stream.width = frames.shape[1:3]
@@ -307,6 +309,8 @@ def write_video(path: Path, frames: np.ndarray, fps: int, crf: int = 18, gop: in
 
 def read_video(path: str | Path) -> np.ndarray:
     """Decode a whole video with PyAV: (T, H, W, 3) uint8 RGB."""
+    import av  # as in write_video
+
     with av.open(str(path)) as container:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
@@ -412,7 +416,9 @@ def write_lists(root: Path, cfg: SynthConfig, records: list[dict]) -> None:
 # visualisation
 
 
-def plot_class_grid(root: str | Path, out_png: str | Path, frames_per_class: int = 6) -> Path:
+def plot_class_grid(
+    root: str | Path, out_png: str | Path, frames_per_class: int = 6, dpi: int = 100
+) -> Path:
     """One row per class (its first test video), frames at evenly spaced times, as a PNG."""
     from matplotlib.figure import Figure  # no pyplot: works headless, no global state
 
@@ -422,7 +428,7 @@ def plot_class_grid(root: str | Path, out_png: str | Path, frames_per_class: int
     first = {}
     for r in meta["videos"]:
         first.setdefault(r["class"], r)
-    fig = Figure(figsize=(1.6 * frames_per_class + 1.2, 1.25 * len(classes)), dpi=100)
+    fig = Figure(figsize=(1.6 * frames_per_class + 1.2, 1.25 * len(classes)), dpi=dpi)
     axes = fig.subplots(len(classes), frames_per_class, squeeze=False)
     for row, name in enumerate(classes):
         frames = read_video(root / "videos" / first[name]["path"])  # (T, H, W, 3)

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Every speed figure of a GPU machine in one go (docs/benchmarks.md, "On a GPU"): the matmul
+# peak, compute alone per backbone and task with FLOPs and share of the peak, the compute of the
+# original code's style, the loader alone per playback rate and worker count, the original
+# code's loading style on the same files, and `train()` end to end over a 70-batch epoch.
+#
+# For a fresh GPU machine (H100/H200 class, 16 cores, PyTorch installed, no network), in under
+# 8 minutes. It installs nothing from the network. What such a machine lacks travels with the
+# checkout: the decord2 wheel in .whl/, and the generated dataset in data/synth/ (29 MB, made
+# here by `smp-lite data synth`, the same files on every machine), since PyAV's wheel, which
+# writes it, is 40 MB. Fetch the wheel beforehand on a machine with a registry:
+#
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#       --implementation cp --platform manylinux_2_28_x86_64 -d .whl decord2==3.4.0
+#
+# Run from anywhere:  bash benchmarks/gpu_check.sh [OUT]   (OUT: where the results go,
+# default $OUT or /tmp/gpu_check). It prints everything and writes OUT/benchmarks.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-${OUT:-/tmp/gpu_check}}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+
+if ! python3 -c "import decord" 2>/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/smp-lite-site .whl/*.whl
+    export PYTHONPATH=/tmp/smp-lite-site:${PYTHONPATH:-}
+fi
+export PYTHONPATH=$PWD:${PYTHONPATH:-}  # smp_lite itself, from this checkout
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+
+# the generated dataset, 600 videos: carried, or made here where PyAV is installed
+python3 -m smp_lite.cli data synth --out data/synth --workers 16
+
+python3 -m smp_lite.cli bench --device cuda --preset paper --archs r3d18,r3d10,c3d \
+    --tasks smp,supervised --batch-size 32 --workers 8,15 --rates 1,2,4,8 \
+    --loader-batches 6 --step-batches 70 --write "$out/benchmarks.md" | tee "$out/bench.txt"

@@ -1,0 +1,65 @@
+"""Where a PRP sample's loading time goes: the whole `VideoDataset` item against decord alone
+(opening the file and decoding the frames the sample needs), and against decoding every frame
+of the span at full size as the original code did.
+
+    python benchmarks/loader_breakdown.py --data data/synth --videos 64 --rates 1,8
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import decord
+
+from smp_lite.data import VideoDataset, load_index, open_video, sample_dilated_clip
+
+
+def row(videos: tuple, rate: int, size: tuple[int, int], crop: int) -> list[float]:
+    """Milliseconds per video of each of the four ways of reading a rate-`rate` sample."""
+    ds = VideoDataset(videos, mode="prp", resize=size, crop=crop, rates=(rate,))
+    span, times = 16 * rate, []
+    t0 = time.perf_counter()
+    for i in range(len(videos)):
+        ds[(i, 0)]
+    times.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for i, video in enumerate(videos):
+        reader = open_video(video.path, size)
+        ids = sample_dilated_clip(len(reader), rate, 16, i % (len(reader) - span))
+        reader.get_batch(sorted({*ids.target.tolist(), *ids.dpau.ravel().tolist()})).asnumpy()
+    times.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for video in videos:
+        len(open_video(video.path, size))
+    times.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for i, video in enumerate(videos):
+        reader = decord.VideoReader(str(video.path), num_threads=1)
+        start = i % (len(reader) - span)
+        reader.get_batch(list(range(start, start + span + 1))).asnumpy()
+    times.append(time.perf_counter() - t0)
+    return [1000 * t / len(videos) for t in times]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="data/synth")
+    parser.add_argument("--videos", type=int, default=64, help="training videos timed")
+    parser.add_argument("--rates", default="1,8")
+    parser.add_argument("--size", default="48x64", help="decoded frame size HxW")
+    parser.add_argument("--crop", type=int, default=48)
+    args = parser.parse_args()
+    size = tuple(int(v) for v in args.size.split("x"))
+    videos = load_index(args.data).train[: args.videos]
+    print(
+        "| rate | whole item, ms | open + decode the frames it needs, ms | of which open, ms | "
+        "open + decode every frame at full size, ms |\n|---|---|---|---|---|"
+    )
+    for rate in map(int, args.rates.split(",")):
+        cells = row(videos, rate, size, args.crop)
+        print(f"| {rate} | " + " | ".join(f"{c:.1f}" for c in cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

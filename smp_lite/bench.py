@@ -1,0 +1,405 @@
+"""`smp-lite bench` (`make bench`): where the time of a pretraining step goes, each part
+measured alone, in one run on one machine, so that the ratios between them hold.
+
+- peak: the matmul throughput of the device in the run's precision (the roofline);
+- compute: forward, backward and SGD of a task's model on one batch kept on the device
+  ("bare"), and the same batch through the training loop's own step (`engine.train_steps`:
+  the copy to the device, the finite-loss and gradient checks, the metrics); FLOPs per clip
+  from torch's flop counter, and the share of the peak they reach;
+- loader: `VideoDataset` through a `DataLoader` alone, per playback rate and worker count;
+- original: the original PRP/SMP code's style, the baseline: its loading on the same files, in
+  one process (all 16*s + 1 frames decoded in sequence at full size, each frame resized with
+  PIL, the clip, target and DPAU mask built per sample in float32; method.md section 7), and
+  its compute (fp32, batch 8, no channels_last);
+- step: `train()` itself, a whole epoch of `step_batches` batches, loader included.
+
+Timings are wall clock after a warm-up; on a GPU around a synchronisation. Nothing here is a
+test: no number is checked against a target (docs/benchmarks.md holds the targets).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import decord
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+
+from .data import RATES, EpochSampler, VideoDataset, load_index, sample_dilated_clip
+from .engine import Runtime, ensure_default_dataset, make_loader, make_runtime, train_steps
+from .errors import ConfigError
+from .masks import motion_mask_dpau
+from .models import NUM_RATES
+from .synth import DEFAULT_DATA
+from .train import (
+    TrainConfig,
+    build_model,
+    make_config,
+    make_optimizer,
+    make_step,
+    task_metrics,
+    train,
+)
+
+SECTION_START = "<!-- smp-lite bench: start -->"  # `--write` replaces what lies between these
+SECTION_END = "<!-- smp-lite bench: end -->"
+
+
+@dataclass
+class BenchConfig:
+    data: str = DEFAULT_DATA
+    device: str = "auto"
+    preset: str = ""  # clip sizes of a pretraining preset; empty: paper on a GPU, quick on a CPU
+    archs: tuple[str, ...] = ("r3d18",)
+    tasks: tuple[str, ...] = ("smp", "supervised")
+    clip_len: int = 0  # 0: the preset's (so for resize and crop)
+    resize: tuple[int, int] | None = None
+    crop: int = 0
+    batch_size: int = 8
+    original_batch: int = 8  # the original code's: its loading and fp32 compute are timed at it
+    steps: int = 5  # timed compute steps per setting, after 2 warm-up steps
+    rates: tuple[int, ...] = RATES
+    workers: tuple[int, ...] = (0, 2)
+    loader_batches: int = 6  # timed loader batches per setting, after the first
+    step_batches: int = 20  # batches of the end-to-end epoch (0: skip it)
+
+
+def bench(cfg: BenchConfig, progress: bool = True) -> dict:
+    """Measure every part; returns the numbers `format_report` prints."""
+    validate_bench(cfg)
+    rt = make_runtime(cfg.device)
+    ensure_default_dataset(cfg.data, rt)
+    preset = cfg.preset or ("paper" if rt.device.type == "cuda" else "quick")
+    sizes = task_config(cfg, preset, "smp")
+    say = print if progress else (lambda *_: None)
+    peak = matmul_peak(rt)
+    say(f"matmul peak: {peak / 1e12:.2f} TFLOP/s ({rt.precision})")
+    results: dict = {"machine": machine(rt), "preset": preset, "peak_flops": peak}
+    h, w = sizes.resize
+    results["clip"] = f"{sizes.clip_len}x{sizes.crop}x{sizes.crop} from {h}x{w}"
+    results["batch_size"] = cfg.batch_size
+    results["compute"] = []
+    for arch in cfg.archs:
+        for task in cfg.tasks:
+            tcfg = task_config(cfg, preset, task, arch=arch)
+            row = {"arch": arch, "task": task, **compute_alone(tcfg, rt, cfg.steps, peak)}
+            say(f"compute {arch} {task}: {row}")
+            results["compute"].append(row)
+    first = task_config(cfg, preset, cfg.tasks[0], batch_size=cfg.original_batch)
+    fp32 = replace(rt, precision="fp32", channels_last=False)
+    results["original_compute"] = {
+        "arch": first.arch,
+        "task": first.task,
+        "batch_size": cfg.original_batch,
+        **compute_alone(first, fp32, cfg.steps, peak),
+    }
+    say(f"compute, original style (fp32, no channels_last): {results['original_compute']}")
+    results["loader"] = []
+    videos = load_index(cfg.data).train
+    for rate in cfg.rates:
+        original = original_style_loader(
+            videos, sizes, rate, cfg.original_batch, cfg.loader_batches
+        )
+        for workers in cfg.workers:
+            ours = loader_alone(videos, sizes, rate, workers, cfg, rt)
+            results["loader"].append({"rate": rate, "workers": workers, "clips_per_s": ours})
+            say(f"loader rate {rate}, {workers} workers: {ours:.1f} clips/s")
+        results["loader"].append({"rate": rate, "workers": "original", "clips_per_s": original})
+        say(f"original-style loader rate {rate}: {original:.1f} clips/s")
+    if cfg.step_batches:
+        results["step"] = end_to_end(cfg, preset, rt)
+        say(f"end-to-end: {results['step']}")
+    return results
+
+
+def task_config(cfg: BenchConfig, preset: str, task: str, **overrides) -> TrainConfig:
+    """The pretraining config whose step is timed: the preset's clips unless the bench sets its
+    own, the first backbone, the bench's batch size."""
+    sizes = {k: getattr(cfg, k) for k in ("clip_len", "resize", "crop") if getattr(cfg, k)}
+    settings = dict(data=cfg.data, preset=preset, arch=cfg.archs[0], batch_size=cfg.batch_size)
+    return make_config(task, **settings | sizes | overrides)
+
+
+def validate_bench(cfg: BenchConfig) -> None:
+    checks = [
+        (set(cfg.rates) <= set(RATES), f"rates must be among {RATES}, got {cfg.rates}"),
+        (bool(cfg.workers) and min(cfg.workers) >= 0, f"worker counts must be >= 0: {cfg.workers}"),
+        (cfg.batch_size > 0, f"batch size must be positive, got {cfg.batch_size}"),
+        (cfg.original_batch > 0, f"original batch must be positive, got {cfg.original_batch}"),
+        (cfg.steps > 0, f"steps must be positive, got {cfg.steps}"),
+        (cfg.loader_batches > 0, f"loader batches must be positive, got {cfg.loader_batches}"),
+        (cfg.step_batches >= 0, f"step batches must be 0 or more, got {cfg.step_batches}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def machine(rt: Runtime) -> str:
+    cpu = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").is_file():
+        names = [ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln]
+        cpu = names[0].split(":", 1)[1].strip() if names else cpu
+    gpu = f"{torch.cuda.get_device_name(rt.device)}, " if rt.device.type == "cuda" else ""
+    return f"{gpu}{cpu} ({os.cpu_count()} cores), torch {torch.__version__}"
+
+
+def synchronize(rt: Runtime) -> None:
+    if rt.device.type == "cuda":
+        torch.cuda.synchronize(rt.device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Compute
+
+
+def matmul_peak(rt: Runtime, n: int = 0, repeats: int = 10, rounds: int = 3) -> float:
+    """FLOP/s of an n x n matmul in the run's precision, the best of `rounds` rounds: the most
+    this device can do (a single round varied by 15% on the 2-core CPU)."""
+    n = n or (8192 if rt.device.type == "cuda" else 2048)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(rt.precision, torch.float32)
+    a = torch.randn(n, n, device=rt.device, dtype=dtype)
+    b = torch.randn(n, n, device=rt.device, dtype=dtype)
+    seconds = timed(lambda: a @ b, repeats, rt, warmup=1)
+    for _ in range(rounds - 1):
+        seconds = min(seconds, timed(lambda: a @ b, repeats, rt, warmup=0))
+    return 2 * n**3 / seconds
+
+
+def synthetic_batch(cfg, classes: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A batch shaped as the loader's (uint8 clips on the CPU), of random content."""
+    g = torch.Generator().manual_seed(seed)
+    b, t, c = cfg.batch_size, cfg.clip_len, cfg.crop
+    batch = {
+        "clip": torch.randint(0, 256, (b, 3, t, c, c), generator=g, dtype=torch.uint8),
+        "label": torch.randint(0, classes, (b,), generator=g),
+    }
+    if cfg.task != "supervised":
+        batch["target"] = torch.randint(0, 256, (b, 3, 2 * t, c, c), generator=g).to(torch.uint8)
+        batch["target_weight"] = torch.ones(b, 2 * t)
+        batch["dpau"] = 0.8 + 1.2 * torch.rand(b, 3, 2 * t, 13, 13, generator=g)
+        batch["rate"] = torch.randint(0, NUM_RATES, (b,), generator=g)
+    return batch
+
+
+def compute_alone(cfg, rt: Runtime, steps: int, peak: float, classes: int = 101) -> dict:
+    """Clips/s of the task's step on one batch, bare and through the loop, with the FLOPs."""
+    torch.manual_seed(cfg.seed)
+    model = rt.prepare(build_model(cfg, classes))
+    optimizer = make_optimizer(model, cfg)
+    step = make_step(cfg, epoch=0)
+    cpu_batch = synthetic_batch(cfg, classes)
+    batch = rt.to_device(cpu_batch)
+    with FlopCounterMode(display=False) as counter:
+        bare_step(model, batch, step, optimizer, rt)
+    flops = counter.get_total_flops() / cfg.batch_size  # forward + backward, per clip
+    bare = timed(lambda: bare_step(model, batch, step, optimizer, rt), steps, rt)
+    metrics = task_metrics(cfg, classes).to(rt.device)
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.precision == "fp16")
+
+    def loop_steps() -> None:
+        for _ in train_steps(model, [dict(cpu_batch)], step, optimizer, scaler, metrics, rt, set()):
+            pass
+
+    loop = timed(loop_steps, steps, rt)
+    per_s = cfg.batch_size / bare
+    return {
+        "gflop_per_clip": flops / 1e9,
+        "bare_clips_per_s": per_s,
+        "loop_clips_per_s": cfg.batch_size / loop,
+        "peak_share": flops * per_s / peak,
+    }
+
+
+def bare_step(model, batch: dict, step, optimizer, rt: Runtime) -> None:
+    model.train()
+    with rt.autocast():
+        loss = step(model, batch)[0]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def timed(fn, steps: int, rt: Runtime, warmup: int = 2) -> float:
+    """Seconds per call of `fn`, after `warmup` calls (cudnn autotuning, oneDNN primitives)."""
+    for _ in range(warmup):
+        fn()
+    synchronize(rt)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    synchronize(rt)
+    return (time.perf_counter() - t0) / steps
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def loader_alone(
+    videos: tuple, sizes: TrainConfig, rate: int, workers: int, cfg: BenchConfig, rt
+) -> float:
+    """Clips/s of PRP training samples at one `rate` through a DataLoader, the first batch
+    (worker start-up) left out."""
+    dataset = VideoDataset(
+        videos,
+        mode="prp",
+        clip_len=sizes.clip_len,
+        resize=sizes.resize,
+        crop=sizes.crop,
+        rates=(rate,),
+        workers=2,
+    )
+    sampler = EpochSampler(len(dataset), seed=0)
+    loader = make_loader(dataset, sampler, cfg.batch_size, workers, rt, True)
+    clips, t0 = 0, 0.0
+    for epoch in range(10**6):  # as many epochs as the batches need
+        sampler.set_epoch(epoch)
+        for batch in loader:
+            if t0 == 0.0:
+                t0 = time.perf_counter()
+                continue
+            clips += len(batch["clip"])
+            if clips >= cfg.loader_batches * cfg.batch_size:
+                return clips / (time.perf_counter() - t0)
+    raise AssertionError("unreachable")
+
+
+def original_style_loader(
+    videos: tuple, sizes: TrainConfig, rate: int, batch: int, batches: int
+) -> float:
+    """Clips/s of the original code's loading style, one process (see the module's doc)."""
+    rng = np.random.default_rng(0)
+    lengths = [len(decord.VideoReader(str(v.path), num_threads=1)) for v in videos]
+    usable = [i for i, n in enumerate(lengths) if n > sizes.clip_len * rate]
+    t0, n = time.perf_counter(), batch * batches
+    for _ in range(batches):
+        samples = [
+            original_style_sample(videos[i], lengths[i], sizes, rate, rng)
+            for i in rng.choice(usable, batch)
+        ]
+        torch.utils.data.default_collate(samples)
+    return n / (time.perf_counter() - t0)
+
+
+def original_style_sample(video, num_frames: int, sizes: TrainConfig, rate: int, rng) -> dict:
+    span = sizes.clip_len * rate
+    start = int(rng.integers(num_frames - span))
+    reader = decord.VideoReader(str(video.path), num_threads=1)
+    frames = reader.get_batch(list(range(start, start + span + 1))).asnumpy()  # every frame
+    h, w = sizes.resize
+    resized = np.stack(
+        [np.asarray(Image.fromarray(f).resize((w, h), Image.BILINEAR)) for f in frames]
+    )
+    top, left, c = (h - sizes.crop) // 2, (w - sizes.crop) // 2, sizes.crop
+    frames = resized[:, top : top + c, left : left + c]
+    ids = sample_dilated_clip(len(frames), rate, sizes.clip_len, 0)
+    chunks = torch.from_numpy(frames[ids.dpau.ravel()]).view(rate, 4, c, c, 3)
+    return {
+        "clip": float_clip(frames[ids.clip]),
+        "target": float_clip(frames[ids.target]),
+        "dpau": motion_mask_dpau(chunks),
+        "rate": RATES.index(rate),
+    }
+
+
+def float_clip(frames: np.ndarray) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (3, T, H, W) float in [0, 1], as the original code built its clips."""
+    return torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 255
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole step
+
+
+def end_to_end(cfg: BenchConfig, preset: str, rt: Runtime) -> dict:
+    """`train()`'s clips/s over one epoch of `step_batches` batches of the first arch and task,
+    data loading with the most workers of `cfg.workers`; no validation, no mid-epoch saves."""
+    workers = max(cfg.workers)
+    with tempfile.TemporaryDirectory() as out:
+        tcfg = task_config(cfg, preset, cfg.tasks[0], device=cfg.device, epochs=1,
+                           limit_batches=cfg.step_batches, val_fraction=0.0, precise_bn=0,
+                           save_every=0, workers=workers, out=out)  # fmt: skip
+        row = train(tcfg, progress=False)
+    return {
+        "arch": cfg.archs[0],
+        "task": cfg.tasks[0],
+        "workers": workers,
+        "batches": cfg.step_batches,
+        "clips_per_s": row["clips_per_s"],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def format_report(results: dict, command: str) -> str:
+    """The numbers as markdown: the machine, then one table per part."""
+    peak = results["peak_flops"]
+    lines = [
+        f"`{command}` on {results['machine']}; {results['preset']} preset clips "
+        f"({results['clip']}), batch {results['batch_size']}. Matmul peak measured in the same "
+        f"run: {peak / 1e12:.2f} TFLOP/s.",
+        "",
+        "| arch | task | GFLOP per clip (fwd+bwd) | compute alone, clips/s | share of peak | "
+        "through the loop's step, clips/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results["compute"]:
+        lines.append(
+            f"| `{r['arch']}` | {r['task']} | {r['gflop_per_clip']:.1f} | "
+            f"{r['bare_clips_per_s']:.1f} | {100 * r['peak_share']:.1f}% | "
+            f"{r['loop_clips_per_s']:.1f} |"
+        )
+    o = results["original_compute"]
+    lines += [
+        "",
+        f"Compute in the original code's style ({o['task']} `{o['arch']}`, fp32, batch "
+        f"{o['batch_size']}, no channels_last): {o['bare_clips_per_s']:.1f} clips/s, "
+        f"{100 * o['peak_share']:.1f}% of the peak above.",
+    ]
+    columns = sorted({r["workers"] for r in results["loader"]}, key=str)  # 0, 2, ..., original
+    names = [f"{w} workers" if w != "original" else "original style" for w in columns]
+    lines += [
+        "",
+        "Loader alone, PRP training samples, clips/s (original style: one process):",
+        "",
+        "| rate | " + " | ".join(names) + " |",
+        "|---" * (len(columns) + 1) + "|",
+    ]
+    for rate in sorted({r["rate"] for r in results["loader"]}):
+        cells = {r["workers"]: r["clips_per_s"] for r in results["loader"] if r["rate"] == rate}
+        lines.append(f"| {rate} | " + " | ".join(f"{cells[w]:.1f}" for w in columns) + " |")
+    if "step" in results:
+        s = results["step"]
+        lines += [
+            "",
+            f"End to end, `train()` on {s['task']} `{s['arch']}` with {s['workers']} workers, "
+            f"one epoch of {s['batches']} batches: {s['clips_per_s']:.1f} clips/s.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(markdown: Path, text: str) -> None:
+    """Put `text` between the bench markers of `markdown` (appended with them if absent)."""
+    old = markdown.read_text() if markdown.is_file() else ""
+    block = f"{SECTION_START}\n{text}{SECTION_END}"
+    if SECTION_START in old and SECTION_END in old:
+        head, rest = old.split(SECTION_START, 1)
+        new = head + block + rest.split(SECTION_END, 1)[1]
+    else:
+        new = old + ("\n" if old and not old.endswith("\n") else "") + block + "\n"
+    markdown.write_text(new)
+
+
+def bench_config(**overrides) -> BenchConfig:
+    """A BenchConfig; an override of None keeps the default."""
+    return replace(BenchConfig(), **{k: v for k, v in overrides.items() if v is not None})

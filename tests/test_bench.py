@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from smp_lite.bench import (
+    SECTION_END,
+    SECTION_START,
+    BenchConfig,
+    bench,
+    format_report,
+    write_section,
+)
+from smp_lite.cli import app
+from smp_lite.errors import ConfigError
+from smp_lite.synth import synthesize
+
+
+@pytest.fixture(scope="module")
+def synth_tiny(tmp_path_factory) -> str:
+    """48 generated videos of 129 frames: every rate fits a 16-frame clip."""
+    return str(synthesize(tmp_path_factory.mktemp("bench") / "synth", "tiny", progress=False))
+
+
+def small_bench(data: str, **overrides) -> BenchConfig:
+    settings = dict(data=data, device="cpu", archs=("c3d",), clip_len=8, resize=(32, 40), crop=32)
+    settings |= dict(batch_size=2, original_batch=2, steps=1, rates=(1, 8), workers=(0, 1))
+    settings |= dict(loader_batches=1, step_batches=2)
+    return BenchConfig(**(settings | overrides))
+
+
+def test_bench_measures_every_part_and_reports_it(synth_tiny) -> None:
+    results = bench(small_bench(synth_tiny), progress=False)
+    assert results["peak_flops"] > 0 and results["preset"] == "quick"  # the CPU's default
+    assert results["clip"] == "8x32x32 from 32x40"
+    assert [(r["arch"], r["task"]) for r in results["compute"]] == [
+        ("c3d", "smp"),
+        ("c3d", "supervised"),
+    ]
+    smp, supervised = results["compute"]
+    # the SMP model adds the decoder and three rate heads to the same backbone
+    assert smp["gflop_per_clip"] > 1.5 * supervised["gflop_per_clip"] > 0
+    for r in results["compute"]:
+        assert r["bare_clips_per_s"] > 0 and r["loop_clips_per_s"] > 0
+        assert (
+            0
+            < r["peak_share"]
+            == pytest.approx(
+                r["gflop_per_clip"] * 1e9 * r["bare_clips_per_s"] / results["peak_flops"]
+            )
+        )
+    loaders = {(r["rate"], r["workers"]): r["clips_per_s"] for r in results["loader"]}
+    assert set(loaders) == {(rate, w) for rate in (1, 8) for w in (0, 1, "original")}
+    assert all(v > 0 for v in loaders.values())
+    assert results["step"]["batches"] == 2 and results["step"]["clips_per_s"] > 0
+    original = results["original_compute"]
+    assert original["batch_size"] == 2 and original["gflop_per_clip"] == smp["gflop_per_clip"]
+
+    text = format_report(results, "smp-lite bench --device cpu")
+    assert "`smp-lite bench --device cpu`" in text
+    assert "| `c3d` | smp |" in text and "| `c3d` | supervised |" in text
+    assert "| rate | 0 workers | 1 workers | original style |" in text
+    assert text.count("\n| 1 | ") == 1 and text.count("\n| 8 | ") == 1
+    assert "End to end, `train()` on smp `c3d` with 1 workers" in text
+    assert "Compute in the original code's style (smp `c3d`, fp32, batch 2, " in text
+
+
+def test_the_report_replaces_its_section_and_keeps_the_rest(tmp_path) -> None:
+    md = tmp_path / "benchmarks.md"
+    md.write_text("# Benchmarks\n\nkept above\n")
+    write_section(md, "first run\n")
+    assert (
+        md.read_text() == f"# Benchmarks\n\nkept above\n{SECTION_START}\nfirst run\n{SECTION_END}\n"
+    )
+    md.write_text(md.read_text() + "\nkept below\n")
+    write_section(md, "second run\n")
+    text = md.read_text()
+    assert "first run" not in text and "second run" in text
+    assert text.startswith("# Benchmarks\n\nkept above\n") and text.endswith("\nkept below\n")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (dict(rates=(3,)), "rates must be among"),
+        (dict(workers=(-1,)), "worker counts"),
+        (dict(steps=0), "steps must be positive"),
+        (dict(archs=("c4d",)), "unknown architecture"),
+    ],
+)
+def test_bad_settings_are_refused_before_anything_runs(synth_tiny, override, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        bench(small_bench(synth_tiny, **override), progress=False)
+
+
+def test_the_command_refuses_a_bad_list_in_one_line(synth_tiny) -> None:
+    result = CliRunner().invoke(app, ["bench", "--data", synth_tiny, "--rates", "1,x"])
+    assert result.exit_code == 2
+    assert "error: '1,x' is not a comma-separated list of int" in result.output
+    assert "Traceback" not in result.output
