@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test lint reproduce bench clean
+.PHONY: install test lint reproduce notebooks bench clean
 
 install: $(VENV)/.installed
 
@@ -27,7 +27,14 @@ DATA ?=
 reproduce: install
 	$(BIN)/smp-lite reproduce $(if $(DATA),--profile paper --data $(DATA),--profile synth)
 
+# Re-run the tutorials at their full sizes and save their outputs in place (~10 min, 2 CPU cores)
+notebooks: install
+	$(BIN)/jupyter execute --inplace --timeout=900 tutorials/*.ipynb
+
+# Speed: each part of a pretraining step timed alone (docs/benchmarks.md, rewritten in place),
+# the CPU bf16 conv3d check, and the decoders. On a GPU machine: bash benchmarks/gpu_check.sh
 bench: install
+	$(BIN)/smp-lite bench --write docs/benchmarks.md
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_decoders.py
 

@@ -330,21 +330,27 @@ def plot_speed_confusions(summary: dict, png: Path) -> None:
 
 
 def plot_neighbours(summary: dict, png: Path, queries: int = 4) -> None:
-    """A few test videos (left) and their five nearest training videos by retrieval feature,
-    from random weights and from SMP, for the profile's second backbone (the seed's 3D-R18);
-    a green title is a neighbour of the query's class."""
+    """Retrieval from random weights and from SMP, for the profile's second backbone (the seed's
+    3D-R18), drawn by `plot_neighbour_frames`."""
     archs = summary["archs"]
     arch = archs[1] if len(archs) > 1 else archs[0]
-    shown = [(init, summary["retrieve"].get(arch, {}).get(init)) for init in ("random", "smp")]
-    shown = [(init, numbers) for init, numbers in shown if numbers]
-    if not shown:
-        return
-    root = load_index(summary["data"]).root
-    lists = shown[0][1]["neighbours"]
+    shown = {INIT_NAMES[i]: summary["retrieve"].get(arch, {}).get(i) for i in ("random", "smp")}
+    shown = {name: numbers for name, numbers in shown.items() if numbers}
+    if shown:
+        plot_neighbour_frames(shown, load_index(summary["data"]).root, png, queries)
+
+
+def plot_neighbour_frames(
+    retrievals: dict[str, dict], root: Path, png: Path, queries: int = 4
+) -> None:
+    """A few test videos (left) and their five nearest training videos, as middle frames, for
+    each named retrieval result (`evaluate.retrieve`'s, videos under `root`); a green title is
+    a neighbour of the query's class, a red one of another class."""
+    lists = next(iter(retrievals.values()))["neighbours"]
     picks = [lists[i * len(lists) // queries] for i in range(queries)]  # spread over classes
-    fig = new_figure(1.6 * 6, 1.35 * queries * len(shown))
-    axes = fig.subplots(queries * len(shown), 6, squeeze=False)
-    for block, (init, numbers) in enumerate(shown):
+    fig = new_figure(1.6 * 6, 1.35 * queries * len(retrievals))
+    axes = fig.subplots(queries * len(retrievals), 6, squeeze=False)
+    for block, (name, numbers) in enumerate(retrievals.items()):
         found = {n["query"]: n for n in numbers["neighbours"]}
         for q, pick in enumerate(picks):
             row = axes[block * queries + q]
@@ -352,10 +358,10 @@ def plot_neighbours(summary: dict, png: Path, queries: int = 4) -> None:
             videos = [(pick["query"], pick["class"])]
             videos += list(zip(near["nearest"], near["classes"], strict=True))[:5]
             for j, (ax, (video, cls)) in enumerate(zip(row, videos, strict=False)):
-                ax.imshow(middle_frame(root / video))
+                ax.imshow(middle_frame(Path(root) / video))
                 ax.set_xticks([])
                 ax.set_yticks([])
-                label = f"{INIT_NAMES[init]}: query" if j == 0 else f"#{j}"
+                label = f"{name}: query" if j == 0 else f"#{j}"
                 color = "black" if j == 0 else ("green" if cls == pick["class"] else "red")
                 ax.set_title(f"{label}\n{cls}", fontsize=7, color=color)
     save_figure(fig, png)
