@@ -11,7 +11,16 @@ import pytest
 import torch
 from video_files import distinct_frames, write_ucf_layout
 
+from smp_lite.synth import synthesize
+
 torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def synth_tiny(tmp_path_factory) -> Path:
+    """The generated dataset's tiny preset: 48 videos of 129 frames (every rate fits a 16-frame
+    clip). Read only: a test that changes it makes its own."""
+    return synthesize(tmp_path_factory.mktemp("synth") / "synth-tiny", "tiny", progress=False)
 
 
 @pytest.fixture(scope="session")
