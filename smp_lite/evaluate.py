@@ -52,7 +52,7 @@ from .engine import (
 from .errors import ConfigError
 from .models import ARCHS, ActionNet, build_backbone, pooled_feature, retrieval_feature
 from .synth import DEFAULT_DATA
-from .train import is_generated, supervised_step, warmup_cosine
+from .train import as_settings, is_generated, supervised_step, warmup_cosine
 
 TARGETS = ("speed", "action")
 TOP_K = (1, 5, 10, 20, 50)
@@ -136,7 +136,7 @@ EVAL_PRESETS: dict[str, dict[str, EvalConfig]] = {
 def make_eval_config(kind: str, preset: str | None = None, **overrides) -> EvalConfig:
     """The config of evaluation `kind` (probe, finetune, retrieve) from a preset (quick on
     generated data, paper on real data) and overrides; an override of None keeps the preset's."""
-    overrides = {k: v for k, v in overrides.items() if v is not None}
+    overrides = as_settings(overrides)
     preset = preset or ("quick" if is_generated(overrides.get("data", DEFAULT_DATA)) else "paper")
     if preset not in EVAL_PRESETS:
         raise ConfigError(f"unknown preset {preset!r}: choose one of {', '.join(EVAL_PRESETS)}")
@@ -198,6 +198,8 @@ def eval_config_dict(cfg: EvalConfig) -> dict:
 def start_eval(cfg: EvalConfig) -> tuple[Runtime, Path]:
     """The runtime and the run folder, after the refusals that come before any work."""
     validate_eval(cfg)
+    if cfg.init != "random":  # a wrong checkpoint is refused before any data is read or made
+        load_backbone(build_backbone(cfg.arch), cfg.init, cfg.arch)
     rt = make_runtime(cfg.device, cfg.precision, cfg.channels_last)
     return rt, eval_out(cfg)
 

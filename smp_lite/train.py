@@ -45,7 +45,7 @@ from .engine import (
 )
 from .errors import ConfigError, DataError
 from .masks import LAMBDA_SCHEDULES, blend_lambda
-from .models import ARCHS, NUM_RATES, ActionNet, MotionNet
+from .models import ARCHS, NUM_RATES, ActionNet, MotionNet, build_backbone
 from .synth import DEFAULT_DATA
 
 TASKS = ("smp", "prp", "supervised")
@@ -116,7 +116,7 @@ def make_config(task: str | None = None, preset: str | None = None, **overrides)
     task = task or TrainConfig.task
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
-    overrides = {k: v for k, v in overrides.items() if v is not None}
+    overrides = as_settings(overrides)
     preset = preset or (
         "quick" if is_generated(overrides.get("data", TrainConfig.data)) else "paper"
     )
@@ -129,6 +129,13 @@ def make_config(task: str | None = None, preset: str | None = None, **overrides)
     cfg.train_crop = cfg.train_crop or TASK_CROPS[task]
     validate(cfg)
     return cfg
+
+
+def as_settings(overrides: dict) -> dict:
+    """The overrides that are set (None keeps the preset's), with paths as the strings a run's
+    config.json holds: `data=Path(...)` works as `data="..."` does."""
+    paths = ("data", "out", "init_from", "init")
+    return {k: str(v) if k in paths else v for k, v in overrides.items() if v is not None}
 
 
 def is_generated(data: str) -> bool:
@@ -315,6 +322,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     RunInterrupted (a KeyboardInterrupt).
     """
     validate(cfg)
+    if cfg.init_from and not cfg.resume:  # a wrong checkpoint is refused before any data is read
+        load_backbone(build_backbone(cfg.arch), cfg.init_from, cfg.arch)
     rt = make_runtime(cfg.device, cfg.precision, cfg.channels_last)
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     with hold_run_folder(out, cfg.resume, cfg.overwrite, rt):  # refusals before any data is read

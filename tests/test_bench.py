@@ -16,7 +16,9 @@ from smp_lite.errors import ConfigError
 
 
 def small_bench(data, **overrides) -> BenchConfig:
-    settings = dict(data=data, device="cpu", archs=("r3d10",), clip_len=8, resize=(32, 40), crop=32)
+    """Tiny clips, one step of each kind; `data` a Path, as the Python API allows."""
+    settings = dict(data=data, device="cpu", archs=("r3d10",), clip_len=8, resize=(32, 40))
+    settings |= dict(crop=32)
     settings |= dict(batch_size=2, original_batch=2, steps=1, rates=(1, 8), workers=(0,))
     settings |= dict(loader_batches=1, step_batches=1)
     return BenchConfig(**(settings | overrides))

@@ -201,12 +201,16 @@ def test_bad_evaluation_input_is_one_line(args, message, tmp_path) -> None:
     assert not (tmp_path / "x").exists()
 
 
-def test_a_checkpoint_of_another_architecture_is_refused_in_one_line(pretrained, tmp_path):
-    result = CliRunner().invoke(
-        app, ["probe", "--init", str(pretrained), "--arch", "c3d", "--out", str(tmp_path / "x")]
-    )
-    assert result.exit_code == 1
-    assert re.search(r"holds a r3d10 backbone, not c3d", result.output), result.output
+def test_a_checkpoint_of_another_architecture_is_refused_in_one_line(
+    pretrained, tmp_path, monkeypatch
+):
+    """Refused before any work: the default dataset is not even generated."""
+    monkeypatch.chdir(tmp_path)
+    for command in (["probe", "--init"], ["pretrain", "--init-from"]):
+        result = CliRunner().invoke(app, [*command, str(pretrained), "--arch", "c3d"])
+        assert result.exit_code == 1
+        assert re.search(r"holds a r3d10 backbone, not c3d", result.output), result.output
+    assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()
 
 
 def test_presets_of_evaluations() -> None:
