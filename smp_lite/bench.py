@@ -19,6 +19,7 @@ test: no number is checked against a target (docs/benchmarks.md holds the target
 
 from __future__ import annotations
 
+import itertools
 import os
 import platform
 import tempfile
@@ -101,18 +102,7 @@ def bench(cfg: BenchConfig, progress: bool = True) -> dict:
         **compute_alone(first, fp32, cfg.steps, peak),
     }
     say(f"compute, original style (fp32, no channels_last): {results['original_compute']}")
-    results["loader"] = []
-    videos = load_index(cfg.data).train
-    for rate in cfg.rates:
-        original = original_style_loader(
-            videos, sizes, rate, cfg.original_batch, cfg.loader_batches
-        )
-        for workers in cfg.workers:
-            ours = loader_alone(videos, sizes, rate, workers, cfg, rt)
-            results["loader"].append({"rate": rate, "workers": workers, "clips_per_s": ours})
-            say(f"loader rate {rate}, {workers} workers: {ours:.1f} clips/s")
-        results["loader"].append({"rate": rate, "workers": "original", "clips_per_s": original})
-        say(f"original-style loader rate {rate}: {original:.1f} clips/s")
+    results["loader"] = loader_rows(cfg, sizes, rt, say)
     if cfg.step_batches:
         results["step"] = end_to_end(cfg, preset, rt)
         say(f"end-to-end: {results['step']}")
@@ -243,24 +233,37 @@ def timed(fn, steps: int, rt: Runtime, warmup: int = 2) -> float:
 # Loading
 
 
-def loader_alone(
-    videos: tuple, sizes: TrainConfig, rate: int, workers: int, cfg: BenchConfig, rt
-) -> float:
-    """Clips/s of PRP training samples at one `rate` through a DataLoader, the first batch
-    (worker start-up) left out."""
-    dataset = VideoDataset(
-        videos,
-        mode="prp",
-        clip_len=sizes.clip_len,
-        resize=sizes.resize,
-        crop=sizes.crop,
-        rates=(rate,),
-        workers=2,
-    )
+def loader_rows(cfg: BenchConfig, sizes: TrainConfig, rt: Runtime, say) -> list[dict]:
+    """Per rate: our loader with each worker count, and the original code's style, on the
+    same training videos (frame counts read once per rate)."""
+    videos, rows = load_index(cfg.data).train, []
+    for rate in cfg.rates:
+        dataset = VideoDataset(
+            videos,
+            mode="prp",
+            clip_len=sizes.clip_len,
+            resize=sizes.resize,
+            crop=sizes.crop,
+            rates=(rate,),
+            workers=2,
+        )
+        for workers in [*cfg.workers, "original"]:
+            if workers == "original":
+                per_s = original_style_loader(dataset, cfg.original_batch, cfg.loader_batches)
+            else:
+                per_s = loader_alone(dataset, workers, cfg, rt)
+            rows.append({"rate": rate, "workers": workers, "clips_per_s": per_s})
+            say(f"loader at rate {rate}, {workers} workers: {per_s:.1f} clips/s")
+    return rows
+
+
+def loader_alone(dataset: VideoDataset, workers: int, cfg: BenchConfig, rt: Runtime) -> float:
+    """Clips/s of the dataset's samples through a DataLoader, the first batch (worker
+    start-up) left out."""
     sampler = EpochSampler(len(dataset), seed=0)
     loader = make_loader(dataset, sampler, cfg.batch_size, workers, rt, True)
     clips, t0 = 0, 0.0
-    for epoch in range(10**6):  # as many epochs as the batches need
+    for epoch in itertools.count():  # as many epochs as the batches need
         sampler.set_epoch(epoch)
         for batch in loader:
             if t0 == 0.0:
@@ -269,38 +272,36 @@ def loader_alone(
             clips += len(batch["clip"])
             if clips >= cfg.loader_batches * cfg.batch_size:
                 return clips / (time.perf_counter() - t0)
-    raise AssertionError("unreachable")
 
 
-def original_style_loader(
-    videos: tuple, sizes: TrainConfig, rate: int, batch: int, batches: int
-) -> float:
-    """Clips/s of the original code's loading style, one process (see the module's doc)."""
+def original_style_loader(dataset: VideoDataset, batch: int, batches: int) -> float:
+    """Clips/s of the original code's loading style, one process (see the module's doc), for
+    the dataset's videos, rate and clip sizes."""
     rng = np.random.default_rng(0)
-    lengths = [len(decord.VideoReader(str(v.path), num_threads=1)) for v in videos]
-    usable = [i for i, n in enumerate(lengths) if n > sizes.clip_len * rate]
-    t0, n = time.perf_counter(), batch * batches
+    rate = dataset.rates[0]
+    usable = [i for i, n in enumerate(dataset.frames) if n > dataset.clip_len * rate]
+    t0 = time.perf_counter()
     for _ in range(batches):
-        samples = [
-            original_style_sample(videos[i], lengths[i], sizes, rate, rng)
-            for i in rng.choice(usable, batch)
-        ]
+        picks = rng.choice(usable, batch)
+        samples = [original_style_sample(dataset, i, rate, rng) for i in picks]
         torch.utils.data.default_collate(samples)
-    return n / (time.perf_counter() - t0)
+    return batch * batches / (time.perf_counter() - t0)
 
 
-def original_style_sample(video, num_frames: int, sizes: TrainConfig, rate: int, rng) -> dict:
-    span = sizes.clip_len * rate
-    start = int(rng.integers(num_frames - span))
+def original_style_sample(dataset: VideoDataset, index: int, rate: int, rng) -> dict:
+    """A rate-`rate` sample of video `index` as the original code read it: every frame of the
+    span at full size, each resized with PIL, a centre crop, float32 clip, target and DPAU."""
+    video, num_frames = dataset.videos[index], dataset.frames[index]
+    clip_len, (h, w), c = dataset.clip_len, dataset.resize, dataset.crop
+    start = int(rng.integers(num_frames - clip_len * rate))
     reader = decord.VideoReader(str(video.path), num_threads=1)
-    frames = reader.get_batch(list(range(start, start + span + 1))).asnumpy()  # every frame
-    h, w = sizes.resize
+    frames = reader.get_batch(list(range(start, start + clip_len * rate + 1))).asnumpy()
     resized = np.stack(
         [np.asarray(Image.fromarray(f).resize((w, h), Image.BILINEAR)) for f in frames]
     )
-    top, left, c = (h - sizes.crop) // 2, (w - sizes.crop) // 2, sizes.crop
+    top, left = (h - c) // 2, (w - c) // 2
     frames = resized[:, top : top + c, left : left + c]
-    ids = sample_dilated_clip(len(frames), rate, sizes.clip_len, 0)
+    ids = sample_dilated_clip(len(frames), rate, clip_len, 0)
     chunks = torch.from_numpy(frames[ids.dpau.ravel()]).view(rate, 4, c, c, 3)
     return {
         "clip": float_clip(frames[ids.clip]),
@@ -324,9 +325,19 @@ def end_to_end(cfg: BenchConfig, preset: str, rt: Runtime) -> dict:
     data loading with the most workers of `cfg.workers`; no validation, no mid-epoch saves."""
     workers = max(cfg.workers)
     with tempfile.TemporaryDirectory() as out:
-        tcfg = task_config(cfg, preset, cfg.tasks[0], device=cfg.device, epochs=1,
-                           limit_batches=cfg.step_batches, val_fraction=0.0, precise_bn=0,
-                           save_every=0, workers=workers, out=out)  # fmt: skip
+        tcfg = task_config(
+            cfg,
+            preset,
+            cfg.tasks[0],
+            device=cfg.device,
+            epochs=1,
+            limit_batches=cfg.step_batches,
+            val_fraction=0.0,
+            precise_bn=0,
+            save_every=0,
+            workers=workers,
+            out=out,
+        )
         row = train(tcfg, progress=False)
     return {
         "arch": cfg.archs[0],
