@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from . import __version__, evaluate
+from .bench import BenchConfig, bench, bench_config, format_report, write_section
 from .errors import DataError, RunInterrupted, TrainError
 from .models import ARCHS
 from .synth import DEFAULT_DATA
@@ -192,9 +193,10 @@ HELP = {
 }
 
 
-def shown_default(name: str, presets: dict[str, tuple], help: str) -> str:
+def shown_default(name: str, presets: dict[str, tuple], help: str, sep: str = "x") -> str:
     """A setting's default as --help shows it: one value, or the value of each preset (and of
-    supervised runs, a preset's second config, where it differs); empty where `help` says it."""
+    supervised runs, a preset's second config, where it differs); empty where `help` says it.
+    `sep` joins the items of a tuple: "x" for a size, "," for a list."""
     values = {
         preset: tuple(getattr(c, name) for c in configs) for preset, configs in presets.items()
     }
@@ -202,29 +204,51 @@ def shown_default(name: str, presets: dict[str, tuple], help: str) -> str:
     if "default:" in help or first == "":
         return ""
     if len({v for each in values.values() for v in each}) == 1:
-        return f" [default: {show_value(first)}]"
+        return f" [default: {show_value(first, sep)}]"
     shown = [
-        f"{preset} {show_value(v[0])}"
-        + ("" if len(v) == 1 or v[1] == v[0] else f" (supervised {show_value(v[1])})")
+        f"{preset} {show_value(v[0], sep)}"
+        + ("" if len(v) == 1 or v[1] == v[0] else f" (supervised {show_value(v[1], sep)})")
         for preset, v in values.items()
     ]
     return f" [default: {', '.join(shown)}]"
 
 
-def show_value(value: object) -> str:
+def show_value(value: object, sep: str = "x") -> str:
     if isinstance(value, tuple):
-        return "x".join(map(str, value))
+        return sep.join(map(str, value))
     if isinstance(value, bool):
         return "on" if value else "off"
     return "auto" if value is None else str(value)
 
 
 def option_type(hint: object) -> type:
-    """The command-line type of a config field: HxW text for a size, X for `X | None`."""
-    if typing.get_origin(hint) is tuple:
-        return str
+    """The command-line type of a config field: text for a size (HxW) or a list (A,B), X for
+    `X | None`."""
+    hint = without_none(hint)
+    return str if typing.get_origin(hint) is tuple else hint
+
+
+def without_none(hint: object) -> object:
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if args else hint
+    return args[0] if type(None) in typing.get_args(hint) else hint
+
+
+def is_list(hint: object) -> bool:
+    """A variable-length tuple setting, `tuple[X, ...]`, given on the command line as A,B,C."""
+    return Ellipsis in typing.get_args(without_none(hint))
+
+
+def parse_option(value: object, hint: object) -> object:
+    """A list setting from "A,B,C", a size from "HxW"; any other as typer parsed it."""
+    if typing.get_origin(without_none(hint)) is not tuple:
+        return value
+    if not is_list(hint):
+        return parse_size(value)
+    kind = typing.get_args(without_none(hint))[0]
+    try:
+        return tuple(kind(v) for v in value.split(","))
+    except ValueError:
+        raise ValueError(f"{value!r} is not a comma-separated list of {kind.__name__}") from None
 
 
 def with_config_options(
@@ -241,10 +265,12 @@ def with_config_options(
     ]
     params = [p for p in own if p.kind is not p.KEYWORD_ONLY]
     for f in fields(config):
-        kind = option_type(hints[f.name])
-        metavar = "HxW" if typing.get_origin(hints[f.name]) is tuple else kind.__name__.upper()
+        kind, sep = option_type(hints[f.name]), "," if is_list(hints[f.name]) else "x"
+        metavar = kind.__name__.upper()
+        if typing.get_origin(without_none(hints[f.name])) is tuple:
+            metavar = "A,B,..." if sep == "," else "HxW"
         option = typer.Option(
-            help=help[f.name] + shown_default(f.name, presets, help[f.name]),
+            help=help[f.name] + shown_default(f.name, presets, help[f.name], sep),
             show_default=False,
             metavar=None if kind is bool else metavar,
         )
@@ -411,68 +437,26 @@ def reproduce_command(
     typer.echo(f"done in {summary['seconds'] / 60:.0f} min of steps: {where}/table1.md, ...")
 
 
-def bench_help(name: str, text: str) -> str:
-    """`text` with BenchConfig's default of `name`, comma-joined where it is a list."""
-    from .bench import BenchConfig
+# The help of each BenchConfig setting; defaults come from BenchConfig itself.
+BENCH_HELP = {
+    **{k: HELP[k] for k in ("data", "device", "batch_size")},
+    "preset": "Clip sizes of this pretraining preset [default: paper on a GPU, quick on a CPU].",
+    "archs": "Backbones, comma-separated.",
+    "tasks": "Tasks, comma-separated.",
+    "clip_len": "Frames per clip [default: the preset's].",
+    "resize": "Decode frames at HxW [default: the preset's].",
+    "crop": "Crop side [default: the preset's].",
+    "original_batch": "Batch of the original code's style.",
+    "steps": "Timed compute steps per setting.",
+    "rates": "Playback rates of the loader, comma-separated.",
+    "workers": "Loader worker counts, comma-separated.",
+    "loader_batches": "Timed loader batches per setting.",
+    "step_batches": "Batches of the end-to-end epoch (0: skip).",
+}
 
-    value = getattr(BenchConfig(), name)
-    shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
-    return f"{text} [default: {shown}]" if shown != "" else text
 
-
-def comma_list(text: str | None, kind: type) -> tuple | None:
-    if text is None:
-        return None
-    try:
-        return tuple(kind(v) for v in text.split(","))
-    except ValueError:
-        raise ValueError(f"{text!r} is not a comma-separated list of {kind.__name__}") from None
-
-
-@app.command("bench")
-@friendly_errors
 def bench_command(
-    data: Annotated[str | None, typer.Option(help=bench_help("data", HELP["data"]))] = None,
-    device: Annotated[str | None, typer.Option(help=bench_help("device", HELP["device"]))] = None,
-    preset: Annotated[
-        str | None,
-        typer.Option(
-            help="Clip sizes of this pretraining preset [default: paper on a GPU, quick on a CPU]."
-        ),
-    ] = None,
-    archs: Annotated[str | None, typer.Option(help=bench_help("archs", "Backbones."))] = None,
-    tasks: Annotated[str | None, typer.Option(help=bench_help("tasks", "Tasks."))] = None,
-    clip_len: Annotated[
-        int | None, typer.Option(help="Frames per clip [default: the preset's].")
-    ] = None,
-    resize: Annotated[
-        str | None, typer.Option(help="Decode frames at HxW [default: the preset's].")
-    ] = None,
-    crop: Annotated[int | None, typer.Option(help="Crop side [default: the preset's].")] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help=bench_help("batch_size", "Clips per batch."))
-    ] = None,
-    original_batch: Annotated[
-        int | None,
-        typer.Option(help=bench_help("original_batch", "Batch of the original code's style.")),
-    ] = None,
-    steps: Annotated[
-        int | None, typer.Option(help=bench_help("steps", "Timed compute steps per setting."))
-    ] = None,
-    rates: Annotated[
-        str | None, typer.Option(help=bench_help("rates", "Playback rates of the loader."))
-    ] = None,
-    workers: Annotated[
-        str | None, typer.Option(help=bench_help("workers", "Loader worker counts."))
-    ] = None,
-    loader_batches: Annotated[
-        int | None,
-        typer.Option(help=bench_help("loader_batches", "Timed loader batches per setting.")),
-    ] = None,
-    step_batches: Annotated[
-        int | None,
-        typer.Option(help=bench_help("step_batches", "Batches of the end-to-end epoch (0: skip).")),
-    ] = None,
+    *,
     write: Annotated[
         Path | None,
         typer.Option(
@@ -481,39 +465,28 @@ def bench_command(
         ),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Print each number as it is measured.")] = True,
+    **settings,
 ) -> None:
     """Time each part of a pretraining step alone: matmul peak, compute (with FLOPs and the
     share of the peak), the loader per rate and worker count, the original code's loading
     style on the same files, and train() end to end."""
-    from .bench import bench, bench_config, format_report, write_section
-
-    given = dict(
-        data=data,
-        device=device,
-        preset=preset,
-        archs=archs,
-        tasks=tasks,
-        clip_len=clip_len,
-        resize=resize,
-        crop=crop,
-        batch_size=batch_size,
-        original_batch=original_batch,
-        steps=steps,
-        rates=rates,
-        workers=workers,
-        loader_batches=loader_batches,
-        step_batches=step_batches,
+    hints = typing.get_type_hints(BenchConfig)
+    parsed = {k: parse_option(v, hints[k]) for k, v in settings.items() if v is not None}
+    options = [f"--{k.replace('_', '-')} {v}" for k, v in settings.items() if v is not None]
+    text = format_report(
+        bench(bench_config(**parsed), progress), " ".join(["smp-lite bench", *options])
     )
-    lists = {"archs": str, "tasks": str, "rates": int, "workers": int}
-    settings = {k: comma_list(v, lists[k]) if k in lists else v for k, v in given.items()}
-    settings["resize"] = parse_size(resize) if resize is not None else None
-    cfg = bench_config(**settings)
-    options = [f"--{k.replace('_', '-')} {v}" for k, v in given.items() if v is not None]
-    text = format_report(bench(cfg, progress), " ".join(["smp-lite bench", *options]))
     typer.echo(text)
     if write is not None:
         write_section(write, text)
         typer.echo(f"written to {write}")
+
+
+app.command("bench")(
+    friendly_errors(
+        with_config_options(bench_command, BenchConfig, {"": (BenchConfig(),)}, BENCH_HELP)
+    )
+)
 
 
 def resume_command(ctx: typer.Context, out: Path) -> str:
