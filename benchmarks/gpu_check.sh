@@ -13,11 +13,13 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #       --implementation cp --platform manylinux_2_28_x86_64 -d .whl decord2==3.4.0
 #
-# Run from anywhere:  bash benchmarks/gpu_check.sh [OUT]   (OUT: where the results go,
-# default $OUT or /tmp/gpu_check). It prints everything and writes OUT/benchmarks.md.
+# Run from anywhere:  bash benchmarks/gpu_check.sh [OUT [BENCH OPTIONS...]]   (OUT: where the
+# results go, default $OUT or /tmp/gpu_check; options after it override the bench's below).
+# It prints everything and writes OUT/benchmarks.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-/tmp/gpu_check}}
+shift || true
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 
@@ -34,6 +36,11 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.versio
 # the generated dataset, 600 videos: carried, or made here where PyAV is installed
 python3 -m smp_lite.cli data synth --out data/synth --workers 16
 
-python3 -m smp_lite.cli bench --device cuda --preset paper --archs r3d18,r3d10,c3d \
+# one loader process at the paper size: where a sample's time goes on this machine's CPU
+python3 benchmarks/loader_breakdown.py --data data/synth --videos 32 --rates 1,8 \
+    --size 128x171 --crop 112 | tee "$out/loader_breakdown.txt"
+
+python3 -m smp_lite.cli bench --device cuda --preset paper --archs r3d18,c3d \
     --tasks smp,supervised --batch-size 32 --workers 8,15 --rates 1,2,4,8 \
-    --loader-batches 6 --step-batches 70 --write "$out/benchmarks.md" | tee "$out/bench.txt"
+    --loader-batches 30 --step-batches 100 --variants fused,compile \
+    --write "$out/benchmarks.md" "$@" | tee "$out/bench.txt"

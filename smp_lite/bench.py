@@ -19,6 +19,7 @@ test: no number is checked against a target (docs/benchmarks.md holds the target
 
 from __future__ import annotations
 
+import csv
 import itertools
 import os
 import platform
@@ -51,6 +52,7 @@ from .train import (
 
 SECTION_START = "<!-- smp-lite bench: start -->"  # `--write` replaces what lies between these
 SECTION_END = "<!-- smp-lite bench: end -->"
+VARIANTS = ("fused", "compile")  # compute-only variants: fused SGD; torch.compile of the model
 
 
 @dataclass
@@ -68,8 +70,9 @@ class BenchConfig:
     steps: int = 5  # timed compute steps per setting, after 2 warm-up steps
     rates: tuple[int, ...] = RATES
     workers: tuple[int, ...] = (0, 2)
-    loader_batches: int = 6  # timed loader batches per setting, after the first
-    step_batches: int = 20  # batches of the end-to-end epoch (0: skip it)
+    loader_batches: int = 6  # timed loader batches per setting, after the workers' first round
+    step_batches: int = 20  # batches of the long end-to-end epoch (0: skip it)
+    variants: tuple[str, ...] = ()  # compute also timed with: fused (SGD), compile
 
 
 def bench(cfg: BenchConfig, progress: bool = True) -> dict:
@@ -90,9 +93,11 @@ def bench(cfg: BenchConfig, progress: bool = True) -> dict:
     for arch in cfg.archs:
         for task in cfg.tasks:
             tcfg = task_config(cfg, preset, task, arch=arch)
-            row = {"arch": arch, "task": task, **compute_alone(tcfg, rt, cfg.steps, peak)}
-            say(f"compute {arch} {task}: {row}")
-            results["compute"].append(row)
+            for variant in ["", *cfg.variants]:
+                numbers = compute_alone(tcfg, rt, cfg.steps, peak, variant=variant)
+                row = {"arch": arch, "task": task, "variant": variant, **numbers}
+                say(f"compute {arch} {task}: {row}")
+                results["compute"].append(row)
     first = task_config(cfg, preset, cfg.tasks[0], batch_size=cfg.original_batch)
     fp32 = replace(rt, precision="fp32", channels_last=False)
     results["original_compute"] = {
@@ -126,6 +131,7 @@ def validate_bench(cfg: BenchConfig) -> None:
         (cfg.steps > 0, f"steps must be positive, got {cfg.steps}"),
         (cfg.loader_batches > 0, f"loader batches must be positive, got {cfg.loader_batches}"),
         (cfg.step_batches >= 0, f"step batches must be 0 or more, got {cfg.step_batches}"),
+        (set(cfg.variants) <= set(VARIANTS), f"variants must be among {VARIANTS}: {cfg.variants}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -179,17 +185,27 @@ def synthetic_batch(cfg, classes: int, seed: int = 0) -> dict[str, torch.Tensor]
     return batch
 
 
-def compute_alone(cfg, rt: Runtime, steps: int, peak: float, classes: int = 101) -> dict:
-    """Clips/s of the task's step on one batch, bare and through the loop, with the FLOPs."""
+def compute_alone(
+    cfg, rt: Runtime, steps: int, peak: float, classes: int = 101, variant: str = ""
+) -> dict:
+    """Clips/s of the task's step on one batch, bare and through the loop, with the FLOPs;
+    `variant` "fused" steps a fused SGD, "compile" runs the model through torch.compile."""
     torch.manual_seed(cfg.seed)
     model = rt.prepare(build_model(cfg, classes))
     optimizer = make_optimizer(model, cfg)
+    if variant == "fused":
+        groups = [{"params": g["params"], "lr": g["lr"]} for g in optimizer.param_groups]
+        optimizer = torch.optim.SGD(
+            groups, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=True
+        )
     step = make_step(cfg, epoch=0)
     cpu_batch = synthetic_batch(cfg, classes)
     batch = rt.to_device(cpu_batch)
     with FlopCounterMode(display=False) as counter:
         bare_step(model, batch, step, optimizer, rt)
     flops = counter.get_total_flops() / cfg.batch_size  # forward + backward, per clip
+    if variant == "compile":
+        model.compile()  # in place, after the count: the step calls it as before
     bare = timed(lambda: bare_step(model, batch, step, optimizer, rt), steps, rt)
     metrics = task_metrics(cfg, classes).to(rt.device)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.precision == "fp16")
@@ -258,19 +274,23 @@ def loader_rows(cfg: BenchConfig, sizes: TrainConfig, rt: Runtime, say) -> list[
 
 
 def loader_alone(dataset: VideoDataset, workers: int, cfg: BenchConfig, rt: Runtime) -> float:
-    """Clips/s of the dataset's samples through a DataLoader, the first batch (worker
-    start-up) left out."""
+    """Steady clips/s of the dataset's samples through a DataLoader: timed from the end of the
+    workers' first round (each worker's first batch, made together with the start-up) over
+    whole rounds, `loader_batches` batches at least."""
     sampler = EpochSampler(len(dataset), seed=0)
     loader = make_loader(dataset, sampler, cfg.batch_size, workers, rt, True)
-    clips, t0 = 0, 0.0
+    first_round = max(workers, 1)
+    timed_batches = -(-cfg.loader_batches // first_round) * first_round
+    clips, seen, t0 = 0, 0, 0.0
     for epoch in itertools.count():  # as many epochs as the batches need
         sampler.set_epoch(epoch)
         for batch in loader:
-            if t0 == 0.0:
+            seen += 1
+            if seen == first_round:
                 t0 = time.perf_counter()
-                continue
-            clips += len(batch["clip"])
-            if clips >= cfg.loader_batches * cfg.batch_size:
+            elif seen > first_round:
+                clips += len(batch["clip"])
+            if seen == first_round + timed_batches:
                 return clips / (time.perf_counter() - t0)
 
 
@@ -321,31 +341,56 @@ def float_clip(frames: np.ndarray) -> torch.Tensor:
 
 
 def end_to_end(cfg: BenchConfig, preset: str, rt: Runtime) -> dict:
-    """`train()`'s clips/s over one epoch of `step_batches` batches of the first arch and task,
-    data loading with the most workers of `cfg.workers`; no validation, no mid-epoch saves."""
-    workers = max(cfg.workers)
-    with tempfile.TemporaryDirectory() as out:
-        tcfg = task_config(
-            cfg,
-            preset,
-            cfg.tasks[0],
-            device=cfg.device,
-            epochs=1,
-            limit_batches=cfg.step_batches,
-            val_fraction=0.0,
-            precise_bn=0,
-            save_every=0,
-            workers=workers,
-            out=out,
-        )
-        row = train(tcfg, progress=False)
+    """`train()` on the first arch and task, loading with the most workers of `cfg.workers`,
+    no validation, no mid-epoch saves: the clips/s of one epoch of `step_batches` batches, and
+    the steady clips/s, from that epoch and one a quarter as long (the start-up, the same in
+    both, cancels out of their difference). The training videos are listed as many times as
+    the long epoch needs."""
+    long, short = cfg.step_batches, max(cfg.step_batches // 4, 1)
+    seconds = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = repeated_list(cfg.data, long * cfg.batch_size, Path(tmp))
+        for batches in sorted({short, long}):
+            tcfg = task_config(
+                cfg,
+                preset,
+                cfg.tasks[0],
+                data=data,
+                device=cfg.device,
+                epochs=1,
+                limit_batches=batches,
+                val_fraction=0.0,
+                precise_bn=0,
+                save_every=0,
+                workers=max(cfg.workers),
+                out=f"{tmp}/run-{batches}",
+            )
+            row = train(tcfg, progress=False)
+            seconds[batches] = batches * cfg.batch_size / row["clips_per_s"]
+    extra = seconds[long] - seconds[short]  # 0 when both are one batch: no steady figure
+    steady = (long - short) * cfg.batch_size / extra if extra > 0 else float("nan")
     return {
         "arch": cfg.archs[0],
         "task": cfg.tasks[0],
-        "workers": workers,
-        "batches": cfg.step_batches,
-        "clips_per_s": row["clips_per_s"],
+        "workers": max(cfg.workers),
+        "batches": long,
+        "clips_per_s": long * cfg.batch_size / seconds[long],
+        "steady_clips_per_s": steady,
     }
+
+
+def repeated_list(data: str, clips: int, folder: Path) -> str:
+    """A CSV list (data.read_csv_list) of `data`'s training videos, repeated to `clips` rows
+    at least: an epoch as long as a benchmark needs, on a small dataset."""
+    index = load_index(data)
+    repeats = -(-clips // len(index.train))
+    path = folder / "train.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label"])
+        rows = [(str(v.path.resolve()), index.classes[v.label]) for v in index.train]
+        writer.writerows(rows * repeats)
+    return str(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,13 +405,14 @@ def format_report(results: dict, command: str) -> str:
         f"({results['clip']}), batch {results['batch_size']}. Matmul peak measured in the same "
         f"run: {peak / 1e12:.2f} TFLOP/s.",
         "",
-        "| arch | task | GFLOP per clip (fwd+bwd) | compute alone, clips/s | share of peak | "
-        "through the loop's step, clips/s |",
-        "|---|---|---|---|---|---|",
+        "| arch | task | variant | GFLOP per clip (fwd+bwd) | compute alone, clips/s | "
+        "share of peak | through the loop's step, clips/s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results["compute"]:
         lines.append(
-            f"| `{r['arch']}` | {r['task']} | {r['gflop_per_clip']:.1f} | "
+            f"| `{r['arch']}` | {r['task']} | {r['variant'] or 'as trained'} | "
+            f"{r['gflop_per_clip']:.1f} | "
             f"{r['bare_clips_per_s']:.1f} | {100 * r['peak_share']:.1f}% | "
             f"{r['loop_clips_per_s']:.1f} |"
         )
@@ -394,7 +440,9 @@ def format_report(results: dict, command: str) -> str:
         lines += [
             "",
             f"End to end, `train()` on {s['task']} `{s['arch']}` with {s['workers']} workers, "
-            f"one epoch of {s['batches']} batches: {s['clips_per_s']:.1f} clips/s.",
+            f"one epoch of {s['batches']} batches: {s['clips_per_s']:.1f} clips/s; steady "
+            f"(the start-up cancelled against an epoch a quarter as long): "
+            f"{s['steady_clips_per_s']:.1f} clips/s.",
         ]
     return "\n".join(lines) + "\n"
 

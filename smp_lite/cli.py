@@ -450,8 +450,10 @@ BENCH_HELP = {
     "steps": "Timed compute steps per setting.",
     "rates": "Playback rates of the loader, comma-separated.",
     "workers": "Loader worker counts, comma-separated.",
-    "loader_batches": "Timed loader batches per setting.",
-    "step_batches": "Batches of the end-to-end epoch (0: skip).",
+    "loader_batches": "Timed loader batches per setting, after each worker's first batch.",
+    "step_batches": "Batches of the long end-to-end epoch (0: skip).",
+    "variants": "Also time the compute with: fused (SGD), compile (torch.compile), "
+    "comma-separated.",
 }
 
 
