@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Every speed figure of a GPU machine in one go (docs/benchmarks.md, "On a GPU"): the matmul
-# peak, compute alone per backbone and task with FLOPs and share of the peak, the compute of the
-# original code's style, the loader alone per playback rate and worker count, the original
-# code's loading style on the same files, and `train()` end to end over a 70-batch epoch.
+# Every speed figure of a GPU machine in one go (docs/benchmarks.md, "On a GPU"): a loader
+# process's breakdown, the training loop's synchronisations, the matmul peak, compute alone per
+# backbone and task (compiled as training runs it, and eager) with FLOPs and share of the peak,
+# the compute of the original code's style, the loader alone per playback rate and worker count
+# and with the rates mixed, the original code's loading style on the same files, and `train()`
+# end to end, steady, over a 100-batch epoch.
 #
 # For a fresh GPU machine (H100/H200 class, 16 cores, PyTorch installed, no network), in under
 # 8 minutes. It installs nothing from the network. What such a machine lacks travels with the
@@ -40,7 +42,10 @@ python3 -m smp_lite.cli data synth --out data/synth --workers 16
 python3 benchmarks/loader_breakdown.py --data data/synth --videos 32 --rates 1,8 \
     --size 128x171 --crop 112 | tee "$out/loader_breakdown.txt"
 
+# the training loop's waits for the GPU, and torch.compile's graphs over SMP's lambda
+python3 benchmarks/sync_probe.py 2>&1 | grep -v Warning | tee "$out/sync_probe.txt"
+
 python3 -m smp_lite.cli bench --device cuda --preset paper --archs r3d18,c3d \
     --tasks smp,supervised --batch-size 32 --workers 8,15 --rates 1,2,4,8 \
-    --loader-batches 30 --step-batches 100 --variants fused,compile \
+    --loader-batches 30 --step-batches 100 --variants eager \
     --write "$out/benchmarks.md" "$@" | tee "$out/bench.txt"

@@ -12,7 +12,7 @@ import time
 
 import decord
 
-from smp_lite.data import VideoDataset, load_index, open_video, sample_dilated_clip
+from smp_lite.data import VideoDataset, load_index, open_video, read_frames, sample_dilated_clip
 
 
 def row(videos: tuple, rate: int, size: tuple[int, int], crop: int) -> list[float]:
@@ -25,13 +25,13 @@ def row(videos: tuple, rate: int, size: tuple[int, int], crop: int) -> list[floa
     times.append(time.perf_counter() - t0)
     t0 = time.perf_counter()
     for i, video in enumerate(videos):
-        reader = open_video(video.path, size)
+        reader = open_video(video.path)
         ids = sample_dilated_clip(len(reader), rate, 16, i % (len(reader) - span))
-        reader.get_batch(sorted({*ids.target.tolist(), *ids.dpau.ravel().tolist()})).asnumpy()
+        read_frames(reader, sorted({*ids.target.tolist(), *ids.dpau.ravel().tolist()}), size)
     times.append(time.perf_counter() - t0)
     t0 = time.perf_counter()
     for video in videos:
-        len(open_video(video.path, size))
+        len(open_video(video.path))
     times.append(time.perf_counter() - t0)
     t0 = time.perf_counter()
     for i, video in enumerate(videos):

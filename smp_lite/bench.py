@@ -31,13 +31,14 @@ from pathlib import Path
 import decord
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from .data import RATES, EpochSampler, VideoDataset, load_index, sample_dilated_clip
 from .engine import Runtime, ensure_default_dataset, make_loader, make_runtime, train_steps
 from .errors import ConfigError
-from .masks import motion_mask_dpau
+from .masks import rescale_per_map
 from .models import NUM_RATES
 from .synth import DEFAULT_DATA
 from .train import (
@@ -52,7 +53,8 @@ from .train import (
 
 SECTION_START = "<!-- smp-lite bench: start -->"  # `--write` replaces what lies between these
 SECTION_END = "<!-- smp-lite bench: end -->"
-VARIANTS = ("fused", "compile")  # compute-only variants: fused SGD; torch.compile of the model
+VARIANTS = ("fused", "eager", "compiled")  # compute also timed with fused SGD, without or with
+# torch.compile (the device's default: Runtime.compile)
 
 
 @dataclass
@@ -72,7 +74,7 @@ class BenchConfig:
     workers: tuple[int, ...] = (0, 2)
     loader_batches: int = 6  # timed loader batches per setting, after the workers' first round
     step_batches: int = 20  # batches of the long end-to-end epoch (0: skip it)
-    variants: tuple[str, ...] = ()  # compute also timed with: fused (SGD), compile
+    variants: tuple[str, ...] = ()  # compute also timed with: fused (SGD), eager, compiled
 
 
 def bench(cfg: BenchConfig, progress: bool = True) -> dict:
@@ -99,7 +101,7 @@ def bench(cfg: BenchConfig, progress: bool = True) -> dict:
                 say(f"compute {arch} {task}: {row}")
                 results["compute"].append(row)
     first = task_config(cfg, preset, cfg.tasks[0], batch_size=cfg.original_batch)
-    fp32 = replace(rt, precision="fp32", channels_last=False)
+    fp32 = replace(rt, precision="fp32", channels_last=False, compile=False)
     results["original_compute"] = {
         "arch": first.arch,
         "task": first.task,
@@ -189,7 +191,9 @@ def compute_alone(
     cfg, rt: Runtime, steps: int, peak: float, classes: int = 101, variant: str = ""
 ) -> dict:
     """Clips/s of the task's step on one batch, bare and through the loop, with the FLOPs;
-    `variant` "fused" steps a fused SGD, "compile" runs the model through torch.compile."""
+    `variant` "fused" steps a fused SGD, "eager" and "compiled" turn torch.compile off or on."""
+    if variant in ("eager", "compiled"):
+        rt = replace(rt, compile=variant == "compiled")
     torch.manual_seed(cfg.seed)
     model = rt.prepare(build_model(cfg, classes))
     optimizer = make_optimizer(model, cfg)
@@ -204,17 +208,19 @@ def compute_alone(
     with FlopCounterMode(display=False) as counter:
         bare_step(model, batch, step, optimizer, rt)
     flops = counter.get_total_flops() / cfg.batch_size  # forward + backward, per clip
-    if variant == "compile":
-        model.compile()  # in place, after the count: the step calls it as before
+    model = rt.wrap(model)  # torch.compile where the run would, after the count
     bare = timed(lambda: bare_step(model, batch, step, optimizer, rt), steps, rt)
     metrics = task_metrics(cfg, classes).to(rt.device)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.precision == "fp16")
+    if rt.device.type == "cuda":  # in pinned memory, as the loader hands batches over
+        cpu_batch = {k: v.pin_memory() for k, v in cpu_batch.items()}
+    batches = [cpu_batch] * steps  # one pass: each batch's copy overlaps the step before
 
     def loop_steps() -> None:
-        for _ in train_steps(model, [dict(cpu_batch)], step, optimizer, scaler, metrics, rt, set()):
+        for _ in train_steps(model, batches, step, optimizer, scaler, metrics, rt, set()):
             pass
 
-    loop = timed(loop_steps, steps, rt)
+    loop = timed(loop_steps, 1, rt, warmup=1) / steps
     per_s = cfg.batch_size / bare
     return {
         "gflop_per_clip": flops / 1e9,
@@ -250,17 +256,20 @@ def timed(fn, steps: int, rt: Runtime, warmup: int = 2) -> float:
 
 
 def loader_rows(cfg: BenchConfig, sizes: TrainConfig, rt: Runtime, say) -> list[dict]:
-    """Per rate: our loader with each worker count, and the original code's style, on the
-    same training videos (frame counts read once per rate)."""
+    """Per rate, then with the rates mixed as training draws them ("mixed"): our loader with
+    each worker count, and the original code's style, on the same training videos (frame
+    counts read once per row)."""
     videos, rows = load_index(cfg.data).train, []
-    for rate in cfg.rates:
+    mixed = [tuple(cfg.rates)] if len(cfg.rates) > 1 else []
+    for rates in [(r,) for r in cfg.rates] + mixed:
+        rate = rates[0] if len(rates) == 1 else "mixed"
         dataset = VideoDataset(
             videos,
             mode="prp",
             clip_len=sizes.clip_len,
             resize=sizes.resize,
             crop=sizes.crop,
-            rates=(rate,),
+            rates=rates,
             workers=2,
         )
         for workers in [*cfg.workers, "original"]:
@@ -296,14 +305,14 @@ def loader_alone(dataset: VideoDataset, workers: int, cfg: BenchConfig, rt: Runt
 
 def original_style_loader(dataset: VideoDataset, batch: int, batches: int) -> float:
     """Clips/s of the original code's loading style, one process (see the module's doc), for
-    the dataset's videos, rate and clip sizes."""
+    the dataset's videos, rates (one drawn per sample) and clip sizes."""
     rng = np.random.default_rng(0)
-    rate = dataset.rates[0]
-    usable = [i for i, n in enumerate(dataset.frames) if n > dataset.clip_len * rate]
     t0 = time.perf_counter()
     for _ in range(batches):
-        picks = rng.choice(usable, batch)
-        samples = [original_style_sample(dataset, i, rate, rng) for i in picks]
+        samples = []
+        for rate in rng.choice(dataset.rates, batch):
+            i = int(rng.choice(dataset.long_enough[rate]))
+            samples.append(original_style_sample(dataset, i, int(rate), rng))
         torch.utils.data.default_collate(samples)
     return batch * batches / (time.perf_counter() - t0)
 
@@ -322,13 +331,22 @@ def original_style_sample(dataset: VideoDataset, index: int, rate: int, rng) -> 
     top, left = (h - c) // 2, (w - c) // 2
     frames = resized[:, top : top + c, left : left + c]
     ids = sample_dilated_clip(len(frames), rate, clip_len, 0)
-    chunks = torch.from_numpy(frames[ids.dpau.ravel()]).view(rate, 4, c, c, 3)
+    chunks = float_clip(frames[ids.dpau.ravel()]).unflatten(1, (rate, 4))  # (3, s, 4, c, c)
     return {
         "clip": float_clip(frames[ids.clip]),
         "target": float_clip(frames[ids.target]),
-        "dpau": motion_mask_dpau(chunks),
+        "dpau": original_dpau(chunks.transpose(0, 1)).repeat_interleave(2 * clip_len // rate, 1),
         "rate": RATES.index(rate),
     }
+
+
+def original_dpau(chunks: torch.Tensor) -> torch.Tensor:
+    """(s, 3, 4, c, c) float frames -> (3, s, 13, 13): the original's DPAU, avg_pool3d over the
+    squared differences, rescaled into [0.8, 2] per map."""
+    c = chunks.shape[-1]
+    diff = (chunks[:, :, 1:] - chunks[:, :, :-1]).pow(2)
+    pooled = F.avg_pool3d(diff, (3, c // 4, c // 4), stride=(3, c // 16, c // 16))[:, :, 0]
+    return rescale_per_map(pooled.flatten(2)).view_as(pooled).transpose(0, 1)
 
 
 def float_clip(frames: np.ndarray) -> torch.Tensor:
@@ -350,7 +368,7 @@ def end_to_end(cfg: BenchConfig, preset: str, rt: Runtime) -> dict:
     seconds = {}
     with tempfile.TemporaryDirectory() as tmp:
         data = repeated_list(cfg.data, long * cfg.batch_size, Path(tmp))
-        for batches in sorted({short, long}):
+        for batches in sorted({short, long}, reverse=True):  # a cold cache slows the first
             tcfg = task_config(
                 cfg,
                 preset,
@@ -423,16 +441,17 @@ def format_report(results: dict, command: str) -> str:
         f"{o['batch_size']}, no channels_last): {o['bare_clips_per_s']:.1f} clips/s, "
         f"{100 * o['peak_share']:.1f}% of the peak above.",
     ]
-    columns = sorted({r["workers"] for r in results["loader"]}, key=str)  # 0, 2, ..., original
+    columns = list(dict.fromkeys(r["workers"] for r in results["loader"]))  # 0, 2, ..., original
     names = [f"{w} workers" if w != "original" else "original style" for w in columns]
     lines += [
         "",
-        "Loader alone, PRP training samples, clips/s (original style: one process):",
+        "Loader alone, PRP training samples, clips/s (original style: one process; mixed: "
+        "a rate drawn per sample, as training does):",
         "",
         "| rate | " + " | ".join(names) + " |",
         "|---" * (len(columns) + 1) + "|",
     ]
-    for rate in sorted({r["rate"] for r in results["loader"]}):
+    for rate in dict.fromkeys(r["rate"] for r in results["loader"]):  # 1, 2, ..., mixed
         cells = {r["workers"]: r["clips_per_s"] for r in results["loader"] if r["rate"] == rate}
         lines.append(f"| {rate} | " + " | ".join(f"{cells[w]:.1f}" for w in columns) + " |")
     if "step" in results:

@@ -174,6 +174,8 @@ HELP = {
     "precision": "auto (bf16 on GPUs and CPUs with native bf16, else fp16 on a GPU, fp32 on a "
     "CPU), bf16, fp16 (GPUs only) or fp32.",
     "channels_last": "channels_last_3d memory layout (auto: on with a GPU or bf16).",
+    "compile": "Run the trained model through torch.compile (auto: on with a GPU; compiling "
+    "takes a minute or two there, and much longer on a CPU).",
     "seed": "Random seed: the same seed gives the same numbers on a CPU.",
     "limit_batches": "Stop each epoch after N batches (0 = all; for smoke tests).",
     "save_every": "Also save last.pt every N steps within an epoch (0 = at epoch ends only).",
@@ -452,8 +454,8 @@ BENCH_HELP = {
     "workers": "Loader worker counts, comma-separated.",
     "loader_batches": "Timed loader batches per setting, after each worker's first batch.",
     "step_batches": "Batches of the long end-to-end epoch (0: skip).",
-    "variants": "Also time the compute with: fused (SGD), compile (torch.compile), "
-    "comma-separated.",
+    "variants": "Also time the compute with: fused (SGD), eager (no torch.compile), compiled "
+    "(torch.compile), comma-separated.",
 }
 
 

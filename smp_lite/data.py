@@ -35,6 +35,7 @@ from pathlib import Path
 import decord
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
 from .errors import DataError
@@ -308,9 +309,28 @@ def sample_dilated_clip(num_frames: int, rate: int, clip_len: int, start: int) -
 # Decoding
 
 
-def open_video(path: Path, size: tuple[int, int]):
-    """A decord reader that resizes on decode to size=(H, W); len() is the frame count."""
-    return decord.VideoReader(str(path), width=size[1], height=size[0], num_threads=1)
+def open_video(path: Path):
+    """A decord reader at the video's own frame size; len() is the frame count."""
+    return decord.VideoReader(str(path), num_threads=1)
+
+
+def read_frames(reader, indices: list[int], size: tuple[int, int]) -> np.ndarray:
+    """Frames `indices` of `reader`, resized to size=(H, W): (N, H, W, 3) uint8.
+
+    Decoded at the video's own size, then resized by `resize_frames`: decord's resize-on-decode
+    (swscale) cost as much as the decoding itself (docs/benchmarks.md, "Decoding less").
+    """
+    return resize_frames(reader.get_batch(indices).asnumpy(), size)
+
+
+def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(N, h, w, 3) -> (N, H, W, 3) uint8, bilinear with antialiasing as PIL resizes (the
+    original code's resampler; torch's uint8 kernel is within 1 of it)."""
+    if frames.shape[1:3] == tuple(size):
+        return frames
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (N, 3, h, w), channels_last in memory
+    x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return x.permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def count_frames(
@@ -475,7 +495,7 @@ class VideoDataset(Dataset):
 
     def load_clip(self, video: Video, rng: np.random.Generator, view: int) -> dict:
         """`clip_len` consecutive frames and the label; raises if unreadable or too short."""
-        reader = open_video(video.path, self.resize)
+        reader = open_video(video.path)
         num_frames = len(reader)
         if num_frames < self.need(1):  # the same rule as "prp": rate 1 must fit
             raise ValueError(f"{num_frames} frames, too short for a {self.clip_len}-frame clip")
@@ -484,12 +504,12 @@ class VideoDataset(Dataset):
         else:  # centred at linspace(T/2, frames - T/2, views)[view]
             last = num_frames - self.clip_len
             start = round(last * view / (self.views - 1)) if self.views > 1 else last // 2
-        frames = reader.get_batch(list(range(start, start + self.clip_len))).asnumpy()
+        frames = read_frames(reader, list(range(start, start + self.clip_len)), self.resize)
         return {"clip": self.to_clip(self.crop_frames(frames, rng)), "label": video.label}
 
     def load_prp(self, video: Video, rng: np.random.Generator, rate: int) -> dict:
         """A PRP sample of `video` at `rate`; raises if unreadable or too short for it."""
-        reader = open_video(video.path, self.resize)
+        reader = open_video(video.path)
         num_frames = len(reader)
         if num_frames < self.need(rate):
             too_short = "any playback rate" if num_frames < self.need(1) else f"rate {rate}"
@@ -498,7 +518,7 @@ class VideoDataset(Dataset):
         ids = sample_dilated_clip(num_frames, rate, self.clip_len, start)
         needed = np.concatenate([ids.target, ids.dpau.ravel()])
         wanted, where = np.unique(needed, return_inverse=True)  # decode each frame once
-        frames = self.crop_frames(reader.get_batch(wanted.tolist()).asnumpy(), rng)
+        frames = self.crop_frames(read_frames(reader, wanted.tolist(), self.resize), rng)
         n_target = len(ids.target)
         target = frames[where[:n_target]]  # (2T, h, w, 3)
         if rate == 1:  # fillers: mean of the neighbouring real frames, the last repeats f15

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torchmetrics import MeanMetric, MetricCollection, SumMetric
+from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from torchmetrics.wrappers import ClasswiseWrapper
 from tqdm import tqdm  # text bars: the same in a terminal and a notebook
@@ -45,6 +45,7 @@ from .engine import (
     ensure_default_dataset,
     fit,
     hold_run_folder,
+    loss_metrics,
     make_loader,
     make_runtime,
     unwrap,
@@ -79,6 +80,7 @@ class EvalConfig:
     device: str = "auto"
     precision: str = "auto"
     channels_last: bool | None = None
+    compile: bool | None = None  # torch.compile the trained model; None: on a GPU
     seed: int = 0
     resume: bool = False
     overwrite: bool = False
@@ -200,7 +202,7 @@ def start_eval(cfg: EvalConfig) -> tuple[Runtime, Path]:
     validate_eval(cfg)
     if cfg.init != "random":  # a wrong checkpoint is refused before any data is read or made
         load_backbone(build_backbone(cfg.arch), cfg.init, cfg.arch)
-    rt = make_runtime(cfg.device, cfg.precision, cfg.channels_last)
+    rt = make_runtime(cfg.device, cfg.precision, cfg.channels_last, cfg.compile)
     return rt, eval_out(cfg)
 
 
@@ -476,8 +478,7 @@ def same_step(epoch: int, training: bool, step):
 
 
 def classifier_metrics(head: str, classes: int) -> MetricCollection:
-    metrics = {name: MeanMetric().set_dtype(torch.float64) for name in ("loss", "ce")}
-    metrics["clips"] = SumMetric().set_dtype(torch.float64)
+    metrics = loss_metrics(["ce"])
     metrics[f"acc_{head}"] = MulticlassAccuracy(classes, average="micro", validate_args=False)
     if head == "speed":
         per_rate = MulticlassAccuracy(classes, average="none", validate_args=False)

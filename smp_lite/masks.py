@@ -25,20 +25,21 @@ def motion_mask_dpau(chunks: torch.Tensor) -> torch.Tensor:
     chunks: (s, 4, H, W, 3) uint8, per chunk of T original frames the 4 differenced frames.
     Returns (3, s, 13, 13) in [0.8, 2.0]; `upsample_mask` brings it to the target's size.
     The original's avg_pool3d, kernel (3, H/4, W/4) and stride (3, H/16, W/16) over the 3
-    squared differences, computed in NumPy: in a loader, torch's intra-op threads cost more
-    than the pooling itself (4 ms a sample on 2 cores, docs/benchmarks.md).
+    squared differences of [0, 1] frames, computed in NumPy on integers (exact until the
+    division): in a loader, torch's intra-op threads cost more than the pooling itself (4 ms a
+    sample on 2 cores, docs/benchmarks.md).
     """
-    x = chunks.numpy().astype(np.float32) / 255
-    diff = np.square(x[:, 1:] - x[:, :-1]).mean(1)  # (s, H, W, 3): the window spans all 3
-    h, w = diff.shape[1:3]
-    pooled = box_mean(diff, (h // 4, w // 4), (h // 16, w // 16))  # (s, 13, 13, 3)
+    x = chunks.numpy().astype(np.int32)
+    squares = np.square(x[:, 1:] - x[:, :-1]).sum(1)  # (s, H, W, 3): the window spans all 3
+    h, w = squares.shape[1:3]
+    pooled = box_mean(squares, (h // 4, w // 4), (h // 16, w // 16)) / (3 * 255**2)
     pooled = torch.from_numpy(pooled).permute(0, 3, 1, 2)  # (s, 3, 13, 13)
     return rescale_per_map(pooled.flatten(2)).view_as(pooled).transpose(0, 1).contiguous()
 
 
 def box_mean(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int]) -> np.ndarray:
     """(s, H, W, C) -> (s, (H - kh) // sh + 1, (W - kw) // sw + 1, C) float32: the mean of each
-    kh x kw window, from the summed-area table (float64: exact enough at any clip size)."""
+    kh x kw window, from the summed-area table (float64: exact for sums of integers < 2**53)."""
     (kh, kw), (sh, sw) = kernel, stride
     table = np.zeros((x.shape[0], x.shape[1] + 1, x.shape[2] + 1, x.shape[3]))
     table[:, 1:, 1:] = x.cumsum(1, dtype=np.float64).cumsum(2)

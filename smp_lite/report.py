@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from .checkpoint import read_metrics
-from .data import load_index, open_video
+from .data import load_index, open_video, read_frames
 from .errors import TrainError
 
 
@@ -368,5 +368,5 @@ def plot_neighbour_frames(
 
 
 def middle_frame(path: Path):
-    reader = open_video(path, (96, 128))
-    return reader[len(reader) // 2].asnumpy()
+    reader = open_video(path)
+    return read_frames(reader, [len(reader) // 2], (96, 128))[0]

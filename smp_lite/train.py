@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from torchmetrics import MeanMetric, MetricCollection, SumMetric
+from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.wrappers import ClasswiseWrapper
 
@@ -40,6 +40,7 @@ from .engine import (
     ensure_default_dataset,
     fit,
     hold_run_folder,
+    loss_metrics,
     make_loader,
     make_runtime,
 )
@@ -91,6 +92,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"  # auto, bf16, fp16, fp32
     channels_last: bool | None = None  # None: on where it pays (GPU, CPU with bf16)
+    compile: bool | None = None  # torch.compile the training model; None: on a GPU
     seed: int = 0
     limit_batches: int = 0  # >0: stop each epoch after this many batches (smoke runs)
     save_every: int = 100  # steps between mid-epoch saves of last.pt (0: at epoch ends only)
@@ -265,8 +267,7 @@ def task_metrics(cfg: TrainConfig, num_classes: int) -> MetricCollection:
         n_heads = len(HEAD_NAMES) if cfg.task == "smp" and cfg.mg else 1
         terms = ["recon", "ce"] + (["ce_mg"] if n_heads > 1 else [])
         heads = {name: NUM_RATES for name in HEAD_NAMES[:n_heads]}
-    metrics = {name: MeanMetric().set_dtype(torch.float64) for name in ["loss", *terms]}
-    metrics["clips"] = SumMetric().set_dtype(torch.float64)
+    metrics = loss_metrics(terms)
     for name, classes in heads.items():
         metrics[f"acc_{name}"] = MulticlassAccuracy(classes, average="micro", validate_args=False)
     if cfg.task != "supervised":  # acc_at_rate_1, ..., acc_at_rate_8
@@ -324,7 +325,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     validate(cfg)
     if cfg.init_from and not cfg.resume:  # a wrong checkpoint is refused before any data is read
         load_backbone(build_backbone(cfg.arch), cfg.init_from, cfg.arch)
-    rt = make_runtime(cfg.device, cfg.precision, cfg.channels_last)
+    rt = make_runtime(cfg.device, cfg.precision, cfg.channels_last, cfg.compile)
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     with hold_run_folder(out, cfg.resume, cfg.overwrite, rt):  # refusals before any data is read
         ensure_default_dataset(cfg.data, rt)

@@ -20,19 +20,22 @@ def small_bench(data, **overrides) -> BenchConfig:
     settings = dict(data=data, device="cpu", archs=("r3d10",), clip_len=8, resize=(32, 40))
     settings |= dict(crop=32)
     settings |= dict(batch_size=2, original_batch=2, steps=1, rates=(1, 8), workers=(0,))
-    settings |= dict(loader_batches=1, step_batches=1)
+    settings |= dict(loader_batches=1, step_batches=4)
     return BenchConfig(**(settings | overrides))
 
 
 def test_bench_measures_every_part_and_reports_it(synth_tiny) -> None:
-    results = bench(small_bench(synth_tiny), progress=False)
+    results = bench(small_bench(synth_tiny, variants=("fused",)), progress=False)
     assert results["peak_flops"] > 0 and results["preset"] == "quick"  # the CPU's default
     assert results["clip"] == "8x32x32 from 32x40"
-    assert [(r["arch"], r["task"]) for r in results["compute"]] == [
-        ("r3d10", "smp"),
-        ("r3d10", "supervised"),
+    assert [(r["arch"], r["task"], r["variant"]) for r in results["compute"]] == [
+        ("r3d10", "smp", ""),
+        ("r3d10", "smp", "fused"),
+        ("r3d10", "supervised", ""),
+        ("r3d10", "supervised", "fused"),
     ]
-    smp, supervised = results["compute"]
+    smp, smp_fused, supervised, _ = results["compute"]
+    assert smp_fused["gflop_per_clip"] == smp["gflop_per_clip"]
     # the SMP model adds the decoder and three rate heads to the same backbone
     assert smp["gflop_per_clip"] > 1.5 * supervised["gflop_per_clip"] > 0
     for r in results["compute"]:
@@ -45,17 +48,19 @@ def test_bench_measures_every_part_and_reports_it(synth_tiny) -> None:
             )
         )
     loaders = {(r["rate"], r["workers"]): r["clips_per_s"] for r in results["loader"]}
-    assert set(loaders) == {(rate, w) for rate in (1, 8) for w in (0, "original")}
+    assert set(loaders) == {(rate, w) for rate in (1, 8, "mixed") for w in (0, "original")}
     assert all(v > 0 for v in loaders.values())
-    assert results["step"]["batches"] == 1 and results["step"]["clips_per_s"] > 0
+    assert results["step"]["batches"] == 4 and results["step"]["clips_per_s"] > 0
+    assert results["step"]["steady_clips_per_s"] > 0  # from epochs of 4 and 1 batches
     original = results["original_compute"]
     assert original["batch_size"] == 2 and original["gflop_per_clip"] == smp["gflop_per_clip"]
 
     text = format_report(results, "smp-lite bench --device cpu")
     assert "`smp-lite bench --device cpu`" in text
-    assert "| `r3d10` | smp |" in text and "| `r3d10` | supervised |" in text
+    assert "| `r3d10` | smp | as trained |" in text and "| `r3d10` | supervised | fused |" in text
     assert "| rate | 0 workers | original style |" in text
     assert text.count("\n| 1 | ") == 1 and text.count("\n| 8 | ") == 1
+    assert text.count("\n| mixed | ") == 1
     assert "End to end, `train()` on smp `r3d10` with 0 workers" in text
     assert "Compute in the original code's style (smp `r3d10`, fp32, batch 2, " in text
 
@@ -78,6 +83,7 @@ def test_the_report_replaces_its_section_and_keeps_the_rest(tmp_path) -> None:
     ("override", "message"),
     [
         (dict(rates=(3,)), "rates must be among"),
+        (dict(variants=("turbo",)), "variants must be among"),
         (dict(workers=(-1,)), "worker counts"),
         (dict(steps=0), "steps must be positive"),
         (dict(archs=("c4d",)), "unknown architecture"),

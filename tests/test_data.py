@@ -9,6 +9,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from test_train import tiny_config
 from video_files import distinct_frames, write_ucf_layout
 
@@ -20,6 +21,8 @@ from smp_lite.data import (
     allowed_rates,
     load_index,
     open_video,
+    read_frames,
+    resize_frames,
     sample_dilated_clip,
     split_by_group,
 )
@@ -83,7 +86,7 @@ def test_decoded_frames_match_written_and_pyav(ucf_tiny) -> None:
         pyav = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
     assert len(pyav) == 140
     indices = [77, 3, 120, 0, 64, 139, 64]  # seeks backwards and forwards, a repeat
-    decoded = open_video(video.path, (64, 80)).get_batch(indices).asnumpy()
+    decoded = read_frames(open_video(video.path), indices, (64, 80))
     assert decoded.shape == (7, 64, 80, 3)
     for frame, i in zip(decoded, indices, strict=True):
         err = np.abs(frame.astype(int) - pyav[i]).mean()
@@ -92,6 +95,18 @@ def test_decoded_frames_match_written_and_pyav(ucf_tiny) -> None:
         assert distances.argmin() == i  # it is the frame that was written at i
         psnr = 10 * np.log10(255**2 / distances[i])
         assert psnr > 25  # unrelated random frames are the codec's worst case
+
+
+@pytest.mark.parametrize("size", [(128, 171), (48, 64)])  # up (the synth data), down (UCF101)
+def test_frames_are_resized_as_the_originals_pil_bilinear(size) -> None:
+    frames = distinct_frames(3, 120, 160)
+    resized = resize_frames(frames, size)
+    assert resized.shape == (3, *size, 3) and resized.dtype == np.uint8
+    pil = np.stack(
+        [np.asarray(Image.fromarray(f).resize(size[::-1], Image.BILINEAR)) for f in frames]
+    )
+    assert np.abs(resized.astype(int) - pil).max() <= 1
+    assert resize_frames(frames, (120, 160)) is frames  # the video's own size: no copy
 
 
 def test_prp_sample(ucf_tiny) -> None:
@@ -147,7 +162,7 @@ def test_eval_views_play_each_video_at_every_rate(ucf_tiny) -> None:
 def test_eval_views_of_clips_follow_the_test_protocol(ucf_tiny) -> None:
     index = load_index(ucf_tiny)
     ds = VideoDataset(index.test[:1], mode="clip", resize=(64, 80), crop=64, train=False, views=3)
-    whole = open_video(index.test[0].path, (64, 80)).get_batch(list(range(140))).asnumpy()
+    whole = read_frames(open_video(index.test[0].path), list(range(140)), (64, 80))
     whole = torch.from_numpy(whole[:, :, 8:72]).permute(3, 0, 1, 2)  # centre crop (3, 140, 64, 64)
     # clips centred at linspace(8, 140 - 8, 3): they start at 0, 62 and 124
     for view, start in enumerate([0, 62, 124]):

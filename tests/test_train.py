@@ -222,6 +222,20 @@ def test_supervised_run(ucf_tiny, tmp_path) -> None:
     assert load_checkpoint(tmp_path / "sup" / "best.pt")["task"] == "supervised"
 
 
+def test_a_compiled_run_trains_as_the_eager_one_and_saves_a_plain_checkpoint(
+    ucf_tiny, tmp_path
+) -> None:
+    rows = {}
+    for compiled in (True, False):
+        out = tmp_path / str(compiled)
+        cfg = tiny_config(ucf_tiny, out, task="supervised", epochs=1, compile=compiled)
+        rows[compiled] = train(cfg, progress=False)
+    for key in ("train_loss", "val_loss", "train_acc_action"):
+        assert rows[True][key] == pytest.approx(rows[False][key], rel=1e-4, abs=1e-6)
+    compiled, eager = (load_checkpoint(tmp_path / str(c) / "last.pt")["model"] for c in rows)
+    assert compiled.keys() == eager.keys()  # no torch.compile prefix: one checkpoint format
+
+
 def test_a_second_run_in_the_same_folder_is_refused(ucf_tiny, tmp_path) -> None:
     train(tiny_config(ucf_tiny, tmp_path / "r", epochs=1), progress=False)
     with pytest.raises(TrainError, match="already holds a run"):
