@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import math
 import os
 import platform
 import tempfile
@@ -362,13 +363,14 @@ def end_to_end(cfg: BenchConfig, preset: str, rt: Runtime) -> dict:
     """`train()` on the first arch and task, loading with the most workers of `cfg.workers`,
     no validation, no mid-epoch saves: the clips/s of one epoch of `step_batches` batches, and
     the steady clips/s, from that epoch and one a quarter as long (the start-up, the same in
-    both, cancels out of their difference). The training videos are listed as many times as
-    the long epoch needs."""
+    both, cancels out of their difference). A one-batch epoch before them warms the caches
+    that would make the first one's start-up longer (torch.compile's graphs, cuDNN's kernel
+    choice). The training videos are listed as many times as the long epoch needs."""
     long, short = cfg.step_batches, max(cfg.step_batches // 4, 1)
-    seconds = {}
+    seconds: list[float] = []  # of the warm-up, short and long epochs
     with tempfile.TemporaryDirectory() as tmp:
         data = repeated_list(cfg.data, long * cfg.batch_size, Path(tmp))
-        for batches in sorted({short, long}, reverse=True):  # a cold cache slows the first
+        for batches in (1, short, long):  # the first warms the caches
             tcfg = task_config(
                 cfg,
                 preset,
@@ -381,18 +383,18 @@ def end_to_end(cfg: BenchConfig, preset: str, rt: Runtime) -> dict:
                 precise_bn=0,
                 save_every=0,
                 workers=max(cfg.workers),
-                out=f"{tmp}/run-{batches}",
+                out=f"{tmp}/run-{len(seconds)}",
             )
             row = train(tcfg, progress=False)
-            seconds[batches] = batches * cfg.batch_size / row["clips_per_s"]
-    extra = seconds[long] - seconds[short]  # 0 when both are one batch: no steady figure
-    steady = (long - short) * cfg.batch_size / extra if extra > 0 else float("nan")
+            seconds.append(batches * cfg.batch_size / row["clips_per_s"])
+    extra = seconds[2] - seconds[1]  # the long epoch's time less the short one's
+    steady = (long - short) * cfg.batch_size / extra if long > short and extra > 0 else math.nan
     return {
         "arch": cfg.archs[0],
         "task": cfg.tasks[0],
         "workers": max(cfg.workers),
         "batches": long,
-        "clips_per_s": long * cfg.batch_size / seconds[long],
+        "clips_per_s": long * cfg.batch_size / seconds[2],
         "steady_clips_per_s": steady,
     }
 

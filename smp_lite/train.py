@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.wrappers import ClasswiseWrapper
 
@@ -271,9 +271,30 @@ def task_metrics(cfg: TrainConfig, num_classes: int) -> MetricCollection:
     for name, classes in heads.items():
         metrics[f"acc_{name}"] = MulticlassAccuracy(classes, average="micro", validate_args=False)
     if cfg.task != "supervised":  # acc_at_rate_1, ..., acc_at_rate_8
-        per_rate = MulticlassAccuracy(NUM_RATES, average="none", validate_args=False)
+        per_rate = AccuracyPerClass(NUM_RATES)
         metrics["acc_at_rate"] = ClasswiseWrapper(per_rate, [str(r) for r in RATES], "acc_at_rate_")
     return MetricCollection(metrics, compute_groups=False)
+
+
+class AccuracyPerClass(Metric):
+    """The accuracy within each class (0 for a class not seen), as MulticlassAccuracy(average=
+    "none") gives it, counted without its bincount, which waits for the GPU at every update."""
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.add_state("correct", torch.zeros(num_classes), dist_reduce_fx="sum")
+        self.add_state("total", torch.zeros(num_classes), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        classes = torch.arange(len(self.total), device=labels.device)
+        of_class = (labels[:, None] == classes).to(self.total.dtype)  # (B, classes)
+        self.total += of_class.sum(0)
+        self.correct += (of_class * (logits.argmax(1) == labels)[:, None]).sum(0)
+
+    def compute(self) -> torch.Tensor:
+        return torch.where(self.total > 0, self.correct / self.total.clamp_min(1), 0.0)
 
 
 # ---------------------------------------------------------------------------------------------

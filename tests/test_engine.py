@@ -8,6 +8,7 @@ import textwrap
 import pytest
 import torch
 from test_train import tiny_config, torchrun
+from torchmetrics import MeanMetric
 
 from smp_lite.checkpoint import load_checkpoint, read_metrics
 from smp_lite.data import EpochSampler
@@ -15,6 +16,7 @@ from smp_lite.engine import (
     Runtime,
     cpu_has_native_bf16,
     guard_cpu_bf16_conv3d,
+    loss_metrics,
     make_loader,
     make_runtime,
     precise_bn,
@@ -189,3 +191,16 @@ def test_under_torchrun_the_process_group_follows_the_device(device, backend, mo
         assert rt.device == torch.device("cpu") and joined == ["gloo"]
     else:
         assert rt.device == torch.device("cuda", 1) and joined == [rt.device, "nccl"]
+
+
+def test_loss_metrics_are_clip_weighted_means_and_counts() -> None:
+    metrics, reference = loss_metrics(["ce"]), MeanMetric().set_dtype(torch.float64)
+    for value, n in [(2.0, 4), (1.0, 2), (4.0, 1)]:
+        clips = torch.tensor(float(n), dtype=torch.float64)
+        metrics["clips"].update(clips)
+        metrics["loss"].update(torch.tensor(value, dtype=torch.float64), clips)
+        reference.update(value, n)
+    assert metrics["clips"].compute() == 7
+    assert metrics["loss"].compute() == pytest.approx((8 + 2 + 4) / 7)
+    assert metrics["loss"].compute() == pytest.approx(reference.compute().item())
+    assert set(metrics) == {"loss", "ce", "clips"}

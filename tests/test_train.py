@@ -13,6 +13,7 @@ from threading import Event
 
 import pytest
 import torch
+from torchmetrics.classification import MulticlassAccuracy
 
 import smp_lite.engine
 import smp_lite.train
@@ -23,6 +24,7 @@ from smp_lite.errors import ConfigError, DataError, RunInterrupted, TrainError
 from smp_lite.models import MotionNet
 from smp_lite.synth import DEFAULT_DATA, synthesize
 from smp_lite.train import (
+    AccuracyPerClass,
     build_model,
     default_out,
     make_config,
@@ -52,6 +54,17 @@ def tiny_config(data, out, **kw):
         precision="fp32",
     )
     return make_config(kw.pop("task", "smp"), "quick", **(settings | kw))
+
+
+def test_accuracy_per_rate_is_torchmetrics_per_class_accuracy() -> None:
+    ours, reference = AccuracyPerClass(4), MulticlassAccuracy(4, average="none")
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        logits, labels = torch.randn(16, 4, generator=g), torch.randint(0, 3, (16,), generator=g)
+        ours.update(logits, labels)
+        reference.update(logits, labels)
+    assert torch.allclose(ours.compute(), reference.compute())  # class 3 unseen: 0 in both
+    assert ours.compute()[3] == 0 and ours.compute()[:3].min() > 0
 
 
 def test_rate_heads_learn_ten_times_faster() -> None:
