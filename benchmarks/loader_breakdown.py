@@ -1,6 +1,6 @@
-"""Where a PRP sample's loading time goes: the whole `VideoDataset` item against decord alone
-(opening the file and decoding the frames the sample needs), and against decoding every frame
-of the span at full size as the original code did.
+"""Where a PRP sample's loading time goes: the whole `VideoDataset` item against reading the
+frames alone (opening the file, decoding the frames the sample needs, resizing them), and
+against decoding every frame of the span at the video's size as the original code did.
 
     python benchmarks/loader_breakdown.py --data data/synth --videos 64 --rates 1,8
 """
@@ -53,8 +53,9 @@ def main() -> None:
     size = tuple(int(v) for v in args.size.split("x"))
     videos = load_index(args.data).train[: args.videos]
     print(
-        "| rate | whole item, ms | open + decode the frames it needs, ms | of which open, ms | "
-        "open + decode every frame at full size, ms |\n|---|---|---|---|---|"
+        "| rate | whole item, ms | open, decode and resize the frames it needs, ms | "
+        "of which open, ms | open + decode every frame at the video's size, ms |\n"
+        "|---|---|---|---|---|"
     )
     for rate in map(int, args.rates.split(",")):
         cells = row(videos, rate, size, args.crop)

@@ -101,6 +101,7 @@ class ProbeConfig(EvalConfig):
     limit_batches: int = 0
     save_every: int = 0
     precise_bn: int = 0  # the backbone is frozen: its statistics stay
+    compile: bool | None = False  # one Linear layer on cached features: nothing to gain
 
 
 @dataclass
