@@ -342,14 +342,24 @@ def train_steps(
     for the GPU: the metrics stay on the device and the next batch's copy is already issued."""
     model.train()
     for batch in on_device(batches, skipped, rt):
-        with rt.autocast():
-            loss, terms, heads = step_fn(model, batch)
+        try:
+            with rt.autocast():
+                loss, terms, heads = step_fn(model, batch)
+        except torch._dynamo.exc.BackendCompilerFailed as err:  # at the first step
+            raise compile_failure(err) from None
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         value = checked_loss(loss, model, scaler)
         scaler.step(optimizer)
         scaler.update()
         yield value, update_metrics(metrics, loss, terms, heads)
+
+
+def compile_failure(err: Exception) -> TrainError:
+    """torch.compile's failure (a missing C compiler, say) as one line that names the way out."""
+    cause = getattr(err, "inner_exception", err)
+    why = f"{type(cause).__name__}: {(str(cause).strip() or '?').splitlines()[0][:300]}"
+    return TrainError(f"torch.compile failed ({why}); --no-compile runs without it")
 
 
 def on_device(batches: Iterable[dict], skipped: set[str], rt: Runtime) -> Iterator[dict]:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -247,6 +248,20 @@ def test_a_compiled_run_trains_as_the_eager_one_and_saves_a_plain_checkpoint(
         assert rows[True][key] == pytest.approx(rows[False][key], rel=1e-4, abs=1e-6)
     compiled, eager = (load_checkpoint(tmp_path / str(c) / "last.pt")["model"] for c in rows)
     assert compiled.keys() == eager.keys()  # no torch.compile prefix: one checkpoint format
+
+
+def test_a_model_torch_compile_cannot_compile_is_one_line_naming_no_compile(
+    ucf_tiny, tmp_path, monkeypatch
+) -> None:
+    def no_compiler(graph, inputs):
+        raise RuntimeError("no C compiler found")
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=no_compiler))
+    cfg = tiny_config(ucf_tiny, tmp_path / "run", task="supervised", epochs=1, compile=True)
+    with pytest.raises(
+        TrainError, match=r"compile failed \(RuntimeError: no C compiler.*no-compile"
+    ):
+        train(cfg, progress=False)
 
 
 def test_a_second_run_in_the_same_folder_is_refused(ucf_tiny, tmp_path) -> None:
