@@ -481,10 +481,15 @@ def metrics_state(metrics: MetricCollection, rt: Runtime) -> dict[str, dict[str,
 
 
 def load_metrics_state(metrics: MetricCollection, state: dict, rt: Runtime) -> None:
-    """Go on from a saved `metrics_state`: rank 0 holds the sums, other ranks start at zero."""
+    """Go on from a saved `metrics_state`: rank 0 holds the sums, other ranks start at zero.
+    A metric whose states changed since the checkpoint was saved counts from here, said once."""
     if rt.is_main:
         for name, saved in state.items():
-            state_holder(metrics[name]).merge_state({k: v.to(rt.device) for k, v in saved.items()})
+            holder = state_holder(metrics[name]) if name in metrics else None
+            if holder is None or saved.keys() != holder.metric_state.keys():
+                tqdm.write(f"note: {name} counts from here (saved by another smp-lite version)")
+                continue
+            holder.merge_state({k: v.to(rt.device) for k, v in saved.items()})
 
 
 def state_holder(metric: Metric) -> Metric:

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 import torch
 from test_train import tiny_config, torchrun
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, MetricCollection
 
 from smp_lite.checkpoint import load_checkpoint, read_metrics
 from smp_lite.data import EpochSampler
@@ -16,6 +16,7 @@ from smp_lite.engine import (
     Runtime,
     cpu_has_native_bf16,
     guard_cpu_bf16_conv3d,
+    load_metrics_state,
     loss_metrics,
     make_loader,
     make_runtime,
@@ -204,3 +205,17 @@ def test_loss_metrics_are_clip_weighted_means_and_counts() -> None:
     assert metrics["loss"].compute() == pytest.approx((8 + 2 + 4) / 7)
     assert metrics["loss"].compute() == pytest.approx(reference.compute().item())
     assert set(metrics) == {"loss", "ce", "clips"}
+
+
+def test_a_metric_state_saved_by_another_version_counts_from_the_resume(capsys) -> None:
+    metrics = MetricCollection(loss_metrics(["ce"]))
+    saved = {
+        "loss": {"mean_value": torch.tensor(6.0, dtype=torch.float64), "weight": torch.tensor(3.0)},
+        "ce": {"tp": torch.tensor(1.0)},  # another metric's states
+        "gone": {"total": torch.tensor(1.0)},  # a metric this version no longer has
+    }
+    load_metrics_state(metrics, saved, Runtime(torch.device("cpu"), "fp32", False))
+    assert metrics["loss"].metric_state["mean_value"] == 6  # merged: the run goes on from it
+    assert metrics["ce"].metric_state["weight"] == 0  # starts at zero
+    out = capsys.readouterr().out
+    assert "ce counts from here" in out and "gone counts from here" in out
