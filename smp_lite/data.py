@@ -318,7 +318,7 @@ def read_frames(reader, indices: list[int], size: tuple[int, int]) -> np.ndarray
     """Frames `indices` of `reader`, resized to size=(H, W): (N, H, W, 3) uint8.
 
     Decoded at the video's own size, then resized by `resize_frames`: decord's resize-on-decode
-    (swscale) cost as much as the decoding itself (docs/benchmarks.md, "Decoding less").
+    (swscale) cost as much as the decoding itself at the paper's size (docs/benchmarks.md).
     """
     return resize_frames(reader.get_batch(indices).asnumpy(), size)
 

@@ -421,9 +421,7 @@ def evaluate(
     """
     model.eval()
     with torch.no_grad():
-        for batch in batches:
-            note_skipped(batch, skipped, rt)
-            batch = rt.to_device(batch)
+        for batch in on_device(batches, skipped, rt):
             with rt.autocast():
                 update_metrics(metrics, *step_fn(model, batch))
             if stop.is_set():
@@ -698,9 +696,8 @@ def end_epoch(run: Run, epoch: int, row: dict, stop: threading.Event) -> dict:
 
 def training_clips(loader: DataLoader, batches: int, rt: Runtime, at: Progress):
     """The clips of the loader's first `batches` batches, on the device, as floats."""
-    for batch in itertools.islice(loader, batches):
-        note_skipped(batch, at.skipped, rt)
-        yield to_float(rt.to_device(batch)["clip"])
+    for batch in on_device(itertools.islice(loader, batches), at.skipped, rt):
+        yield to_float(batch["clip"])
 
 
 def format_row(row: dict) -> str:

@@ -53,7 +53,7 @@ from .engine import (
 from .errors import ConfigError
 from .models import ARCHS, ActionNet, build_backbone, pooled_feature, retrieval_feature
 from .synth import DEFAULT_DATA
-from .train import as_settings, is_generated, supervised_step, warmup_cosine
+from .train import AccuracyPerClass, as_settings, is_generated, supervised_step, warmup_cosine
 
 TARGETS = ("speed", "action")
 TOP_K = (1, 5, 10, 20, 50)
@@ -482,7 +482,7 @@ def classifier_metrics(head: str, classes: int) -> MetricCollection:
     metrics = loss_metrics(["ce"])
     metrics[f"acc_{head}"] = MulticlassAccuracy(classes, average="micro", validate_args=False)
     if head == "speed":
-        per_rate = MulticlassAccuracy(classes, average="none", validate_args=False)
+        per_rate = AccuracyPerClass(classes)
         metrics["acc_at_rate"] = ClasswiseWrapper(per_rate, [str(r) for r in RATES], "acc_at_rate_")
     return MetricCollection(metrics, compute_groups=False)
 
