@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 
 from smp_lite.data import RATES
-from smp_lite.engine import fit, make_runtime
+from smp_lite.engine import fit
 from smp_lite.evaluate import ProbeConfig, probe_results, probe_run
+from smp_lite.runtime import make_runtime
 
 
 def retrained_accuracy(folder: Path, cached: dict, standardize: bool) -> float:

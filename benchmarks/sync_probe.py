@@ -16,7 +16,8 @@ import torch
 from torch._dynamo.utils import counters
 
 from smp_lite.bench import synthetic_batch
-from smp_lite.engine import make_runtime, train_steps
+from smp_lite.engine import train_steps
+from smp_lite.runtime import make_runtime
 from smp_lite.train import build_model, make_config, make_optimizer, make_step, task_metrics
 
 

@@ -37,10 +37,11 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from .data import RATES, EpochSampler, VideoDataset, load_index, sample_dilated_clip
-from .engine import Runtime, ensure_default_dataset, make_loader, make_runtime, train_steps
+from .engine import ensure_default_dataset, make_loader, train_steps
 from .errors import ConfigError
 from .masks import rescale_per_map
 from .models import NUM_RATES
+from .runtime import Runtime, make_runtime
 from .synth import DEFAULT_DATA
 from .train import (
     TrainConfig,

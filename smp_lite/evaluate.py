@@ -40,18 +40,16 @@ from .checkpoint import FEATURES, RESULTS, load_backbone, write_run_folder
 from .data import RATES, EpochSampler, VideoDataset, load_index, to_float
 from .engine import (
     Run,
-    Runtime,
     StepOutput,
     ensure_default_dataset,
     fit,
     hold_run_folder,
     loss_metrics,
     make_loader,
-    make_runtime,
-    unwrap,
 )
 from .errors import ConfigError
 from .models import ARCHS, ActionNet, build_backbone, pooled_feature, retrieval_feature
+from .runtime import Runtime, make_runtime, unwrap
 from .synth import DEFAULT_DATA
 from .train import AccuracyPerClass, as_settings, is_generated, supervised_step, warmup_cosine
 

@@ -34,7 +34,6 @@ from .checkpoint import load_backbone, write_run_folder
 from .data import RATES, EpochSampler, VideoDataset, load_index, split_by_group, to_float
 from .engine import (
     Run,
-    Runtime,
     StepFn,
     StepOutput,
     ensure_default_dataset,
@@ -42,11 +41,11 @@ from .engine import (
     hold_run_folder,
     loss_metrics,
     make_loader,
-    make_runtime,
 )
 from .errors import ConfigError, DataError
 from .masks import LAMBDA_SCHEDULES, blend_lambda
 from .models import ARCHS, NUM_RATES, ActionNet, MotionNet, build_backbone
+from .runtime import Runtime, make_runtime
 from .synth import DEFAULT_DATA
 
 TASKS = ("smp", "prp", "supervised")

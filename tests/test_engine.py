@@ -12,17 +12,8 @@ from torchmetrics import MeanMetric, MetricCollection
 
 from smp_lite.checkpoint import load_checkpoint, read_metrics
 from smp_lite.data import EpochSampler
-from smp_lite.engine import (
-    Runtime,
-    cpu_has_native_bf16,
-    guard_cpu_bf16_conv3d,
-    load_metrics_state,
-    loss_metrics,
-    make_loader,
-    make_runtime,
-    precise_bn,
-)
-from smp_lite.models import MotionNet
+from smp_lite.engine import load_metrics_state, loss_metrics, make_loader, precise_bn
+from smp_lite.runtime import Runtime
 from smp_lite.train import train
 
 
@@ -53,7 +44,8 @@ def test_precise_bn_averages_the_statistics_over_ranks(tmp_path) -> None:
             import sys
             import torch
             import torch.distributed as dist
-            from smp_lite.engine import Runtime, precise_bn
+            from smp_lite.engine import precise_bn
+            from smp_lite.runtime import Runtime
 
             dist.init_process_group("gloo")
             rank = dist.get_rank()
@@ -77,58 +69,6 @@ def test_precise_bn_averages_the_statistics_over_ranks(tmp_path) -> None:
         mean = (r0["alone"][stat] + r1["alone"][stat]) / 2
         torch.testing.assert_close(r0["ranks"][stat], mean)
         torch.testing.assert_close(r1["ranks"][stat], mean)
-
-
-@pytest.mark.parametrize("arch", ["r3d18", "c3d", "r21d10"])
-def test_bf16_on_cpu_gives_gradients_that_agree_with_fp32(arch) -> None:
-    """The guard around depth-2 3D convs (c5 of a 16-frame clip) keeps bf16 weight gradients
-    close to fp32's; without it oneDNN returns garbage there (docs/benchmarks.md)."""
-    torch.manual_seed(0)
-    model = MotionNet(arch)
-    x = torch.rand(2, 3, 16, 32, 32)
-
-    def weight_grads(bf16: bool) -> dict[str, torch.Tensor]:
-        model.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = model(x)
-            loss = out["recon"].float().mean() + sum(
-                z.float().logsumexp(1).mean() for z in out["logits"]
-            )
-        loss.backward()
-        return {n: p.grad.clone() for n, p in model.named_parameters() if p.dim() > 1}
-
-    reference = weight_grads(False)
-    guard_cpu_bf16_conv3d(model)
-    guarded = weight_grads(True)
-    for name, ref in reference.items():
-        assert torch.isfinite(guarded[name]).all(), name
-        cos = torch.nn.functional.cosine_similarity(guarded[name].flatten(), ref.flatten(), dim=0)
-        assert cos > 0.5, (name, cos.item())  # bf16 noise gives >= 0.7, the bug ~0 or NaN
-
-
-def test_runtime_prepare_guards_bf16_convs_on_a_cpu_only() -> None:
-    cpu = torch.device("cpu")
-    guarded = Runtime(cpu, "bf16", True).prepare(MotionNet("r3d10"))
-    plain = Runtime(cpu, "fp32", False).prepare(MotionNet("r3d10"))
-
-    def patched(model) -> list[bool]:
-        return ["forward" in vars(m) for m in model.modules() if isinstance(m, torch.nn.Conv3d)]
-
-    assert any(patched(guarded)) and not any(patched(plain))
-    # temporal kernel > 1 and temporal stride 1: the convs oneDNN gets wrong at depth 2
-    for m in guarded.modules():
-        if isinstance(m, torch.nn.Conv3d):
-            assert ("forward" in vars(m)) == (m.kernel_size[0] > 1 and m.stride[0] == 1)
-    conv = next(m for m in guarded.modules() if isinstance(m, torch.nn.Conv3d))
-    assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
-
-
-def test_automatic_runtime_on_this_cpu() -> None:
-    rt = make_runtime()
-    assert rt.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
-    if rt.device.type == "cpu":
-        assert rt.precision == ("bf16" if cpu_has_native_bf16() else "fp32")
-        assert rt.channels_last == (rt.precision == "bf16")
 
 
 class WorkerState(torch.utils.data.Dataset):
@@ -170,28 +110,6 @@ def test_the_loop_with_the_runtime_a_user_gets_and_worker_processes(ucf_tiny, tm
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     assert result["train_clips"] == rows[-1]["train_clips"] > 0
-
-
-@pytest.mark.parametrize("device, backend", [("cpu", "gloo"), ("cuda", "nccl"), ("auto", "nccl")])
-def test_under_torchrun_the_process_group_follows_the_device(device, backend, monkeypatch):
-    """--device cpu on a GPU machine joins with gloo (NCCL cannot reduce CPU tensors); the GPU
-    is the rank's own. The GPU is faked: no process group is joined."""
-    joined = []
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
-    monkeypatch.setattr(torch.cuda, "set_device", joined.append)
-    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
-    monkeypatch.setattr(torch.distributed, "init_process_group", joined.append)
-    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
-    rt = make_runtime(device, "fp32")
-    assert (rt.rank, rt.world) == (1, 2)
-    if backend == "gloo":
-        assert rt.device == torch.device("cpu") and joined == ["gloo"]
-    else:
-        assert rt.device == torch.device("cuda", 1) and joined == [rt.device, "nccl"]
 
 
 def test_loss_metrics_are_clip_weighted_means_and_counts() -> None:

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from smp_lite.checkpoint import read_metrics
 from smp_lite.cli import app
 from smp_lite.data import RATES, DatasetIndex, Video, load_index
-from smp_lite.engine import fit, make_runtime
+from smp_lite.engine import fit
 from smp_lite.errors import ConfigError
 from smp_lite.evaluate import (
     TOP_K,
@@ -28,6 +28,7 @@ from smp_lite.evaluate import (
     retrieve,
     video_mean,
 )
+from smp_lite.runtime import make_runtime
 from smp_lite.train import train
 
 TINY = dict(clip_len=8, resize=(32, 40), crop=32, workers=0, precision="fp32")
