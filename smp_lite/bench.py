@@ -41,7 +41,7 @@ from .engine import ensure_default_dataset, make_loader, train_steps
 from .errors import ConfigError
 from .masks import rescale_per_map
 from .models import NUM_RATES
-from .runtime import Runtime, make_runtime
+from .runtime import Runtime, loader_workers, make_runtime
 from .synth import DEFAULT_DATA
 from .train import (
     TrainConfig,
@@ -74,6 +74,7 @@ class BenchConfig:
     steps: int = 5  # timed compute steps per setting, after 2 warm-up steps
     rates: tuple[int, ...] = RATES
     workers: tuple[int, ...] = (0, 2)
+    clips_per_video: tuple[int, ...] = (1, 4)  # the loader timed with each (repeated sampling)
     loader_batches: int = 6  # timed loader batches per setting, after the workers' first round
     step_batches: int = 20  # batches of the long end-to-end epoch (0: skip it)
     variants: tuple[str, ...] = ()  # compute also timed with: fused (SGD), eager, compiled
@@ -130,6 +131,10 @@ def validate_bench(cfg: BenchConfig) -> None:
     checks = [
         (set(cfg.rates) <= set(RATES), f"rates must be among {RATES}, got {cfg.rates}"),
         (bool(cfg.workers) and min(cfg.workers) >= 0, f"worker counts must be >= 0: {cfg.workers}"),
+        (
+            bool(cfg.clips_per_video) and min(cfg.clips_per_video) >= 1,
+            f"clips per video must be >= 1: {cfg.clips_per_video}",
+        ),
         (cfg.batch_size > 0, f"batch size must be positive, got {cfg.batch_size}"),
         (cfg.original_batch > 0, f"original batch must be positive, got {cfg.original_batch}"),
         (cfg.steps > 0, f"steps must be positive, got {cfg.steps}"),
@@ -274,21 +279,32 @@ def loader_rows(cfg: BenchConfig, sizes: TrainConfig, rt: Runtime, say) -> list[
             rates=rates,
             workers=2,
         )
-        for workers in [*cfg.workers, "original"]:
+        settings = [(w, k) for w in cfg.workers for k in cfg.clips_per_video]
+        for workers, repeats in [*settings, ("original", 1)]:
             if workers == "original":
                 per_s = original_style_loader(dataset, cfg.original_batch, cfg.loader_batches)
             else:
-                per_s = loader_alone(dataset, workers, cfg, rt)
-            rows.append({"rate": rate, "workers": workers, "clips_per_s": per_s})
-            say(f"loader at rate {rate}, {workers} workers: {per_s:.1f} clips/s")
+                per_s = loader_alone(dataset, workers, repeats, cfg, rt)
+            row = {"rate": rate, "workers": workers, "clips_per_video": repeats}
+            rows.append(row | {"clips_per_s": per_s})
+            say(f"loader at rate {rate}, {loader_column(row)}: {per_s:.1f} clips/s")
     return rows
 
 
-def loader_alone(dataset: VideoDataset, workers: int, cfg: BenchConfig, rt: Runtime) -> float:
-    """Steady clips/s of the dataset's samples through a DataLoader: timed from the end of the
-    workers' first round (each worker's first batch, made together with the start-up) over
-    whole rounds, `loader_batches` batches at least."""
-    sampler = EpochSampler(len(dataset), seed=0)
+def loader_column(row: dict) -> str:
+    if row["workers"] == "original":
+        return "original style"
+    repeats = row["clips_per_video"]
+    return f"{row['workers']} workers" + (f", {repeats} clips a video" if repeats > 1 else "")
+
+
+def loader_alone(
+    dataset: VideoDataset, workers: int, repeats: int, cfg: BenchConfig, rt: Runtime
+) -> float:
+    """Steady clips/s of the dataset's samples through a DataLoader (`repeats` clips from each
+    decoded video): timed from the end of the workers' first round (each worker's first batch,
+    made together with the start-up) over whole rounds, `loader_batches` batches at least."""
+    sampler = EpochSampler(len(dataset), seed=0, repeats=repeats)
     loader = make_loader(dataset, sampler, cfg.batch_size, workers, rt, True)
     first_round = max(workers, 1)
     timed_batches = -(-cfg.loader_batches // first_round) * first_round
@@ -361,7 +377,7 @@ def float_clip(frames: np.ndarray) -> torch.Tensor:
 
 
 def end_to_end(cfg: BenchConfig, preset: str, rt: Runtime) -> dict:
-    """`train()` on the first arch and task, loading with the most workers of `cfg.workers`,
+    """`train()` on the first arch and task, loading with training's default workers,
     no validation, no mid-epoch saves: the clips/s of one epoch of `step_batches` batches, and
     the steady clips/s, from that epoch and one a quarter as long (the start-up, the same in
     both, cancels out of their difference). A one-batch epoch before them warms the caches
@@ -383,7 +399,6 @@ def end_to_end(cfg: BenchConfig, preset: str, rt: Runtime) -> dict:
                 val_fraction=0.0,
                 precise_bn=0,
                 save_every=0,
-                workers=max(cfg.workers),
                 out=f"{tmp}/run-{len(seconds)}",
             )
             row = train(tcfg, progress=False)
@@ -393,7 +408,7 @@ def end_to_end(cfg: BenchConfig, preset: str, rt: Runtime) -> dict:
     return {
         "arch": cfg.archs[0],
         "task": cfg.tasks[0],
-        "workers": max(cfg.workers),
+        "workers": loader_workers(None, rt),
         "batches": long,
         "clips_per_s": long * cfg.batch_size / seconds[2],
         "steady_clips_per_s": steady,
@@ -444,18 +459,17 @@ def format_report(results: dict, command: str) -> str:
         f"{o['batch_size']}, no channels_last): {o['bare_clips_per_s']:.1f} clips/s, "
         f"{100 * o['peak_share']:.1f}% of the peak above.",
     ]
-    columns = list(dict.fromkeys(r["workers"] for r in results["loader"]))  # 0, 2, ..., original
-    names = [f"{w} workers" if w != "original" else "original style" for w in columns]
+    columns = list(dict.fromkeys(map(loader_column, results["loader"])))  # 0 workers, ...
     lines += [
         "",
         "Loader alone, PRP training samples, clips/s (original style: one process; mixed: "
         "a rate drawn per sample, as training does):",
         "",
-        "| rate | " + " | ".join(names) + " |",
+        "| rate | " + " | ".join(columns) + " |",
         "|---" * (len(columns) + 1) + "|",
     ]
     for rate in dict.fromkeys(r["rate"] for r in results["loader"]):  # 1, 2, ..., mixed
-        cells = {r["workers"]: r["clips_per_s"] for r in results["loader"] if r["rate"] == rate}
+        cells = {loader_column(r): r["clips_per_s"] for r in results["loader"] if r["rate"] == rate}
         lines.append(f"| {rate} | " + " | ".join(f"{cells[w]:.1f}" for w in columns) + " |")
     if "step" in results:
         s = results["step"]

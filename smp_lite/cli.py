@@ -164,12 +164,16 @@ HELP = {
     "crop": "Square crop side, divisible by 16.",
     "train_crop": "Where training crops: random or center [default: the task's original: "
     "random for smp and supervised, center for prp]. Evaluation crops the centre.",
+    "clips_per_video": "Training clips drawn from each video per epoch, decoded in one pass "
+    "(repeated sampling): each clip is drawn as if alone, but a batch holds fewer videos and an "
+    "epoch is this many times as long. 4 loads a clip 2-3x faster (docs/benchmarks.md).",
     "val_fraction": "Share of training groups held out to pick best.pt.",
     "precise_bn": "Training batches that recompute BatchNorm statistics at each epoch end, "
     "before validation and saving (0 = keep the running averages).",
     "lam_schedule": "SMP mask blend: exp, linear, sigmoid, dpau (lambda=0), cam (lambda=1).",
     "mg": "SMP multiple-granularity rate heads on c4, c3, c2.",
-    "workers": "Data loading processes.",
+    "workers": "Data loading processes (auto: none on a CPU, where the step already uses every "
+    "core; on a GPU, all the rank's cores but one, at most 16).",
     "device": "auto (a GPU if there is one), cpu, cuda (under torchrun: the rank's own), cuda:N.",
     "precision": "auto (bf16 on GPUs and CPUs with native bf16, else fp16 on a GPU, fp32 on a "
     "CPU), bf16, fp16 (GPUs only) or fp32.",
@@ -452,6 +456,8 @@ BENCH_HELP = {
     "steps": "Timed compute steps per setting.",
     "rates": "Playback rates of the loader, comma-separated.",
     "workers": "Loader worker counts, comma-separated.",
+    "clips_per_video": "Training clips per decoded video the loader is timed with (repeated "
+    "sampling, pretrain --clips-per-video), comma-separated.",
     "loader_batches": "Timed loader batches per setting, after each worker's first batch.",
     "step_batches": "Batches of the long end-to-end epoch (0: skip).",
     "variants": "Also time the compute with: fused (SGD), eager (no torch.compile), compiled "

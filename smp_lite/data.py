@@ -385,6 +385,19 @@ def call_with_timeout(fn: Callable[[], object], timeout: float):
 # ---------------------------------------------------------------------------------------------
 # The dataset
 
+
+@dataclass(frozen=True)
+class SamplePlan:
+    """A sample, drawn before any decoding: the video, the frames it reads and its crop."""
+
+    index: int  # the video
+    rate: int
+    reads: np.ndarray  # frame indices, in the order the sample uses them
+    top: int
+    left: int
+    ids: PRPIndices | None  # "prp" mode: what each read frame is for
+
+
 READ_ERRORS = (decord.DECORDError, RuntimeError, OSError, ValueError)  # a video that cannot serve
 
 
@@ -458,30 +471,73 @@ class VideoDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        item, epoch = key if isinstance(key, tuple) else (key, 0)
-        rng = np.random.default_rng([self.seed, epoch, item])
+    def __getitem__(self, key: int | tuple[int, ...]) -> dict:
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list) -> list[dict]:
+        """The samples of `keys`, each as it would be alone. The keys of one video (EpochSampler's
+        `repeats` puts them in one batch) are decoded together: one pass of the decoder serves
+        all their clips, each drawn as independently as if it were alone."""
+        firsts = [self.first_plan(key) for key in keys]  # None: the first try cannot even start
+        samples: list[dict | None] = [None] * len(keys)
+        hung: dict[int, str] = {}  # videos whose decoding timed out: not waited for twice
+        for index in dict.fromkeys(plan.index for plan in firsts if plan):
+            members = [i for i, plan in enumerate(firsts) if plan and plan.index == index]
+            if len(members) < 2:
+                continue
+            try:
+                loaded = self.load_timed([firsts[i] for i in members])
+            except DecodeTimeout as err:
+                hung[index] = str(err)
+                continue
+            except READ_ERRORS:
+                continue  # each key tries again alone, and skips the video as it would alone
+            for i, sample in zip(members, loaded, strict=True):
+                samples[i] = {**sample, "index": index, "skipped": ""}
+        return [
+            s if s is not None else self.sample(key, hung)
+            for key, s in zip(keys, samples, strict=True)
+        ]
+
+    def key_draws(self, key: int | tuple[int, ...]) -> tuple[np.random.Generator, int, int, int]:
+        """(generator, video, view, rate) of a key `item`, `(item, epoch)` or `(item, epoch,
+        repeat)`: the randomness comes from (seed, epoch, item[, repeat])."""
+        item, epoch, repeat = (*key, 0, 0)[:3] if isinstance(key, tuple) else (key, 0, 0)
+        rng = np.random.default_rng([self.seed, epoch, item, *([repeat] if repeat else [])])
         index, view = self.items[item]
         rate = self.rates[view % len(self.rates)]
         if self.train:
             rate = self.rates[int(rng.integers(len(self.rates)))]
+        return rng, index, view, rate
+
+    def first_plan(self, key: int | tuple[int, ...]) -> SamplePlan | None:
+        """The plan of the key's first try, as `sample` draws it; None if it cannot be made."""
+        rng, index, view, rate = self.key_draws(key)
+        index = self.long_enough_video(index, rate, rng)
+        if not self.frames[index]:  # unreadable when counted: `sample` finds out why
+            return None
+        try:
+            return self.plan(index, rate, view, rng)
+        except ValueError:
+            return None
+
+    def sample(self, key: int | tuple[int, ...], hung: dict[int, str]) -> dict:
+        """One key's sample: another video drawn after each one that cannot serve."""
+        rng, index, view, rate = self.key_draws(key)
         skipped = []
         for _ in range(self.max_skips + 1):
             index = self.long_enough_video(index, rate, rng)
             video = self.videos[index]
-            if self.mode == "prp":
-                load = partial(self.load_prp, video, rng, rate)
-            else:
-                load = partial(self.load_clip, video, rng, view)
             try:
-                sample = call_with_timeout(load, self.decode_timeout)
+                plan = self.plan(index, rate, view, rng)
+                if index in hung:
+                    raise DecodeTimeout(hung[index])
+                [sample] = self.load_timed([plan])
             except READ_ERRORS as err:
                 skipped.append(f"{video.path}: {str(err).splitlines()[0][:200]}")
                 index = int(rng.integers(len(self.videos)))
                 continue
-            sample["index"] = index
-            sample["skipped"] = "\n".join(skipped)
-            return sample
+            return {**sample, "index": index, "skipped": "\n".join(skipped)}
         raise DataError(f"{len(skipped)} videos in a row could not be read, last: {skipped[-1]}")
 
     def long_enough_video(self, index: int, rate: int, rng: np.random.Generator) -> int:
@@ -493,38 +549,73 @@ class VideoDataset(Dataset):
         longer = self.long_enough[rate]
         return longer[int(rng.integers(len(longer)))]
 
-    def load_clip(self, video: Video, rng: np.random.Generator, view: int) -> dict:
-        """`clip_len` consecutive frames and the label; raises if unreadable or too short."""
-        reader = open_video(video.path)
-        num_frames = len(reader)
-        if num_frames < self.need(1):  # the same rule as "prp": rate 1 must fit
-            raise ValueError(f"{num_frames} frames, too short for a {self.clip_len}-frame clip")
-        if self.train:
-            start = int(rng.integers(num_frames - self.clip_len + 1))
+    def plan(self, index: int, rate: int, view: int, rng: np.random.Generator) -> SamplePlan:
+        """What a sample of video `index` reads and where it crops, drawn before decoding;
+        raises ValueError if the video is too short for it."""
+        n, T = self.frame_count(index), self.clip_len
+        if n < self.need(rate if self.mode == "prp" else 1):
+            too_short = "any playback rate" if n < self.need(1) else f"rate {rate}"
+            raise ValueError(f"{n} frames, too short for {too_short}")
+        ids = None
+        if self.mode == "prp":
+            ids = sample_dilated_clip(n, rate, T, int(rng.integers(n - T * rate)))
+            reads = np.concatenate([ids.target, ids.dpau.ravel()])
+        elif self.train:
+            reads = int(rng.integers(n - T + 1)) + np.arange(T)
         else:  # centred at linspace(T/2, frames - T/2, views)[view]
-            last = num_frames - self.clip_len
-            start = round(last * view / (self.views - 1)) if self.views > 1 else last // 2
-        frames = read_frames(reader, list(range(start, start + self.clip_len)), self.resize)
-        return {"clip": self.to_clip(self.crop_frames(frames, rng)), "label": video.label}
+            last = n - T
+            reads = (round(last * view / (self.views - 1)) if self.views > 1 else last // 2) + (
+                np.arange(T)
+            )
+        return SamplePlan(index, rate, reads, *self.crop_origin(rng), ids)
 
-    def load_prp(self, video: Video, rng: np.random.Generator, rate: int) -> dict:
-        """A PRP sample of `video` at `rate`; raises if unreadable or too short for it."""
-        reader = open_video(video.path)
-        num_frames = len(reader)
-        if num_frames < self.need(rate):
-            too_short = "any playback rate" if num_frames < self.need(1) else f"rate {rate}"
-            raise ValueError(f"{num_frames} frames, too short for {too_short}")
-        start = int(rng.integers(num_frames - self.clip_len * rate))
-        ids = sample_dilated_clip(num_frames, rate, self.clip_len, start)
-        needed = np.concatenate([ids.target, ids.dpau.ravel()])
-        wanted, where = np.unique(needed, return_inverse=True)  # decode each frame once
-        frames = self.crop_frames(read_frames(reader, wanted.tolist(), self.resize), rng)
-        n_target = len(ids.target)
-        target = frames[where[:n_target]]  # (2T, h, w, 3)
+    def crop_origin(self, rng: np.random.Generator) -> tuple[int, int]:
+        """(top, left) of the one crop of a sample's frames: random (SMP, supervised) or
+        centred (PRP, evaluation)."""
+        (h, w), c = self.resize, self.crop
+        if self.random_crop:
+            return int(rng.integers(h - c + 1)), int(rng.integers(w - c + 1))
+        return (h - c) // 2, (w - c) // 2
+
+    def frame_count(self, index: int) -> int:
+        """The count read when the dataset was made; for a video that could not be read then,
+        another try, which raises why (or times out)."""
+        if self.frames[index]:
+            return self.frames[index]
+        path = self.videos[index].path
+        return call_with_timeout(lambda: len(open_video(path)), self.decode_timeout)
+
+    def load_timed(self, plans: list[SamplePlan]) -> list[dict]:
+        """`load` under the decode timeout."""
+        return call_with_timeout(partial(self.load, plans), self.decode_timeout)
+
+    def load(self, plans: list[SamplePlan]) -> list[dict]:
+        """The samples of plans of one video: each frame any of them reads decoded and resized
+        once, in one pass. Raises if the video cannot be read."""
+        reader = open_video(self.videos[plans[0].index].path)
+        wanted, where = np.unique(np.concatenate([p.reads for p in plans]), return_inverse=True)
+        frames = read_frames(reader, wanted.tolist(), self.resize)  # (N, H, W, 3)
+        ends = np.cumsum([len(p.reads) for p in plans])
+        samples = []
+        for plan, end in zip(plans, ends, strict=True):
+            rows = where[end - len(plan.reads) : end]
+            crop = np.s_[plan.top : plan.top + self.crop, plan.left : plan.left + self.crop]
+            sample_frames = frames[(rows, *crop)]  # (len(reads), c, c, 3), a copy
+            label = self.videos[plan.index].label
+            if plan.ids is None:
+                samples.append({"clip": self.to_clip(sample_frames), "label": label})
+            else:
+                samples.append({**self.prp_sample(plan, sample_frames), "label": label})
+        return samples
+
+    def prp_sample(self, plan: SamplePlan, frames: np.ndarray) -> dict:
+        """Clip, target, supervision flags, DPAU mask and rate from the frames `plan` reads."""
+        ids, rate = plan.ids, plan.rate
+        target = frames[: len(ids.target)]  # (2T, c, c, 3)
         if rate == 1:  # fillers: mean of the neighbouring real frames, the last repeats f15
             nxt = np.concatenate([target[2::2], target[-1:]])
             target[1::2] = ((target[0::2].astype(np.uint16) + nxt + 1) // 2).astype(np.uint8)
-        chunks = torch.from_numpy(frames[where[n_target:]]).view(rate, 4, *frames.shape[1:])
+        chunks = torch.from_numpy(frames[len(ids.target) :]).view(rate, 4, *frames.shape[1:])
         dpau = motion_mask_dpau(chunks)  # (3, s, 13, 13)
         return {
             "clip": self.to_clip(target[0::2]),  # the input is every other target frame
@@ -532,18 +623,7 @@ class VideoDataset(Dataset):
             "target_weight": torch.from_numpy(ids.target_weight),
             "dpau": dpau.repeat_interleave(2 * self.clip_len // rate, dim=1),  # (3, 2T, 13, 13)
             "rate": RATES.index(rate),
-            "label": video.label,
         }
-
-    def crop_frames(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """One crop for all frames: random (SMP, supervised) or centred (PRP, evaluation)."""
-        h, w = frames.shape[1:3]
-        c = self.crop
-        if self.random_crop:
-            top, left = int(rng.integers(h - c + 1)), int(rng.integers(w - c + 1))
-        else:
-            top, left = (h - c) // 2, (w - c) // 2
-        return frames[:, top : top + c, left : left + c]
 
     @staticmethod
     def to_clip(frames: np.ndarray) -> torch.Tensor:
@@ -571,7 +651,12 @@ class EpochSampler(Sampler):
     """Yields `(index, epoch)` keys: a permutation per epoch from (seed, epoch), sharded over
     `world_size` ranks, starting `skip` keys in. Training pads the shards by repeating keys so
     every rank takes as many steps (DDP needs it); evaluation (pad=False) gives each key to one
-    rank only, so every clip counts once."""
+    rank only, so every clip counts once.
+
+    With `repeats` = K > 1 (repeated sampling, training only) each index comes K times in a row,
+    as `(index, epoch)` then `(index, epoch, k)` for k = 1..K-1: K clips of one video, drawn
+    independently, that `VideoDataset` decodes in one pass when they share a batch. An epoch
+    is then K times as long."""
 
     def __init__(
         self,
@@ -581,9 +666,10 @@ class EpochSampler(Sampler):
         rank: int = 0,
         world_size: int = 1,
         pad: bool = True,
+        repeats: int = 1,
     ) -> None:
         self.n, self.seed, self.shuffle, self.pad = n, seed, shuffle, pad
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.repeats = rank, world_size, repeats
         self.epoch, self.skip = 0, 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
@@ -591,10 +677,10 @@ class EpochSampler(Sampler):
 
     def __len__(self) -> int:
         if self.pad:
-            return -(-self.n // self.world_size) - self.skip
-        return len(range(self.rank, self.n, self.world_size)) - self.skip
+            return -(-self.n // self.world_size) * self.repeats - self.skip
+        return len(range(self.rank, self.n, self.world_size)) * self.repeats - self.skip
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def __iter__(self) -> Iterator[tuple[int, ...]]:
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
             order = torch.randperm(self.n, generator=g).tolist()
@@ -603,5 +689,6 @@ class EpochSampler(Sampler):
         if self.pad:
             per_rank = -(-self.n // self.world_size)
             order += order[: per_rank * self.world_size - self.n]
-        mine = order[self.rank :: self.world_size]
-        return ((i, self.epoch) for i in mine[self.skip :])
+        mine = order[self.rank :: self.world_size]  # whole videos per rank, then the repeats
+        keys = [(i, self.epoch, *([k] if k else [])) for i in mine for k in range(self.repeats)]
+        return iter(keys[self.skip :])

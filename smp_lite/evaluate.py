@@ -49,7 +49,7 @@ from .engine import (
 )
 from .errors import ConfigError
 from .models import ARCHS, ActionNet, build_backbone, pooled_feature, retrieval_feature
-from .runtime import Runtime, make_runtime, unwrap
+from .runtime import Runtime, loader_workers, make_runtime, unwrap
 from .synth import DEFAULT_DATA
 from .train import AccuracyPerClass, as_settings, is_generated, supervised_step, warmup_cosine
 
@@ -74,7 +74,7 @@ class EvalConfig:
     resize: tuple[int, int] = (128, 171)
     crop: int = 112
     test_views: int = 10  # clips per test video, logits or features averaged
-    workers: int = 2
+    workers: int | None = None  # loader processes; None: runtime.loader_workers' default
     device: str = "auto"
     precision: str = "auto"
     channels_last: bool | None = None
@@ -160,6 +160,7 @@ def validate_eval(cfg: EvalConfig) -> None:
         (cfg.crop > 0 and cfg.crop % 16 == 0, f"crop {cfg.crop} must be divisible by 16"),
         (cfg.crop <= min(cfg.resize), f"crop {cfg.crop} is larger than resize {cfg.resize}"),
         (cfg.test_views >= 1, f"test views must be 1 or more, got {cfg.test_views}"),
+        (cfg.workers is None or cfg.workers >= 0, f"workers must be 0 or more, got {cfg.workers}"),
         (cfg.precision in ("auto", "bf16", "fp16", "fp32"), f"unknown precision {cfg.precision!r}"),
     ]
     if isinstance(cfg, ProbeConfig):
@@ -196,13 +197,14 @@ def eval_config_dict(cfg: EvalConfig) -> dict:
 # Shared steps
 
 
-def start_eval(cfg: EvalConfig) -> tuple[Runtime, Path]:
-    """The runtime and the run folder, after the refusals that come before any work."""
+def start_eval(cfg: EvalConfig) -> tuple[EvalConfig, Runtime, Path]:
+    """The config with its loader workers settled, the runtime and the run folder, after the
+    refusals that come before any work."""
     validate_eval(cfg)
     if cfg.init != "random":  # a wrong checkpoint is refused before any data is read or made
         load_backbone(build_backbone(cfg.arch), cfg.init, cfg.arch)
     rt = make_runtime(cfg.device, cfg.precision, cfg.channels_last, cfg.compile)
-    return rt, eval_out(cfg)
+    return replace(cfg, workers=loader_workers(cfg.workers, rt)), rt, eval_out(cfg)
 
 
 def initial_backbone(cfg: EvalConfig) -> nn.Module:
@@ -340,7 +342,7 @@ def accuracy_report(
 
 def probe(cfg: ProbeConfig, progress: bool = True) -> dict:
     """Train a linear layer on the frozen backbone's cached features; returns results.json."""
-    rt, out = start_eval(cfg)
+    cfg, rt, out = start_eval(cfg)
     with hold_run_folder(out, cfg.resume, cfg.overwrite, rt):  # refusals before any work
         ensure_default_dataset(cfg.data, rt)
         t0 = time.perf_counter()
@@ -492,7 +494,7 @@ def classifier_metrics(head: str, classes: int) -> MetricCollection:
 def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     """Train the whole network on action labels; test with `test_views` clips per test video
     (centre crop, logits averaged). Returns results.json."""
-    rt, out = start_eval(cfg)
+    cfg, rt, out = start_eval(cfg)
     with hold_run_folder(out, cfg.resume, cfg.overwrite, rt):
         ensure_default_dataset(cfg.data, rt)
         t0 = time.perf_counter()
@@ -560,7 +562,7 @@ def finetune_run(cfg: FinetuneConfig, rt: Runtime, out: Path, index) -> Run:
 def retrieve(cfg: RetrieveConfig, progress: bool = True) -> dict:
     """Test videos query the training videos; a query hits at k when one of its k nearest
     (cosine similarity of the clip-averaged retrieval features) has its class."""
-    rt, out = start_eval(cfg)
+    cfg, rt, out = start_eval(cfg)
     with hold_run_folder(out, cfg.resume, cfg.overwrite, rt):
         ensure_default_dataset(cfg.data, rt)
         t0 = time.perf_counter()

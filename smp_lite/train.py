@@ -45,7 +45,7 @@ from .engine import (
 from .errors import ConfigError, DataError
 from .masks import LAMBDA_SCHEDULES, blend_lambda
 from .models import ARCHS, NUM_RATES, ActionNet, MotionNet, build_backbone
-from .runtime import Runtime, make_runtime
+from .runtime import Runtime, loader_workers, make_runtime
 from .synth import DEFAULT_DATA
 
 TASKS = ("smp", "prp", "supervised")
@@ -83,11 +83,12 @@ class TrainConfig:
     resize: tuple[int, int] = (128, 171)
     crop: int = 112
     train_crop: str = ""  # random or center; empty: the task's original (TASK_CROPS)
+    clips_per_video: int = 1  # >1: training clips per decoded video (repeated sampling)
     val_fraction: float = 0.1  # of the training groups, held out to pick best.pt
     precise_bn: int = 20  # training batches that recompute BatchNorm statistics each epoch end
     lam_schedule: str = "exp"
     mg: bool = True  # multiple-granularity rate heads (SMP)
-    workers: int = 2
+    workers: int | None = None  # loader processes; None: runtime.loader_workers' default
     device: str = "auto"
     precision: str = "auto"  # auto, bf16, fp16, fp32
     channels_last: bool | None = None  # None: on where it pays (GPU, CPU with bf16)
@@ -195,7 +196,8 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.save_every >= 0, f"save every must be 0 or more steps, got {cfg.save_every}"),
         (cfg.precise_bn >= 0, f"precise BN must be 0 or more batches, got {cfg.precise_bn}"),
         (cfg.limit_batches >= 0, f"limit batches must be 0 or more, got {cfg.limit_batches}"),
-        (cfg.workers >= 0, f"workers must be 0 or more, got {cfg.workers}"),
+        (cfg.clips_per_video >= 1, f"clips per video must be 1 or more: {cfg.clips_per_video}"),
+        (cfg.workers is None or cfg.workers >= 0, f"workers must be 0 or more, got {cfg.workers}"),
         (cfg.split > 0, f"split must be positive, got {cfg.split}"),
         (0 <= cfg.seed < 2**32, f"seed must be in 0..{2**32 - 1}, got {cfg.seed}"),
         (not (cfg.resume and cfg.overwrite), "pass --resume or --overwrite, not both"),
@@ -346,6 +348,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     if cfg.init_from and not cfg.resume:  # a wrong checkpoint is refused before any data is read
         load_backbone(build_backbone(cfg.arch), cfg.init_from, cfg.arch)
     rt = make_runtime(cfg.device, cfg.precision, cfg.channels_last, cfg.compile)
+    cfg = replace(cfg, workers=loader_workers(cfg.workers, rt))
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     with hold_run_folder(out, cfg.resume, cfg.overwrite, rt):  # refusals before any data is read
         ensure_default_dataset(cfg.data, rt)
@@ -424,6 +427,9 @@ def make_loaders(cfg: TrainConfig, rt: Runtime, videos: tuple) -> dict[str, Data
         ("val", val_set, cfg.seed, False),
     ):
         if len(dataset):
-            sampler = EpochSampler(len(dataset), seed, training, rt.rank, rt.world, pad=training)
+            repeats = cfg.clips_per_video if training else 1
+            sampler = EpochSampler(
+                len(dataset), seed, training, rt.rank, rt.world, training, repeats
+            )
             loaders[name] = make_loader(dataset, sampler, cfg.batch_size, cfg.workers, rt, training)
     return loaders

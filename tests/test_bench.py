@@ -20,6 +20,7 @@ def small_bench(data, **overrides) -> BenchConfig:
     settings = dict(data=data, device="cpu", archs=("r3d10",), clip_len=8, resize=(32, 40))
     settings |= dict(crop=32)
     settings |= dict(batch_size=2, original_batch=2, steps=1, rates=(1, 8), workers=(0,))
+    settings |= dict(clips_per_video=(1, 2))
     settings |= dict(loader_batches=1, step_batches=4)
     return BenchConfig(**(settings | overrides))
 
@@ -47,8 +48,11 @@ def test_bench_measures_every_part_and_reports_it(synth_tiny) -> None:
                 r["gflop_per_clip"] * 1e9 * r["bare_clips_per_s"] / results["peak_flops"]
             )
         )
-    loaders = {(r["rate"], r["workers"]): r["clips_per_s"] for r in results["loader"]}
-    assert set(loaders) == {(rate, w) for rate in (1, 8, "mixed") for w in (0, "original")}
+    loaders = {
+        (r["rate"], r["workers"], r["clips_per_video"]): r["clips_per_s"] for r in results["loader"]
+    }
+    settings = (0, 1), (0, 2), ("original", 1)
+    assert set(loaders) == {(rate, *s) for rate in (1, 8, "mixed") for s in settings}
     assert all(v > 0 for v in loaders.values())
     assert results["step"]["batches"] == 4 and results["step"]["clips_per_s"] > 0
     assert results["step"]["steady_clips_per_s"] > 0  # from epochs of 4 and 1 batches
@@ -58,7 +62,7 @@ def test_bench_measures_every_part_and_reports_it(synth_tiny) -> None:
     text = format_report(results, "smp-lite bench --device cpu")
     assert "`smp-lite bench --device cpu`" in text
     assert "| `r3d10` | smp | as trained |" in text and "| `r3d10` | supervised | fused |" in text
-    assert "| rate | 0 workers | original style |" in text
+    assert "| rate | 0 workers | 0 workers, 2 clips a video | original style |" in text
     assert text.count("\n| 1 | ") == 1 and text.count("\n| 8 | ") == 1
     assert text.count("\n| mixed | ") == 1
     assert "End to end, `train()` on smp `r3d10` with 0 workers" in text
@@ -85,6 +89,7 @@ def test_the_report_replaces_its_section_and_keeps_the_rest(tmp_path) -> None:
         (dict(rates=(3,)), "rates must be among"),
         (dict(variants=("turbo",)), "variants must be among"),
         (dict(workers=(-1,)), "worker counts"),
+        (dict(clips_per_video=(0,)), "clips per video"),
         (dict(steps=0), "steps must be positive"),
         (dict(archs=("c4d",)), "unknown architecture"),
     ],

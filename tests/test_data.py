@@ -13,6 +13,7 @@ from PIL import Image
 from test_train import tiny_config
 from video_files import distinct_frames, write_ucf_layout
 
+from smp_lite import data as data_module
 from smp_lite.checkpoint import load_checkpoint
 from smp_lite.data import (
     RATES,
@@ -206,6 +207,68 @@ def test_evaluation_shards_give_each_key_to_one_rank() -> None:
     assert sorted(keys) == list(range(7))
 
 
+def test_epoch_sampler_repeats_each_video_in_a_row_and_shards_whole_videos() -> None:
+    shards = [EpochSampler(5, seed=2, rank=r, world_size=2, repeats=3) for r in range(2)]
+    keys = [list(s) for s in shards]
+    assert [len(k) for k in keys] == [len(s) for s in shards] == [9, 9]  # 3 padded videos each
+    for mine in keys:
+        for v in range(3):  # (index, epoch), then (index, epoch, 1), (index, epoch, 2)
+            i = mine[3 * v][0]
+            assert mine[3 * v : 3 * v + 3] == [(i, 0), (i, 0, 1), (i, 0, 2)]
+    assert {k[0] for k in keys[0] + keys[1]} == set(range(5))
+    once = EpochSampler(5, seed=2, rank=0, world_size=2)
+    assert [k[0] for k in keys[0][::3]] == [i for i, _ in once]  # the same videos, in order
+    shards[0].set_epoch(0, skip=4)  # resuming mid-video
+    assert list(shards[0]) == keys[0][4:]
+
+
+def count_opens(monkeypatch) -> list:
+    opened = []
+    real = data_module.open_video
+    monkeypatch.setattr(data_module, "open_video", lambda path: opened.append(path) or real(path))
+    return opened
+
+
+@pytest.mark.parametrize("mode", ["prp", "clip"])
+def test_repeated_clips_of_a_video_are_decoded_once_and_equal_the_clips_alone(
+    ucf_tiny, monkeypatch, mode
+) -> None:
+    """Keys of one video in one batch (EpochSampler's repeats) give the very samples each key
+    gives alone, from one opening of the video."""
+    videos = load_index(ucf_tiny).train[:3]
+    ds = VideoDataset(videos, mode=mode, resize=(64, 80), crop=48, seed=4)
+    keys = [(1, 2), (1, 2, 1), (1, 2, 2), (1, 2, 3), (0, 2)]
+    alone = [ds[key] for key in keys]
+    opened = count_opens(monkeypatch)
+    together = ds.__getitems__(keys)
+    assert len(opened) == 2  # video 1 once for its four keys, video 0 once
+    for a, b in zip(alone, together, strict=True):
+        assert a.keys() == b.keys()
+        for name, value in a.items():
+            assert torch.equal(value, b[name]) if torch.is_tensor(value) else value == b[name]
+    clips = [s["clip"] for s in together[:4]]  # drawn independently: four different clips
+    assert len({c.float().sum().item() for c in clips}) == 4
+
+
+def test_repeated_clips_of_a_video_broken_since_counted_skip_it_as_alone(
+    ucf_tiny, tmp_path
+) -> None:
+    """A video that could be counted but no longer decoded (replaced during the run): the keys
+    of its batch each skip it, as they would alone."""
+    index = load_index(ucf_tiny)
+    broken = tmp_path / "broken.avi"
+    broken.write_bytes(index.train[0].path.read_bytes())
+    videos = (dataclasses.replace(index.train[0], path=broken), *index.train[1:3])
+    ds = VideoDataset(videos, mode="prp", resize=(64, 80), crop=48)
+    assert ds.frames[0] > 0
+    broken.write_bytes(b"not a video at all" * 100)
+    keys = [(0, 0), (0, 0, 1), (0, 0, 2)]
+    together = ds.__getitems__(keys)
+    for key, s in zip(keys, together, strict=True):
+        assert "broken.avi" in s["skipped"] and s["index"] != 0
+        assert torch.equal(s["clip"], ds[key]["clip"])
+
+
 @pytest.fixture(scope="module")
 def long_and_short(tmp_path_factory) -> tuple:
     """Four 140-frame videos (every rate fits) and four 40-frame ones (rates 1 and 2 only)."""
@@ -243,16 +306,13 @@ def test_evaluation_drops_the_views_a_video_is_too_short_for(long_and_short) -> 
 
 def test_crops_random_or_centred(ucf_tiny) -> None:
     videos = load_index(ucf_tiny).train[:1]
-    frames = np.arange(2 * 64 * 80 * 3, dtype=np.uint32).reshape(2, 64, 80, 3)
-    centred = frames[:, 8:56, 16:64]
     for training, random_crop in ((True, False), (False, True), (False, False)):
         ds = VideoDataset(videos, resize=(64, 80), crop=48, train=training, random_crop=random_crop)
         for seed in range(5):
-            assert np.array_equal(ds.crop_frames(frames, np.random.default_rng(seed)), centred)
+            assert ds.crop_origin(np.random.default_rng(seed)) == (8, 16)  # centred
     ds = VideoDataset(videos, resize=(64, 80), crop=48, train=True, random_crop=True)
-    crops = [ds.crop_frames(frames, np.random.default_rng(seed)) for seed in range(5)]
-    assert any(not np.array_equal(c, centred) for c in crops)
-    assert all(c.shape == (2, 48, 48, 3) for c in crops)
+    origins = {ds.crop_origin(np.random.default_rng(seed)) for seed in range(20)}
+    assert len(origins) > 5 and all(0 <= t <= 16 and 0 <= left <= 32 for t, left in origins)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from smp_lite.runtime import (
     Runtime,
     cpu_has_native_bf16,
     guard_cpu_bf16_conv3d,
+    loader_workers,
     make_runtime,
     unwrap,
 )
@@ -95,3 +96,24 @@ def test_wrap_compiles_only_where_asked_and_unwrap_gives_the_bare_model_back() -
     assert compiled.state_dict().keys() != model.state_dict().keys()  # why checkpoints unwrap
     plain = Runtime(cpu, "fp32", False).wrap(model)
     assert plain is model and unwrap(plain) is model
+
+
+@pytest.mark.parametrize(
+    ("device", "cores", "world", "expected"),
+    [
+        ("cpu", 16, 1, 0),
+        ("cuda", 16, 1, 15),
+        ("cuda", 16, 4, 3),
+        ("cuda", 64, 1, 16),
+        ("cuda", 1, 1, 1),
+    ],
+)
+def test_default_loader_workers_leave_the_cpu_to_the_step(
+    monkeypatch, device, cores, world, expected
+) -> None:
+    """No loader processes on a CPU (they take cores from the step); on a GPU one core per rank
+    is left to the training process."""
+    monkeypatch.setattr("os.sched_getaffinity", lambda _: set(range(cores)), raising=False)
+    rt = Runtime(torch.device(device), "fp32", False, world=world)
+    assert loader_workers(None, rt) == expected
+    assert loader_workers(3, rt) == 3  # asked for: kept

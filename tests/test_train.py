@@ -156,6 +156,15 @@ def test_same_seed_same_numbers(ucf_tiny, tmp_path) -> None:
     assert a != c
 
 
+def test_repeated_sampling_makes_an_epoch_pass_each_video_that_many_times(ucf_tiny, tmp_path):
+    steps = {}
+    for k in (1, 2):
+        cfg = tiny_config(ucf_tiny, tmp_path / f"k{k}", task="prp", epochs=1, limit_batches=0)
+        train(replace(cfg, clips_per_video=k, save_every=0), progress=False)
+        steps[k] = load_checkpoint(tmp_path / f"k{k}" / "last.pt")["step"]
+    assert steps[1] > 0 and steps[2] in (2 * steps[1], 2 * steps[1] + 1)  # drop_last
+
+
 def test_precise_bn_changes_only_the_bn_statistics_of_a_run(ucf_tiny, tmp_path) -> None:
     for name, batches in (("running", 0), ("precise", 2)):
         cfg = tiny_config(ucf_tiny, tmp_path / name, task="prp", epochs=1, precise_bn=batches)
@@ -463,6 +472,7 @@ def test_validation_under_torchrun_counts_each_clip_once(ucf_tiny, tmp_path) -> 
         (dict(weight_decay=-1e-4), "weight decay must be 0 or more"),
         (dict(limit_batches=-1), "limit batches must be 0 or more"),
         (dict(workers=-2), "workers must be 0 or more"),
+        (dict(clips_per_video=0), "clips per video must be 1 or more"),
         (dict(warmup_epochs=-1), "warm-up epochs must be 0 or more"),
         (dict(seed=-1), r"seed must be in 0..4294967295, got -1"),
         (dict(seed=2**32), r"seed must be in 0..4294967295, got 4294967296"),
