@@ -3,11 +3,13 @@
 # process's breakdown, the training loop's synchronisations, the matmul peak, compute alone per
 # backbone and task (compiled as training runs it, and eager) with FLOPs and share of the peak,
 # the compute of the original code's style, the loader alone per playback rate and worker count
-# and with the rates mixed, the original code's loading style on the same files, and `train()`
-# end to end, steady, over a 100-batch epoch.
+# and with the rates mixed, with 1 and with 4 clips a decoded video (repeated sampling), the
+# original code's loading style on the same files, and `train()` end to end, steady, over a
+# 100-batch epoch, with pretraining's default workers (the cores but one).
 #
 # For a fresh GPU machine (H100/H200 class, 16 cores, PyTorch installed, no network), in about
-# 5.5 minutes (5.2 on an H100 before the end-to-end warm-up epoch was added; each more arch, as
+# 6 minutes (5.2 on an H100 before the end-to-end warm-up epoch and the rows with 4 clips a
+# video were added, which were estimated, not timed there; each more arch, as
 # `--archs r3d18,c3d`, adds about a minute). It installs nothing from the network. What such a
 # machine lacks travels with the checkout: the decord2 wheel in .whl/, and the generated dataset in data/synth/ (29 MB, made
 # here by `smp-lite data synth`, the same files on every machine), since PyAV's wheel, which
@@ -47,6 +49,6 @@ python3 benchmarks/loader_breakdown.py --data data/synth --videos 32 --rates 1,8
 python3 benchmarks/sync_probe.py 2>&1 | grep -v Warning | tee "$out/sync_probe.txt"
 
 python3 -m smp_lite.cli bench --device cuda --preset paper --archs r3d18 \
-    --tasks smp,supervised --batch-size 32 --workers 15 --rates 1,2,4,8 \
+    --tasks smp,supervised --batch-size 32 --workers 15 --clips-per-video 1,4 --rates 1,2,4,8 \
     --loader-batches 15 --step-batches 100 --variants eager \
     --write "$out/benchmarks.md" "$@" | tee "$out/bench.txt"

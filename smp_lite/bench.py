@@ -77,6 +77,7 @@ class BenchConfig:
     clips_per_video: tuple[int, ...] = (1, 4)  # the loader timed with each (repeated sampling)
     loader_batches: int = 6  # timed loader batches per setting, after the workers' first round
     step_batches: int = 20  # batches of the long end-to-end epoch (0: skip it)
+    step_workers: int | None = None  # loader workers of the end-to-end run; None: training's
     variants: tuple[str, ...] = ()  # compute also timed with: fused (SGD), eager, compiled
 
 
@@ -140,6 +141,10 @@ def validate_bench(cfg: BenchConfig) -> None:
         (cfg.steps > 0, f"steps must be positive, got {cfg.steps}"),
         (cfg.loader_batches > 0, f"loader batches must be positive, got {cfg.loader_batches}"),
         (cfg.step_batches >= 0, f"step batches must be 0 or more, got {cfg.step_batches}"),
+        (
+            cfg.step_workers is None or cfg.step_workers >= 0,
+            f"step workers must be 0 or more, got {cfg.step_workers}",
+        ),
         (set(cfg.variants) <= set(VARIANTS), f"variants must be among {VARIANTS}: {cfg.variants}"),
     ]
     for ok, message in checks:
@@ -377,12 +382,12 @@ def float_clip(frames: np.ndarray) -> torch.Tensor:
 
 
 def end_to_end(cfg: BenchConfig, preset: str, rt: Runtime) -> dict:
-    """`train()` on the first arch and task, loading with training's default workers,
-    no validation, no mid-epoch saves: the clips/s of one epoch of `step_batches` batches, and
-    the steady clips/s, from that epoch and one a quarter as long (the start-up, the same in
-    both, cancels out of their difference). A one-batch epoch before them warms the caches
-    that would make the first one's start-up longer (torch.compile's graphs, cuDNN's kernel
-    choice). The training videos are listed as many times as the long epoch needs."""
+    """`train()` on the first arch and task, loading with `step_workers` (training's default
+    unless set), no validation, no mid-epoch saves: the clips/s of one epoch of `step_batches`
+    batches, and the steady clips/s, from that epoch and one a quarter as long (the start-up,
+    the same in both, cancels out of their difference). A one-batch epoch before them warms
+    the caches that would make the first one's start-up longer (torch.compile's graphs, cuDNN's
+    kernel choice). The training videos are listed as many times as the long epoch needs."""
     long, short = cfg.step_batches, max(cfg.step_batches // 4, 1)
     seconds: list[float] = []  # of the warm-up, short and long epochs
     with tempfile.TemporaryDirectory() as tmp:
@@ -399,6 +404,7 @@ def end_to_end(cfg: BenchConfig, preset: str, rt: Runtime) -> dict:
                 val_fraction=0.0,
                 precise_bn=0,
                 save_every=0,
+                workers=cfg.step_workers,
                 out=f"{tmp}/run-{len(seconds)}",
             )
             row = train(tcfg, progress=False)
@@ -408,7 +414,7 @@ def end_to_end(cfg: BenchConfig, preset: str, rt: Runtime) -> dict:
     return {
         "arch": cfg.archs[0],
         "task": cfg.tasks[0],
-        "workers": loader_workers(None, rt),
+        "workers": loader_workers(cfg.step_workers, rt),
         "batches": long,
         "clips_per_s": long * cfg.batch_size / seconds[2],
         "steady_clips_per_s": steady,

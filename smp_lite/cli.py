@@ -166,7 +166,8 @@ HELP = {
     "random for smp and supervised, center for prp]. Evaluation crops the centre.",
     "clips_per_video": "Training clips drawn from each video per epoch, decoded in one pass "
     "(repeated sampling): each clip is drawn as if alone, but a batch holds fewer videos and an "
-    "epoch is this many times as long. 4 loads a clip 2-3x faster (docs/benchmarks.md).",
+    "epoch is this many times as long. With 4 a loader process made 2.1x the clips a second, "
+    "but at batch 8 learning per step was slower (docs/benchmarks.md).",
     "val_fraction": "Share of training groups held out to pick best.pt.",
     "precise_bn": "Training batches that recompute BatchNorm statistics at each epoch end, "
     "before validation and saving (0 = keep the running averages).",
@@ -460,6 +461,8 @@ BENCH_HELP = {
     "sampling, pretrain --clips-per-video), comma-separated.",
     "loader_batches": "Timed loader batches per setting, after each worker's first batch.",
     "step_batches": "Batches of the long end-to-end epoch (0: skip).",
+    "step_workers": "Loader workers of the end-to-end run [default: pretrain's: none on a CPU, "
+    "the cores but one on a GPU].",
     "variants": "Also time the compute with: fused (SGD), eager (no torch.compile), compiled "
     "(torch.compile), comma-separated.",
 }

@@ -90,6 +90,7 @@ def test_the_report_replaces_its_section_and_keeps_the_rest(tmp_path) -> None:
         (dict(variants=("turbo",)), "variants must be among"),
         (dict(workers=(-1,)), "worker counts"),
         (dict(clips_per_video=(0,)), "clips per video"),
+        (dict(step_workers=-1), "step workers"),
         (dict(steps=0), "steps must be positive"),
         (dict(archs=("c4d",)), "unknown architecture"),
     ],
