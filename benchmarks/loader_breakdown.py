@@ -12,7 +12,8 @@ import time
 
 import decord
 
-from smp_lite.data import VideoDataset, load_index, open_video, read_frames, sample_dilated_clip
+from smp_lite.data import VideoDataset, open_video, read_frames, sample_dilated_clip
+from smp_lite.index import load_index
 
 
 def row(videos: tuple, rate: int, size: tuple[int, int], crop: int) -> list[float]:

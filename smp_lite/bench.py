@@ -36,9 +36,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from .data import RATES, EpochSampler, VideoDataset, load_index, sample_dilated_clip
+from .data import RATES, EpochSampler, VideoDataset, sample_dilated_clip
 from .engine import ensure_default_dataset, make_loader, train_steps
 from .errors import ConfigError
+from .index import load_index
 from .masks import rescale_per_map
 from .models import NUM_RATES
 from .runtime import Runtime, loader_workers, make_runtime

@@ -15,7 +15,8 @@ from pathlib import Path
 import decord
 from tqdm import tqdm
 
-from .data import RATES, DatasetIndex, allowed_rates, load_index
+from .data import RATES, allowed_rates
+from .index import DatasetIndex, load_index
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov")
 SHOWN = 10  # names per problem in the printed summary; the JSON report has them all

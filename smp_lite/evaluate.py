@@ -37,7 +37,7 @@ from torchmetrics.wrappers import ClasswiseWrapper
 from tqdm import tqdm  # text bars: the same in a terminal and a notebook
 
 from .checkpoint import FEATURES, RESULTS, load_backbone, write_run_folder
-from .data import RATES, EpochSampler, VideoDataset, load_index, to_float
+from .data import RATES, EpochSampler, VideoDataset, to_float
 from .engine import (
     Run,
     StepOutput,
@@ -48,6 +48,7 @@ from .engine import (
     make_loader,
 )
 from .errors import ConfigError
+from .index import load_index
 from .models import ARCHS, ActionNet, build_backbone, pooled_feature, retrieval_feature
 from .runtime import Runtime, loader_workers, make_runtime, unwrap
 from .synth import DEFAULT_DATA

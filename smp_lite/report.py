@@ -12,8 +12,9 @@ import json
 from pathlib import Path
 
 from .checkpoint import read_metrics
-from .data import load_index, open_video, read_frames
+from .data import open_video, read_frames
 from .errors import TrainError
+from .index import load_index
 
 
 def pretrain_table(runs: list[str | Path]) -> str:

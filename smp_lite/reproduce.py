@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 
 from .checkpoint import BEST, LAST, RESULTS, read_metrics, write_text
-from .data import load_index
 from .errors import ConfigError, DataError
 from .evaluate import finetune, make_eval_config, probe, retrieve
+from .index import load_index
 from .report import main_head, write_reproduce_report
 from .synth import DEFAULT_DATA, synthesize
 from .synth import PRESETS as SYNTH_PRESETS

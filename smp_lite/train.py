@@ -31,7 +31,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.wrappers import ClasswiseWrapper
 
 from .checkpoint import load_backbone, write_run_folder
-from .data import RATES, EpochSampler, VideoDataset, load_index, split_by_group, to_float
+from .data import RATES, EpochSampler, VideoDataset, to_float
 from .engine import (
     Run,
     StepFn,
@@ -43,6 +43,7 @@ from .engine import (
     make_loader,
 )
 from .errors import ConfigError, DataError
+from .index import load_index, split_by_group
 from .masks import LAMBDA_SCHEDULES, blend_lambda
 from .models import ARCHS, NUM_RATES, ActionNet, MotionNet, build_backbone
 from .runtime import Runtime, loader_workers, make_runtime

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from smp_lite.checkpoint import read_metrics
 from smp_lite.cli import app
-from smp_lite.data import RATES, DatasetIndex, Video, load_index
+from smp_lite.data import RATES
 from smp_lite.engine import fit
 from smp_lite.errors import ConfigError
 from smp_lite.evaluate import (
@@ -28,6 +28,7 @@ from smp_lite.evaluate import (
     retrieve,
     video_mean,
 )
+from smp_lite.index import DatasetIndex, Video, load_index
 from smp_lite.runtime import make_runtime
 from smp_lite.train import train
 

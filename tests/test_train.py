@@ -19,9 +19,10 @@ from torchmetrics.classification import MulticlassAccuracy
 import smp_lite.engine
 import smp_lite.train
 from smp_lite.checkpoint import load_checkpoint, read_metrics
-from smp_lite.data import RATES, VideoDataset, load_index, split_by_group
+from smp_lite.data import RATES, VideoDataset
 from smp_lite.engine import evaluate, metrics_row
 from smp_lite.errors import ConfigError, DataError, RunInterrupted, TrainError
+from smp_lite.index import load_index, split_by_group
 from smp_lite.models import MotionNet
 from smp_lite.runtime import Runtime
 from smp_lite.synth import DEFAULT_DATA, synthesize
