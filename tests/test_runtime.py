@@ -6,6 +6,7 @@ import torch
 from smp_lite.models import MotionNet
 from smp_lite.runtime import (
     Runtime,
+    conv3d_as_matmul,
     cpu_has_native_bf16,
     guard_cpu_bf16_conv3d,
     loader_workers,
@@ -117,3 +118,29 @@ def test_default_loader_workers_leave_the_cpu_to_the_step(
     rt = Runtime(torch.device(device), "fp32", False, world=world)
     assert loader_workers(None, rt) == expected
     assert loader_workers(3, rt) == 3  # asked for: kept
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "bias"),
+    [(3, 1, 1, False), (3, (1, 2, 2), 1, True), ((3, 1, 1), (1, 1, 1), (1, 0, 0), False)],
+)
+def test_the_guards_matmul_is_conv3d(kernel, stride, padding, bias) -> None:
+    """The guard's im2col matmul computes F.conv3d, in fp32 to float rounding, with channels_last
+    or contiguous tensors."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(8, 6, kernel, stride, padding, bias=bias)
+    x = torch.randn(2, 8, 2, 7, 7)
+    expected = conv(x)
+    for layout in (torch.contiguous_format, torch.channels_last_3d):
+        conv = conv.to(memory_format=layout)
+        got = conv3d_as_matmul(
+            x.contiguous(memory_format=layout), conv.weight, conv.bias, conv.stride, conv.padding
+        )
+        assert got.shape == expected.shape
+        assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_the_guard_refuses_a_conv_it_cannot_compute() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv3d(4, 4, 3, padding=1, groups=2))
+    with pytest.raises(ValueError, match="plain convolutions"):
+        guard_cpu_bf16_conv3d(model)
