@@ -663,9 +663,10 @@ def sigterm_interrupts() -> Iterator[None]:
 
 # settings that make a run what it is: resuming with other values would not continue it
 RUN_SETTINGS = (
-    "arch task split batch_size clip_len resize crop train_crop val_fraction lam_schedule mg "
-    "schedule seed"
+    "arch task split batch_size clip_len resize crop train_crop clips_per_video val_fraction "
+    "lam_schedule mg schedule seed"
 ).split()
+SETTINGS_BEFORE = {"clips_per_video": 1}  # the value of runs saved before a setting existed
 
 
 def check_compatible(state: dict, config: dict, classes: tuple[str, ...], path: Path) -> None:
@@ -676,9 +677,10 @@ def check_compatible(state: dict, config: dict, classes: tuple[str, ...], path: 
         )
     saved, now = state["config"], config
     for key in RUN_SETTINGS:
-        if saved.get(key) != now.get(key):
+        before = saved.get(key, SETTINGS_BEFORE.get(key))
+        if before != now.get(key):
             raise TrainError(
-                f"{path} was run with {key} {saved.get(key)!r}, not {now.get(key)!r}: "
+                f"{path} was run with {key} {before!r}, not {now.get(key)!r}: "
                 "resume with the options the run started with"
             )
     if list(state["classes"]) != list(classes):

@@ -18,7 +18,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 import smp_lite.engine
 import smp_lite.train
-from smp_lite.checkpoint import load_checkpoint, read_metrics
+from smp_lite.checkpoint import load_checkpoint, read_metrics, save_checkpoint
 from smp_lite.data import RATES, VideoDataset
 from smp_lite.engine import evaluate, metrics_row
 from smp_lite.errors import ConfigError, DataError, RunInterrupted, TrainError
@@ -333,6 +333,14 @@ def test_resume_refuses_what_would_not_continue_the_run(ucf_tiny, tmp_path) -> N
         train(tiny_config(ucf_tiny, tmp_path / "r", batch_size=2, resume=True), progress=False)
     with pytest.raises(TrainError, match="holds a smp r3d10 run, not smp c3d"):
         train(tiny_config(ucf_tiny, tmp_path / "r", arch="c3d", resume=True), progress=False)
+    with pytest.raises(TrainError, match="was run with clips_per_video 1, not 2"):
+        cfg = tiny_config(ucf_tiny, tmp_path / "r", clips_per_video=2, resume=True)
+        train(cfg, progress=False)
+    state = load_checkpoint(tmp_path / "r" / "last.pt")
+    del state["config"]["clips_per_video"]  # as saved before the setting existed: 1
+    save_checkpoint(tmp_path / "r" / "last.pt", state)
+    train(tiny_config(ucf_tiny, tmp_path / "r", epochs=2, resume=True), progress=False)
+    assert load_checkpoint(tmp_path / "r" / "last.pt")["epoch"] == 2
 
 
 def test_cosine_schedule_warms_up_then_decays_as_computed_by_hand() -> None:
