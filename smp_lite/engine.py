@@ -37,9 +37,10 @@ from torchmetrics import MeanMetric, Metric, MetricCollection, SumMetric
 from torchmetrics.wrappers.abstract import WrapperMetric
 from tqdm import tqdm  # text bars: the same in a terminal and a notebook
 
-from .checkpoint import Progress, append_metrics, load_run, run_folder, save_run
+from .checkpoint import Progress, load_run, save_run
 from .data import to_float
 from .errors import DataError, RunInterrupted, TrainError
+from .folders import append_metrics, run_folder
 from .runtime import Runtime, unwrap
 from .synth import DEFAULT_DATA, synthesize
 
@@ -59,7 +60,7 @@ class NonFiniteLoss(ArithmeticError):
 
 @contextmanager
 def hold_run_folder(out: Path, resume: bool, overwrite: bool, rt: Runtime) -> Iterator[None]:
-    """Rank 0 holds the run folder (checkpoint.run_folder: one run per folder, nothing lost);
+    """Rank 0 holds the run folder (folders.run_folder: one run per folder, nothing lost);
     under torchrun the other ranks wait for its answer, so that a refusal stops them all."""
     with ExitStack() as stack:
         refusal = None

@@ -36,7 +36,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from torchmetrics.wrappers import ClasswiseWrapper
 from tqdm import tqdm  # text bars: the same in a terminal and a notebook
 
-from .checkpoint import FEATURES, RESULTS, load_backbone, write_run_folder
+from .checkpoint import FEATURES, RESULTS, load_backbone
 from .data import RATES, EpochSampler, VideoDataset, to_float
 from .engine import (
     Run,
@@ -48,6 +48,7 @@ from .engine import (
     make_loader,
 )
 from .errors import ConfigError
+from .folders import write_run_folder
 from .index import load_index
 from .models import ARCHS, ActionNet, build_backbone, pooled_feature, retrieval_feature
 from .runtime import Runtime, loader_workers, make_runtime, unwrap

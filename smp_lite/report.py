@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .checkpoint import read_metrics
 from .data import open_video, read_frames
 from .errors import TrainError
+from .folders import read_metrics
 from .index import load_index
 
 

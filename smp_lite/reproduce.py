@@ -29,9 +29,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import BEST, LAST, RESULTS, read_metrics, write_text
+from .checkpoint import BEST, LAST, RESULTS
 from .errors import ConfigError, DataError
 from .evaluate import finetune, make_eval_config, probe, retrieve
+from .folders import read_metrics, write_text
 from .index import load_index
 from .report import main_head, write_reproduce_report
 from .synth import DEFAULT_DATA, synthesize

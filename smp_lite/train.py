@@ -30,7 +30,7 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.wrappers import ClasswiseWrapper
 
-from .checkpoint import load_backbone, write_run_folder
+from .checkpoint import load_backbone
 from .data import RATES, EpochSampler, VideoDataset, to_float
 from .engine import (
     Run,
@@ -43,6 +43,7 @@ from .engine import (
     make_loader,
 )
 from .errors import ConfigError, DataError
+from .folders import write_run_folder
 from .index import load_index, split_by_group
 from .masks import LAMBDA_SCHEDULES, blend_lambda
 from .models import ARCHS, NUM_RATES, ActionNet, MotionNet, build_backbone

@@ -15,9 +15,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from smp_lite.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, read_metrics, save_checkpoint
+from smp_lite.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from smp_lite.cli import app
 from smp_lite.errors import ConfigError
+from smp_lite.folders import read_metrics
 from smp_lite.train import PRESETS, TrainConfig
 
 runner = CliRunner()

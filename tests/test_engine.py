@@ -10,9 +10,10 @@ import torch
 from test_train import tiny_config, torchrun
 from torchmetrics import MeanMetric, MetricCollection
 
-from smp_lite.checkpoint import load_checkpoint, read_metrics
+from smp_lite.checkpoint import load_checkpoint
 from smp_lite.data import EpochSampler
 from smp_lite.engine import load_metrics_state, loss_metrics, make_loader, precise_bn
+from smp_lite.folders import read_metrics
 from smp_lite.runtime import Runtime
 from smp_lite.train import train
 

@@ -9,7 +9,6 @@ from test_train import tiny_config
 from torchmetrics.retrieval import RetrievalHitRate
 from typer.testing import CliRunner
 
-from smp_lite.checkpoint import read_metrics
 from smp_lite.cli import app
 from smp_lite.data import RATES
 from smp_lite.engine import fit
@@ -28,6 +27,7 @@ from smp_lite.evaluate import (
     retrieve,
     video_mean,
 )
+from smp_lite.folders import read_metrics
 from smp_lite.index import DatasetIndex, Video, load_index
 from smp_lite.runtime import make_runtime
 from smp_lite.train import train

@@ -5,9 +5,9 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from smp_lite.checkpoint import read_metrics
 from smp_lite.cli import app
 from smp_lite.errors import TrainError
+from smp_lite.folders import read_metrics
 from smp_lite.report import (
     plot_curves,
     plot_speed_confusions,
