@@ -251,7 +251,11 @@ class VideoDataset(Dataset):
         """The samples of `keys`, each as it would be alone. The keys of one video (EpochSampler's
         `repeats` puts them in one batch) are decoded together: one pass of the decoder serves
         all their clips, each drawn as independently as if it were alone."""
-        firsts = [self.first_plan(key) for key in keys]  # None: the first try cannot even start
+        items = [key[0] if isinstance(key, tuple) else key for key in keys]
+        firsts = [  # None: alone in the batch, or the first try cannot even start
+            self.first_plan(key) if items.count(item) > 1 else None
+            for key, item in zip(keys, items, strict=True)
+        ]
         samples: list[dict | None] = [None] * len(keys)
         hung: dict[int, str] = {}  # videos whose decoding timed out: not waited for twice
         for index in dict.fromkeys(plan.index for plan in firsts if plan):
