@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Every speed figure of a GPU machine in one go (docs/benchmarks.md, "On a GPU"): a loader
-# process's breakdown, the training loop's synchronisations, the matmul peak, compute alone per
-# backbone and task (compiled as training runs it, and eager) with FLOPs and share of the peak,
-# the compute of the original code's style, the loader alone per playback rate and worker count
-# and with the rates mixed, with 1 and with 4 clips a decoded video (repeated sampling), the
-# original code's loading style on the same files, and `train()` end to end, steady, over a
-# 100-batch epoch, with pretraining's default workers (the cores but one).
+# Every speed figure of a GPU machine in one go (docs/benchmarks.md, "On a GPU"), the most
+# wanted first: `smp-lite bench` (the matmul peak, compute alone per backbone and task, compiled
+# as training runs it, with FLOPs and share of the peak, the compute of the original code's
+# style, the loader alone per playback rate and worker count and with the rates mixed, with 1
+# and with 4 clips a decoded video, the original code's loading style on the same files, and
+# `train()` end to end, steady, over a 100-batch epoch, with pretraining's default workers);
+# then the compiled step's kernels with and without the GPU conv forms, the training loop's
+# synchronisations, and a loader process's breakdown.
 #
 # For a fresh GPU machine (H100/H200 class, 16 cores, PyTorch installed, no network), in about
 # 6 minutes (5.2 on an H100 before the end-to-end warm-up epoch and the rows with 4 clips a
@@ -41,14 +42,20 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.versio
 # the generated dataset, 600 videos: carried, or made here where PyAV is installed
 python3 -m smp_lite.cli data synth --out data/synth --workers 16
 
-# one loader process at the paper size: where a sample's time goes on this machine's CPU
-python3 benchmarks/loader_breakdown.py --data data/synth --videos 32 --rates 1,8 \
-    --size 128x171 --crop 112 | tee "$out/loader_breakdown.txt"
+python3 -m smp_lite.cli bench --device cuda --preset paper --archs r3d18 \
+    --tasks smp,supervised --batch-size 32 --workers 15 --clips-per-video 1,4 --rates 1,2,4,8 \
+    --loader-batches 15 --step-batches 100 \
+    --write "$out/benchmarks.md" "$@" | tee "$out/bench.txt"
+
+# the compiled step's kernels by kind, with and without the GPU forms of the convs cuDNN runs
+# slowly (runtime.reform_cuda_convs): what each step's time goes to, and what the forms gain
+for forms in --no-forms --forms; do
+    python3 benchmarks/step_profile.py --no-layers $forms 2>&1 | grep -v -i warn
+done | tee "$out/step_profile.txt"
 
 # the training loop's waits for the GPU, and torch.compile's graphs over SMP's lambda
 python3 benchmarks/sync_probe.py 2>&1 | grep -v Warning | tee "$out/sync_probe.txt"
 
-python3 -m smp_lite.cli bench --device cuda --preset paper --archs r3d18 \
-    --tasks smp,supervised --batch-size 32 --workers 15 --clips-per-video 1,4 --rates 1,2,4,8 \
-    --loader-batches 15 --step-batches 100 --variants eager \
-    --write "$out/benchmarks.md" "$@" | tee "$out/bench.txt"
+# one loader process at the paper size: where a sample's time goes on this machine's CPU
+python3 benchmarks/loader_breakdown.py --data data/synth --videos 32 --rates 1,8 \
+    --size 128x171 --crop 112 | tee "$out/loader_breakdown.txt"

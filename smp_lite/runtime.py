@@ -4,14 +4,17 @@ model the training steps call.
 - `make_runtime` picks a `Runtime` from the settings ("auto": a GPU if there is one, bf16 where
   it pays, channels_last_3d on a GPU or with bf16, torch.compile on a GPU) and joins the process
   group under torchrun;
-- `Runtime.prepare` puts a model on the device (with the CPU bf16 conv guard), `Runtime.wrap`
-  under DDP and torch.compile for training, `unwrap` gets the bare model back.
+- `Runtime.prepare` puts a model on the device (with the CPU bf16 conv guard, or on a GPU the
+  forms of three kinds of conv that cuDNN runs slowly), `Runtime.wrap` under DDP and
+  torch.compile for training, `unwrap` gets the bare model back.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,10 +49,13 @@ class Runtime:
         )
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        """The model on the device, in the memory layout, with the CPU bf16 conv guard."""
+        """The model on the device, in the memory layout, with the CPU bf16 conv guard or the
+        compiled forms of the convs cuDNN runs slowly."""
         model = model.to(self.device)
         if self.device.type == "cpu" and self.precision == "bf16":
             guard_cpu_bf16_conv3d(model)
+        if self.device.type == "cuda":
+            reform_cuda_convs(model)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last_3d)
         return model
@@ -209,6 +215,93 @@ def conv3d_as_matmul(
     if bias is not None:
         out = out + bias.to(out.dtype)
     return out.view(b, t, h, w, -1).permute(0, 4, 1, 2, 3)  # (B, O, T', H', W'), channels_last
+
+
+# ---------------------------------------------------------------------------------------------
+# The convolutions cuDNN runs far from the GPU's peak, in forms of the same sum that it runs well
+
+ConvForm = Callable[..., torch.Tensor]  # (x, weight, bias, stride, padding) -> F.conv3d's output
+
+
+def reform_cuda_convs(model: nn.Module) -> nn.Module:
+    """Inside torch.compile's graph, compute the 3D convs that cuDNN runs at 1-5% of an H100's
+    bf16 peak in another form of the same sum (`cuda_conv_form`; docs/benchmarks.md, "On a
+    GPU"). Eager calls (evaluation, `--no-compile`) keep cuDNN's conv. State dicts are unchanged.
+    """
+    for conv in model.modules():
+        form = cuda_conv_form(conv) if isinstance(conv, nn.Conv3d) else None
+        if form is not None:
+            conv.compiled_form = form
+            conv.forward = types.MethodType(conv3d_compiled_in_form, conv)
+    return model
+
+
+def cuda_conv_form(conv: nn.Conv3d) -> ConvForm | None:
+    """The form for this conv, or None where cuDNN's own is kept: few output channels (the
+    decoder's last conv, 64 -> 3 at full size), few input channels at spatial stride 2 (the
+    ResNet stems, 3 -> 64), a strided pointwise conv (the residual shortcuts)."""
+    plain = conv.groups == 1 and conv.dilation == (1, 1, 1) and conv.padding_mode == "zeros"
+    if not plain or isinstance(conv.padding, str):
+        return None
+    if conv.out_channels < 8 and conv.stride == (1, 1, 1):
+        return conv3d_as_tap_sum
+    if conv.in_channels < 8 and conv.stride[0] == 1 and conv.stride[1:] == (2, 2):
+        return conv3d_space_to_depth
+    if conv.kernel_size == (1, 1, 1) and conv.padding == (0, 0, 0) and conv.stride != (1, 1, 1):
+        return conv3d_pointwise_strided
+    return None
+
+
+def conv3d_compiled_in_form(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    if torch.compiler.is_compiling():
+        return conv.compiled_form(x, conv.weight, conv.bias, conv.stride, conv.padding)
+    return nn.Conv3d.forward(conv, x)
+
+
+def conv3d_as_tap_sum(x, weight, bias, stride, padding) -> torch.Tensor:
+    """F.conv3d at stride 1 as one pointwise conv that gives each kernel tap's contribution,
+    (B, taps*O, T, H, W), then the sum of every tap's shifted slice, which torch.compile fuses
+    into one kernel. For few output channels cuDNN's implicit GEMM has an N of O and runs at
+    16 TFLOP/s (64 -> 3 channels on an H100); the pointwise conv has an N of 27*O."""
+    if tuple(stride) != (1, 1, 1):
+        raise ValueError(f"the tap sum is for convs of stride 1, not {stride}")
+    o, c, kt, kh, kw = weight.shape
+    taps = weight.permute(2, 3, 4, 0, 1).reshape(kt * kh * kw * o, c, 1, 1, 1)
+    pt, ph, pw = padding
+    z = F.pad(F.conv3d(x, taps), (pw, pw, ph, ph, pt, pt))  # (B, taps*O, T+2pt, H+2ph, W+2pw)
+    t, h, w = z.shape[2] - kt + 1, z.shape[3] - kh + 1, z.shape[4] - kw + 1
+    acc = torch.promote_types(z.dtype, torch.float32)  # bf16 sums as cuDNN's: in fp32
+    out = torch.zeros((), device=x.device, dtype=acc)
+    for i, (a, b, d) in enumerate(itertools.product(range(kt), range(kh), range(kw))):
+        out = out + z[:, i * o : (i + 1) * o, a : a + t, b : b + h, d : d + w].to(acc)
+    if bias is not None:
+        out = out + bias.to(acc).view(1, o, 1, 1, 1)
+    return out.to(z.dtype)  # (B, O, T', H', W')
+
+
+def conv3d_space_to_depth(x, weight, bias, stride, padding) -> torch.Tensor:
+    """F.conv3d at spatial stride 2 as a stride-1 conv over 2x2 pixel blocks folded into the
+    channels: (B, C, T, H, W) -> (B, 4C, T, H'', W''), the kernel padded to even size and folded
+    the same way. A 3-channel stem (36 TFLOP/s in cuDNN on an H100) gets 12 channels."""
+    o, c, kt, kh, kw = weight.shape
+    pt, ph, pw = padding
+    b, _, t, h, w = x.shape
+    qh, qw = (kh + 1) // 2, (kw + 1) // 2  # the kernel in blocks
+    nh, nw = (h + 2 * ph - kh) // 2 + qh, (w + 2 * pw - kw) // 2 + qw  # the input in blocks
+    x = F.pad(x, (pw, 2 * nw - w - pw, ph, 2 * nh - h - ph))  # (B, C, T, 2nh, 2nw)
+    x = x.view(b, c, t, nh, 2, nw, 2).permute(0, 1, 4, 6, 2, 3, 5).reshape(b, 4 * c, t, nh, nw)
+    weight = F.pad(weight, (0, 2 * qw - kw, 0, 2 * qh - kh))  # (O, C, kt, 2qh, 2qw)
+    weight = weight.view(o, c, kt, qh, 2, qw, 2).permute(0, 1, 4, 6, 2, 3, 5)
+    weight = weight.reshape(o, 4 * c, kt, qh, qw)
+    x = x.contiguous(memory_format=torch.channels_last_3d)
+    return F.conv3d(x, weight, bias, (stride[0], 1, 1), (pt, 0, 0))
+
+
+def conv3d_pointwise_strided(x, weight, bias, stride, padding) -> torch.Tensor:
+    """A strided 1x1x1 conv as the subsampled input through a stride-1 one (cuDNN's strided
+    pointwise conv reads the whole input: 8 TFLOP/s on an H100)."""
+    st, sh, sw = stride
+    return F.conv3d(x[:, :, ::st, ::sh, ::sw], weight, bias)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

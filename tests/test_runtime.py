@@ -7,10 +7,14 @@ from smp_lite.models import MotionNet
 from smp_lite.runtime import (
     Runtime,
     conv3d_as_matmul,
+    conv3d_as_tap_sum,
+    conv3d_pointwise_strided,
+    conv3d_space_to_depth,
     cpu_has_native_bf16,
     guard_cpu_bf16_conv3d,
     loader_workers,
     make_runtime,
+    reform_cuda_convs,
     unwrap,
 )
 
@@ -144,3 +148,71 @@ def test_the_guard_refuses_a_conv_it_cannot_compute() -> None:
     model = torch.nn.Sequential(torch.nn.Conv3d(4, 4, 3, padding=1, groups=2))
     with pytest.raises(ValueError, match="plain convolutions"):
         guard_cpu_bf16_conv3d(model)
+
+
+@pytest.mark.parametrize(
+    ("form", "in_ch", "out_ch", "kernel", "stride", "padding", "size"),
+    [
+        (conv3d_as_tap_sum, 6, 3, 3, 1, 1, (4, 7, 6)),  # the decoder's last conv
+        (conv3d_as_tap_sum, 5, 2, (1, 3, 2), 1, (0, 1, 1), (4, 7, 6)),
+        (conv3d_space_to_depth, 3, 8, (3, 7, 7), (1, 2, 2), (1, 3, 3), (4, 16, 16)),  # R3D stem
+        (conv3d_space_to_depth, 3, 8, (3, 7, 7), (1, 2, 2), (1, 3, 3), (4, 15, 17)),  # odd sizes
+        (conv3d_space_to_depth, 3, 5, (1, 7, 7), (1, 2, 2), (0, 3, 3), (2, 12, 10)),  # R(2+1)D
+        (conv3d_space_to_depth, 2, 5, (2, 4, 4), (1, 2, 2), (0, 0, 0), (3, 9, 8)),  # even kernel
+        (conv3d_pointwise_strided, 4, 6, 1, (2, 2, 2), 0, (5, 7, 8)),  # residual shortcuts
+        (conv3d_pointwise_strided, 4, 6, 1, (1, 2, 2), 0, (4, 6, 6)),
+    ],
+)
+def test_the_gpu_conv_forms_are_conv3d(form, in_ch, out_ch, kernel, stride, padding, size) -> None:
+    """Each form of `reform_cuda_convs` computes F.conv3d and its gradients, in fp32 to float
+    rounding, with channels_last or contiguous inputs."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(in_ch, out_ch, kernel, stride, padding)
+    for layout in (torch.contiguous_format, torch.channels_last_3d):
+        x = torch.randn(2, in_ch, *size).contiguous(memory_format=layout).requires_grad_(True)
+        expected, got = conv(x), form(x, conv.weight, conv.bias, conv.stride, conv.padding)
+        assert got.shape == expected.shape
+        assert torch.allclose(got, expected, atol=1e-5)
+        grad = torch.randn_like(expected)
+        inputs = [x, conv.weight, conv.bias]
+        wanted = torch.autograd.grad(expected, inputs, grad)
+        for a, b in zip(torch.autograd.grad(got, inputs, grad), wanted, strict=True):
+            assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_the_tap_sum_refuses_a_strided_conv() -> None:
+    conv = torch.nn.Conv3d(4, 3, 3, stride=2, padding=1)
+    with pytest.raises(ValueError, match="stride 1"):
+        conv3d_as_tap_sum(torch.randn(1, 4, 4, 6, 6), conv.weight, None, conv.stride, (1, 1, 1))
+
+
+def test_gpu_conv_forms_replace_the_slow_convs_only_inside_a_compiled_graph() -> None:
+    """On a GPU the stem, the strided shortcuts and the decoder's 3-channel conv take their
+    forms in torch.compile's graph (here traced by aot_eager, on the CPU), and only there: the
+    eager model is the plain one, and the compiled one computes the same."""
+    torch.manual_seed(0)
+    model = MotionNet("r3d10").eval()  # BN's batch statistics of a tiny c5 amplify rounding
+    x = torch.randn(1, 3, 8, 32, 32)
+    plain = model(x)["recon"]
+    reform_cuda_convs(model)
+    formed = {n: m for n, m in model.named_modules() if hasattr(m, "compiled_form")}
+    assert sorted(formed) == [
+        "backbone.stages.0.0",
+        "backbone.stages.2.0.downsample.0",
+        "backbone.stages.3.0.downsample.0",
+        "backbone.stages.4.0.downsample.0",
+        "decoder.layers.5.0",
+    ]
+    used = []
+    for name, conv in formed.items():
+        form = conv.compiled_form
+        conv.compiled_form = lambda *args, form=form, name=name: used.append(name) or form(*args)
+    assert torch.equal(model(x)["recon"], plain) and not used
+    compiled = torch.compile(model, backend="aot_eager")(x)["recon"]
+    assert sorted(used) == sorted(formed)
+    assert torch.allclose(compiled, plain, atol=1e-5)
+    assert "forward" not in vars(
+        unwrap(
+            Runtime(torch.device("cpu"), "fp32", False).prepare(MotionNet("r3d10"))
+        ).backbone.stages[0][0]
+    )  # not on a CPU

@@ -1,0 +1,219 @@
+"""Where a compute-alone training step spends its GPU time, to find what keeps it from the
+matmul peak (issue #14): the step's kernels by kind (cuDNN convolutions, Triton kernels that
+torch.compile fused, ...), the slowest kernels, and every convolution of the model alone, fwd +
+bwd, with its FLOPs and the TFLOP/s it reaches, so an inefficient layer shows by name.
+
+    python benchmarks/step_profile.py [--tasks smp,supervised] [--batch-size 32] [--preset paper]
+        [--no-forms] [--no-layers]
+
+On a CPU it runs too (slowly at the paper size: use --preset quick --batch-size 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
+
+from smp_lite.bench import bare_step, matmul_peak, synchronize, synthetic_batch
+from smp_lite.runtime import Runtime, make_runtime
+from smp_lite.train import build_model, make_config, make_optimizer, make_step
+
+KINDS = (  # first match wins; lower-case substrings of kernel names
+    ("conv (cuDNN/CUTLASS)", ("conv", "xmma", "implicit_gemm", "cudnn", "wgrad", "dgrad", "fprop")),
+    ("matmul", ("gemm", "cutlass", "cublas")),
+    ("torch.compile fused (Triton)", ("triton",)),
+    ("batch norm", ("batch_norm", "bn_")),
+    ("layout/copy", ("copy", "nchw", "nhwc", "transpose", "permute")),
+)
+
+
+def kind_of(name: str) -> str:
+    low = name.lower()
+    return next((kind for kind, keys in KINDS if any(k in low for k in keys)), "other")
+
+
+def profile_step(task: str, args: argparse.Namespace, peak: float) -> None:
+    batch_size, steps = args.batch_size, args.steps
+    cfg = make_config(task, args.preset, arch="r3d18", batch_size=batch_size)
+    rt = make_runtime("auto")
+    torch.manual_seed(0)
+    model = build_model(cfg, 101)
+    if args.forms:  # with the forms of the convs cuDNN runs slowly, as training prepares it
+        model = rt.prepare(model)
+    else:
+        model = model.to(rt.device, memory_format=torch.channels_last_3d)
+    optimizer, step = make_optimizer(model, cfg), make_step(cfg, epoch=0)
+    batch = rt.to_device(synthetic_batch(cfg, 101))
+    with FlopCounterMode(display=False) as counter:
+        bare_step(model, batch, step, optimizer, rt)
+    wrapped = rt.wrap(model)
+    for _ in range(3):  # compile, cudnn autotuning
+        bare_step(wrapped, batch, step, optimizer, rt)
+    synchronize(rt)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        bare_step(wrapped, batch, step, optimizer, rt)
+    synchronize(rt)
+    wall_ms = (time.perf_counter() - t0) / steps * 1e3
+    cuda = [ProfilerActivity.CUDA] if rt.device.type == "cuda" else []
+    activities = [ProfilerActivity.CPU, *cuda]
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            bare_step(wrapped, batch, step, optimizer, rt)
+        synchronize(rt)
+    flops_per_s = counter.get_total_flops() / wall_ms * 1e3
+    print(
+        f"\n== {task} r3d18, batch {batch_size}, {cfg.clip_len}x{cfg.crop}x{cfg.crop}, "
+        f"compile={rt.compile}: {wall_ms:.1f} ms a step, {batch_size / wall_ms * 1e3:.1f} "
+        f"clips/s, {flops_per_s / 1e12:.1f} TFLOP/s = {100 * flops_per_s / peak:.1f}% of peak"
+    )
+    print_kernels(prof, rt, steps, wall_ms, args.top)
+    if args.layers:
+        print_conv_layers(model, batch, step, rt)
+
+
+def print_kernels(prof, rt: Runtime, steps: int, wall_ms: float, top: int) -> None:
+    cuda = rt.device.type == "cuda"
+    events = [e for e in prof.key_averages() if (e.device_type.name == "CUDA") == cuda]
+    if not cuda:  # on a CPU the top-level aten ops stand in for kernels
+        events = [e for e in events if e.key.startswith("aten::")]
+    times = {e.key: e.self_device_time_total if cuda else e.self_cpu_time_total for e in events}
+    busy = sum(times.values()) / steps / 1e3
+    by_kind: dict[str, float] = {}
+    for name, us in times.items():
+        by_kind[kind_of(name)] = by_kind.get(kind_of(name), 0.0) + us / steps / 1e3
+    print(f"kernel time {busy:.1f} ms a step ({100 * busy / wall_ms:.0f}% of the wall time)")
+    for kind, ms in sorted(by_kind.items(), key=lambda kv: -kv[1]):
+        print(f"  {kind:32s} {ms:8.2f} ms  {100 * ms / busy:5.1f}%")
+    print(f"top {top} kernels, ms a step:")
+    for name, us in sorted(times.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"  {us / steps / 1e3:8.2f}  {kind_of(name)[:6]:6s}  {name[:110]}")
+
+
+def print_conv_layers(model: nn.Module, batch: dict, step, rt: Runtime) -> None:
+    """Each convolution of the model timed alone, fwd + bwd (input gradient too, except the
+    stem's), on its input shape in the step: which layers run far from the peak."""
+    inputs: dict[str, torch.Size] = {}
+
+    def record(name: str):
+        def hook(module, args, out) -> None:  # returns None: the output stays as it is
+            inputs.setdefault(name, args[0].shape)
+
+        return hook
+
+    hooks = [
+        m.register_forward_hook(record(name))
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv3d | nn.ConvTranspose3d)
+    ]
+    with rt.autocast():
+        step(model, batch)
+    for h in hooks:
+        h.remove()
+    modules = dict(model.named_modules())
+    total_ms = 0.0
+    print("each convolution alone, fwd+bwd: ms, GFLOP, TFLOP/s, input shape")
+    for name, shape in inputs.items():
+        ms, flops = time_conv(modules[name], shape, rt, input_grad=shape[1] != 3)
+        total_ms += ms
+        conv = modules[name]
+        print(
+            f"  {ms:7.2f} {flops / 1e9:8.1f} {flops / ms / 1e9:7.1f}  {name} "
+            f"{type(conv).__name__}({conv.in_channels},{conv.out_channels},k={conv.kernel_size},"
+            f"s={conv.stride}) on {tuple(shape)}"
+        )
+    print(f"  {total_ms:7.2f} ms all convolutions alone")
+
+
+def time_conv(conv: nn.Module, shape: tuple, rt: Runtime, input_grad: bool, reps: int = 5):
+    fmt = torch.channels_last_3d if rt.channels_last else torch.contiguous_format
+    x = torch.randn(shape, device=rt.device).contiguous(memory_format=fmt)
+    x.requires_grad_(input_grad)
+
+    def run() -> None:
+        with rt.autocast():
+            y = conv(x)
+        y.backward(torch.ones_like(y))
+
+    with FlopCounterMode(display=False) as counter:
+        run()
+    for _ in range(2):
+        run()
+    synchronize(rt)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        run()
+    synchronize(rt)
+    return (time.perf_counter() - t0) / reps * 1e3, counter.get_total_flops()
+
+
+def decoder_alternatives(batch_size: int, clip_len: int, crop: int, rt: Runtime) -> None:
+    """The decoder's last two layers at full size, against other ways to compute them: the
+    transposed conv (kernel 2, stride 2) as one matmul and a depth-to-space copy; the 3-channel
+    conv with its output channels padded to 8 and 16 (tensor-core tiles)."""
+    b, t, h = batch_size, 2 * clip_len, crop
+    shape = (b, 64, t // 2, h // 2, h // 2)
+    up = nn.ConvTranspose3d(64, 64, 2, stride=2).to(rt.device)
+    print(f"decoder alternatives, fwd+bwd ms, on {shape} and its output:")
+    print(f"  {time_conv(up, shape, rt, True)[0]:7.2f}  ConvTranspose3d(64,64,k=2,s=2)")
+    print(f"  {time_conv(TransposedAsMatmul(up), shape, rt, True)[0]:7.2f}  as matmul + copy")
+    for out_ch in (3, 8, 16):
+        conv = nn.Conv3d(64, out_ch, 3, padding=1).to(rt.device)
+        ms = time_conv(conv, (b, 64, t, h, h), rt, True)[0]
+        print(f"  {ms:7.2f}  Conv3d(64,{out_ch},k=3)")
+
+
+class TransposedAsMatmul(nn.Module):
+    """ConvTranspose3d with kernel = stride = 2: each input voxel writes its own 2x2x2 block."""
+
+    def __init__(self, up: nn.ConvTranspose3d):
+        super().__init__()
+        self.up = up
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        out = self.up.out_channels
+        cols = x.permute(0, 2, 3, 4, 1).reshape(-1, c) @ self.up.weight.reshape(c, out * 8)
+        y = cols.view(b, t, h, w, out, 2, 2, 2).permute(0, 1, 5, 2, 6, 3, 7, 4)
+        y = y.reshape(b, 2 * t, 2 * h, 2 * w, out).permute(0, 4, 1, 2, 3)  # channels_last_3d
+        return y + self.up.bias.view(1, out, 1, 1, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", default="smp,supervised")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--preset", default="paper")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--clip-len", type=int, default=16)
+    parser.add_argument("--crop", type=int, default=112)
+    parser.add_argument(
+        "--forms",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the GPU forms of slow convs (runtime.reform_cuda_convs)",
+    )
+    parser.add_argument(
+        "--layers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time each conv alone, and the decoder's alternatives",
+    )
+    args = parser.parse_args()
+    torch.backends.cudnn.benchmark = True
+    peak = matmul_peak(make_runtime("auto"))
+    print(f"matmul peak {peak / 1e12:.0f} TFLOP/s")
+    for task in args.tasks.split(","):
+        profile_step(task, args, peak)
+    if args.layers:
+        decoder_alternatives(args.batch_size, args.clip_len, args.crop, make_runtime("auto"))
+
+
+if __name__ == "__main__":
+    main()
