@@ -5,16 +5,15 @@
 # style, the loader alone per playback rate and worker count and with the rates mixed, with 1
 # and with 4 clips a decoded video, the original code's loading style on the same files, and
 # `train()` end to end, steady, over a 100-batch epoch, with pretraining's default workers);
-# then the compiled step's kernels with and without the GPU conv forms, the training loop's
-# synchronisations, and a loader process's breakdown.
+# then the compiled step's kernels, the training loop's synchronisations, and a loader
+# process's breakdown.
 #
 # For a fresh GPU machine (H100/H200 class, 16 cores, PyTorch installed, no network), in about
-# 6 minutes (5.2 on an H100 before the end-to-end warm-up epoch and the rows with 4 clips a
-# video were added, which were estimated, not timed there; each more arch, as
-# `--archs r3d18,c3d`, adds about a minute). It installs nothing from the network. What such a
-# machine lacks travels with the checkout: the decord2 wheel in .whl/, and the generated dataset in data/synth/ (29 MB, made
-# here by `smp-lite data synth`, the same files on every machine), since PyAV's wheel, which
-# writes it, is 40 MB. Fetch the wheel beforehand on a machine with a registry:
+# 7 minutes (8.2 on an H100 with a second step profile, without the conv forms, which it no
+# longer runs; each more arch, as `--archs r3d18,c3d`, adds about a minute). It installs
+# nothing from the network. What such a machine lacks travels with the checkout: the decord2
+# wheel in .whl/, and the generated dataset in data/synth/ (29 MB, made here by `smp-lite data
+# synth`, the same files on every machine), since PyAV's wheel, which writes it, is 40 MB. Fetch the wheel beforehand on a machine with a registry:
 #
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #       --implementation cp --platform manylinux_2_28_x86_64 -d .whl decord2==3.4.0
@@ -47,11 +46,9 @@ python3 -m smp_lite.cli bench --device cuda --preset paper --archs r3d18 \
     --loader-batches 15 --step-batches 100 \
     --write "$out/benchmarks.md" "$@" | tee "$out/bench.txt"
 
-# the compiled step's kernels by kind, with and without the GPU forms of the convs cuDNN runs
-# slowly (runtime.reform_cuda_convs): what each step's time goes to, and what the forms gain
-for forms in --no-forms --forms; do
-    python3 benchmarks/step_profile.py --no-layers $forms 2>&1 | grep -v -i warn
-done | tee "$out/step_profile.txt"
+# the compiled step's kernels by kind, with the GPU forms of the convs cuDNN runs slowly
+# (runtime.reform_cuda_convs; --no-forms for the step without them)
+python3 benchmarks/step_profile.py --no-layers 2>&1 | grep -v -i warn | tee "$out/step_profile.txt"
 
 # the training loop's waits for the GPU, and torch.compile's graphs over SMP's lambda
 python3 benchmarks/sync_probe.py 2>&1 | grep -v Warning | tee "$out/sync_probe.txt"

@@ -5,13 +5,12 @@ model the training steps call.
   it pays, channels_last_3d on a GPU or with bf16, torch.compile on a GPU) and joins the process
   group under torchrun;
 - `Runtime.prepare` puts a model on the device (with the CPU bf16 conv guard, or on a GPU the
-  forms of three kinds of conv that cuDNN runs slowly), `Runtime.wrap` under DDP and
+  forms of two kinds of conv that cuDNN runs slowly), `Runtime.wrap` under DDP and
   torch.compile for training, `unwrap` gets the bare model back.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import types
 from collections.abc import Callable
@@ -225,9 +224,9 @@ ConvForm = Callable[..., torch.Tensor]  # (x, weight, bias, stride, padding) -> 
 
 def reform_cuda_convs(model: nn.Module) -> nn.Module:
     """Inside torch.compile's graph, compute the 3D convs that cuDNN runs at 1-5% of an H100's
-    bf16 peak in another form of the same sum (`cuda_conv_form`; docs/benchmarks.md, "On a
-    GPU"). Eager calls (evaluation, `--no-compile`) keep cuDNN's conv. State dicts are unchanged.
-    """
+    bf16 peak in another form of the same sum (`cuda_conv_form`): supervised `r3d18` steps 8%
+    faster (docs/benchmarks.md, "On a GPU"). Eager calls (evaluation, `--no-compile`) keep
+    cuDNN's conv. State dicts are unchanged."""
     for conv in model.modules():
         form = cuda_conv_form(conv) if isinstance(conv, nn.Conv3d) else None
         if form is not None:
@@ -237,14 +236,14 @@ def reform_cuda_convs(model: nn.Module) -> nn.Module:
 
 
 def cuda_conv_form(conv: nn.Conv3d) -> ConvForm | None:
-    """The form for this conv, or None where cuDNN's own is kept: few output channels (the
-    decoder's last conv, 64 -> 3 at full size), few input channels at spatial stride 2 (the
-    ResNet stems, 3 -> 64), a strided pointwise conv (the residual shortcuts)."""
+    """The form for this conv, or None where cuDNN's own is kept: few input channels at
+    spatial stride 2 (the ResNet stems, 3 -> 64), a strided pointwise conv (the residual
+    shortcuts). The decoder's last conv (64 -> 3 at full size, 16 TFLOP/s) keeps cuDNN's: as
+    one pointwise conv to every kernel tap and a fused sum of the shifted taps, the SMP step
+    took 98 ms against 67 (the sum's backward alone 24 ms)."""
     plain = conv.groups == 1 and conv.dilation == (1, 1, 1) and conv.padding_mode == "zeros"
     if not plain or isinstance(conv.padding, str):
         return None
-    if conv.out_channels < 8 and conv.stride == (1, 1, 1):
-        return conv3d_as_tap_sum
     if conv.in_channels < 8 and conv.stride[0] == 1 and conv.stride[1:] == (2, 2):
         return conv3d_space_to_depth
     if conv.kernel_size == (1, 1, 1) and conv.padding == (0, 0, 0) and conv.stride != (1, 1, 1):
@@ -256,27 +255,6 @@ def conv3d_compiled_in_form(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     if torch.compiler.is_compiling():
         return conv.compiled_form(x, conv.weight, conv.bias, conv.stride, conv.padding)
     return nn.Conv3d.forward(conv, x)
-
-
-def conv3d_as_tap_sum(x, weight, bias, stride, padding) -> torch.Tensor:
-    """F.conv3d at stride 1 as one pointwise conv that gives each kernel tap's contribution,
-    (B, taps*O, T, H, W), then the sum of every tap's shifted slice, which torch.compile fuses
-    into one kernel. For few output channels cuDNN's implicit GEMM has an N of O and runs at
-    16 TFLOP/s (64 -> 3 channels on an H100); the pointwise conv has an N of 27*O."""
-    if tuple(stride) != (1, 1, 1):
-        raise ValueError(f"the tap sum is for convs of stride 1, not {stride}")
-    o, c, kt, kh, kw = weight.shape
-    taps = weight.permute(2, 3, 4, 0, 1).reshape(kt * kh * kw * o, c, 1, 1, 1)
-    pt, ph, pw = padding
-    z = F.pad(F.conv3d(x, taps), (pw, pw, ph, ph, pt, pt))  # (B, taps*O, T+2pt, H+2ph, W+2pw)
-    t, h, w = z.shape[2] - kt + 1, z.shape[3] - kh + 1, z.shape[4] - kw + 1
-    acc = torch.promote_types(z.dtype, torch.float32)  # bf16 sums as cuDNN's: in fp32
-    out = torch.zeros((), device=x.device, dtype=acc)
-    for i, (a, b, d) in enumerate(itertools.product(range(kt), range(kh), range(kw))):
-        out = out + z[:, i * o : (i + 1) * o, a : a + t, b : b + h, d : d + w].to(acc)
-    if bias is not None:
-        out = out + bias.to(acc).view(1, o, 1, 1, 1)
-    return out.to(z.dtype)  # (B, O, T', H', W')
 
 
 def conv3d_space_to_depth(x, weight, bias, stride, padding) -> torch.Tensor:

@@ -7,7 +7,6 @@ from smp_lite.models import MotionNet
 from smp_lite.runtime import (
     Runtime,
     conv3d_as_matmul,
-    conv3d_as_tap_sum,
     conv3d_pointwise_strided,
     conv3d_space_to_depth,
     cpu_has_native_bf16,
@@ -153,8 +152,6 @@ def test_the_guard_refuses_a_conv_it_cannot_compute() -> None:
 @pytest.mark.parametrize(
     ("form", "in_ch", "out_ch", "kernel", "stride", "padding", "size"),
     [
-        (conv3d_as_tap_sum, 6, 3, 3, 1, 1, (4, 7, 6)),  # the decoder's last conv
-        (conv3d_as_tap_sum, 5, 2, (1, 3, 2), 1, (0, 1, 1), (4, 7, 6)),
         (conv3d_space_to_depth, 3, 8, (3, 7, 7), (1, 2, 2), (1, 3, 3), (4, 16, 16)),  # R3D stem
         (conv3d_space_to_depth, 3, 8, (3, 7, 7), (1, 2, 2), (1, 3, 3), (4, 15, 17)),  # odd sizes
         (conv3d_space_to_depth, 3, 5, (1, 7, 7), (1, 2, 2), (0, 3, 3), (2, 12, 10)),  # R(2+1)D
@@ -180,16 +177,10 @@ def test_the_gpu_conv_forms_are_conv3d(form, in_ch, out_ch, kernel, stride, padd
             assert torch.allclose(a, b, atol=1e-4)
 
 
-def test_the_tap_sum_refuses_a_strided_conv() -> None:
-    conv = torch.nn.Conv3d(4, 3, 3, stride=2, padding=1)
-    with pytest.raises(ValueError, match="stride 1"):
-        conv3d_as_tap_sum(torch.randn(1, 4, 4, 6, 6), conv.weight, None, conv.stride, (1, 1, 1))
-
-
 def test_gpu_conv_forms_replace_the_slow_convs_only_inside_a_compiled_graph() -> None:
-    """On a GPU the stem, the strided shortcuts and the decoder's 3-channel conv take their
-    forms in torch.compile's graph (here traced by aot_eager, on the CPU), and only there: the
-    eager model is the plain one, and the compiled one computes the same."""
+    """On a GPU the stem and the strided shortcuts take their forms in torch.compile's graph
+    (here traced by aot_eager, on the CPU), and only there: the eager model is the plain one,
+    and the compiled one computes the same."""
     torch.manual_seed(0)
     model = MotionNet("r3d10").eval()  # BN's batch statistics of a tiny c5 amplify rounding
     x = torch.randn(1, 3, 8, 32, 32)
@@ -201,7 +192,6 @@ def test_gpu_conv_forms_replace_the_slow_convs_only_inside_a_compiled_graph() ->
         "backbone.stages.2.0.downsample.0",
         "backbone.stages.3.0.downsample.0",
         "backbone.stages.4.0.downsample.0",
-        "decoder.layers.5.0",
     ]
     used = []
     for name, conv in formed.items():
