@@ -20,6 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from smp_lite.bench import bare_step, matmul_peak, synchronize, synthetic_batch
+from smp_lite.models import upsample_then_conv
 from smp_lite.runtime import Runtime, make_runtime
 from smp_lite.train import build_model, make_config, make_optimizer, make_step
 
@@ -130,9 +131,12 @@ def print_conv_layers(model: nn.Module, batch: dict, step, rt: Runtime) -> None:
     print(f"  {total_ms:7.2f} ms all convolutions alone")
 
 
-def time_conv(conv: nn.Module, shape: tuple, rt: Runtime, input_grad: bool, reps: int = 5):
-    fmt = torch.channels_last_3d if rt.channels_last else torch.contiguous_format
-    x = torch.randn(shape, device=rt.device).contiguous(memory_format=fmt)
+def time_conv(
+    conv: nn.Module, shape: tuple, rt: Runtime, input_grad: bool, reps: int = 5, layout=None
+) -> tuple[float, int]:
+    """(ms, FLOPs) of `conv` forward and backward on a random input of `shape`."""
+    layout = layout or (torch.channels_last_3d if rt.channels_last else torch.contiguous_format)
+    x = torch.randn(shape, device=rt.device).contiguous(memory_format=layout)
     x.requires_grad_(input_grad)
 
     def run() -> None:
@@ -141,7 +145,7 @@ def time_conv(conv: nn.Module, shape: tuple, rt: Runtime, input_grad: bool, reps
         y.backward(torch.ones_like(y))
 
     with FlopCounterMode(display=False) as counter:
-        run()
+        run()  # torch.compile's first call compiles here
     for _ in range(2):
         run()
     synchronize(rt)
@@ -153,35 +157,35 @@ def time_conv(conv: nn.Module, shape: tuple, rt: Runtime, input_grad: bool, reps
 
 
 def decoder_alternatives(batch_size: int, clip_len: int, crop: int, rt: Runtime) -> None:
-    """The decoder's last two layers at full size, against other ways to compute them: the
-    transposed conv (kernel 2, stride 2) as one matmul and a depth-to-space copy; the 3-channel
-    conv with its output channels padded to 8 and 16 (tensor-core tiles)."""
-    b, t, h = batch_size, 2 * clip_len, crop
-    shape = (b, 64, t // 2, h // 2, h // 2)
-    up = nn.ConvTranspose3d(64, 64, 2, stride=2).to(rt.device)
-    print(f"decoder alternatives, fwd+bwd ms, on {shape} and its output:")
-    print(f"  {time_conv(up, shape, rt, True)[0]:7.2f}  ConvTranspose3d(64,64,k=2,s=2)")
-    print(f"  {time_conv(TransposedAsMatmul(up), shape, rt, True)[0]:7.2f}  as matmul + copy")
-    for out_ch in (3, 8, 16):
-        conv = nn.Conv3d(64, out_ch, 3, padding=1).to(rt.device)
-        ms = time_conv(conv, (b, 64, t, h, h), rt, True)[0]
-        print(f"  {ms:7.2f}  Conv3d(64,{out_ch},k=3)")
+    """The decoder's last two linear layers, ConvTranspose3d(64, 64, 2, stride 2) and
+    Conv3d(64, 3, 3) at full size, where the SMP step lost most (docs/benchmarks.md, "On a
+    GPU"): one after the other (in channels_last and in NCDHW) against the one composed
+    transposed conv the decoder now runs (`models.upsample_then_conv`), eager and compiled.
+    (Measured before and dropped: padding the 3 channels to 8 or 16; the transposed conv as a
+    matmul and a copy; the 3-channel conv as a sum of taps.)"""
+    shape = (batch_size, 64, clip_len, crop // 2, crop // 2)
+    pair = nn.Sequential(nn.ConvTranspose3d(64, 64, 2, stride=2), nn.Conv3d(64, 3, 3, padding=1))
+    pair = pair.to(rt.device)
+    composed = UpsampleThenConv(pair[0], pair[1])
+    print(f"decoder alternatives, fwd+bwd ms, on {shape}:")
+    rows = [
+        ("one after the other, channels_last", pair, None),
+        ("one after the other, NCDHW", pair, torch.contiguous_format),
+        ("composed", composed, None),
+        ("one after the other, compiled", torch.compile(pair), None),
+        ("composed, compiled", torch.compile(composed), None),
+    ]
+    for name, module, layout in rows:
+        print(f"  {time_conv(module, shape, rt, True, layout=layout)[0]:7.2f}  {name}")
 
 
-class TransposedAsMatmul(nn.Module):
-    """ConvTranspose3d with kernel = stride = 2: each input voxel writes its own 2x2x2 block."""
-
-    def __init__(self, up: nn.ConvTranspose3d):
+class UpsampleThenConv(nn.Module):
+    def __init__(self, up: nn.ConvTranspose3d, conv: nn.Conv3d):
         super().__init__()
-        self.up = up
+        self.up, self.conv = up, conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, t, h, w = x.shape
-        out = self.up.out_channels
-        cols = x.permute(0, 2, 3, 4, 1).reshape(-1, c) @ self.up.weight.reshape(c, out * 8)
-        y = cols.view(b, t, h, w, out, 2, 2, 2).permute(0, 1, 5, 2, 6, 3, 7, 4)
-        y = y.reshape(b, 2 * t, 2 * h, 2 * w, out).permute(0, 4, 1, 2, 3)  # channels_last_3d
-        return y + self.up.bias.view(1, out, 1, 1, 1)
+        return upsample_then_conv(x, self.up, self.conv)
 
 
 def main() -> None:
