@@ -23,7 +23,8 @@ import torch
 
 from smp_lite.data import RATES
 from smp_lite.engine import fit
-from smp_lite.evaluate import ProbeConfig, probe_results, probe_run
+from smp_lite.evaluate import ProbeConfig
+from smp_lite.probe import probe_results, probe_run
 from smp_lite.runtime import make_runtime
 
 

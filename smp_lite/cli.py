@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from . import __version__, evaluate
+from . import probe as linear_probe
 from .bench import BenchConfig, bench, bench_config, format_report, write_section
 from .errors import DataError, RunInterrupted, TrainError
 from .models import ARCHS
@@ -316,7 +317,7 @@ def probe(
 ) -> None:
     """Linear probe on a frozen backbone: the playback rate (speed; the seed's Table 1) or the
     action. Features are computed once and cached in the run folder."""
-    evaluation(ctx, "probe", evaluate.probe, settings, progress)
+    evaluation(ctx, "probe", linear_probe.probe, settings, progress)
 
 
 def finetune(

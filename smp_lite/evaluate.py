@@ -1,7 +1,9 @@
-"""Evaluation of a backbone (method.md sections 4-5): linear probe, fine-tuning and retrieval.
+"""Evaluation of a backbone (method.md sections 4-5): what the linear probe, fine-tuning and
+retrieval share, and the latter two.
 
-- `probe(cfg)`: the backbone frozen, a new linear layer on its pooled c5 feature learns the
-  playback rate (`target="speed"`, the seed's Table 1) or the action (`target="action"`);
+- `probe(cfg)` (probe.py): the backbone frozen, a new linear layer on its pooled c5 feature
+  learns the playback rate (`target="speed"`, the seed's Table 1) or the action
+  (`target="action"`);
 - `finetune(cfg)`: the whole network trained on action labels, tested with 10 clips per video;
 - `retrieve(cfg)`: test videos query the training videos by the cosine similarity of their
   retrieval features; top-k hit rates.
@@ -9,14 +11,8 @@
 Each takes `init`: "random" or a checkpoint (a smp-lite one of any task, or the original
 PRP/SMP code's weights), and writes a run folder: config.json, results.json (every number, the
 time it took, the device), and for the trained ones metrics.jsonl and last.pt, resumable like
-pretraining (they run on the engine's loop).
-
-The probe caches features. A frozen backbone in eval mode maps a clip to one feature, so the
-probe computes each clip's feature once instead of once per epoch. Cached, for `speed`: every
-training video at each of the four rates, `train_views` times with starts drawn once (seeded),
-centre crop; every test video at each rate once. For `action`: `train_views` clips per training
-video centred at linspace(T/2, frames - T/2); the test videos' `test_views` clips likewise,
-logits averaged per video. What caching gives up is fresh random starts and crops every epoch.
+pretraining (they run on the engine's loop). Here: their configs (`make_eval_config`), the
+start of a run, frozen features (`outputs`), and the reports.
 """
 
 from __future__ import annotations
@@ -36,11 +32,10 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from torchmetrics.wrappers import ClasswiseWrapper
 from tqdm import tqdm  # text bars: the same in a terminal and a notebook
 
-from .checkpoint import FEATURES, RESULTS, load_backbone
+from .checkpoint import RESULTS, load_backbone
 from .data import RATES, EpochSampler, VideoDataset, to_float
 from .engine import (
     Run,
-    StepOutput,
     ensure_default_dataset,
     fit,
     hold_run_folder,
@@ -53,7 +48,7 @@ from .index import load_index
 from .models import ARCHS, ActionNet, build_backbone, pooled_feature, retrieval_feature
 from .runtime import Runtime, loader_workers, make_runtime, unwrap
 from .synth import DEFAULT_DATA
-from .train import AccuracyPerClass, as_settings, is_generated, supervised_step, warmup_cosine
+from .train import AccuracyPerClass, as_settings, is_generated, supervised_step
 
 TARGETS = ("speed", "action")
 TOP_K = (1, 5, 10, 20, 50)
@@ -300,6 +295,27 @@ def video_mean(values: torch.Tensor, video: torch.Tensor) -> tuple[torch.Tensor,
     return sums / counts[:, None], ids
 
 
+def first_of_each(video: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """For each id (sorted, as torch.unique gives them), the position of its first row."""
+    order = torch.argsort(video, stable=True)
+    starts = torch.searchsorted(video[order], ids)
+    return order[starts]
+
+
+def same_step(epoch: int, training: bool, step):
+    """A task whose step is the same at every epoch, training or not."""
+    return step
+
+
+def classifier_metrics(head: str, classes: int) -> MetricCollection:
+    metrics = loss_metrics(["ce"])
+    metrics[f"acc_{head}"] = MulticlassAccuracy(classes, average="micro", validate_args=False)
+    if head == "speed":
+        per_rate = AccuracyPerClass(classes)
+        metrics["acc_at_rate"] = ClasswiseWrapper(per_rate, [str(r) for r in RATES], "acc_at_rate_")
+    return MetricCollection(metrics, compute_groups=False)
+
+
 def summary(results: dict) -> str:
     """One line of an evaluation's results."""
     if "top_k" in results:
@@ -336,157 +352,6 @@ def accuracy_report(
         "per_class": dict(zip(names, per_class.tolist(), strict=True)),
         "confusion": confusion(logits, labels).tolist(),  # rows: true class, columns: predicted
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# Linear probe
-
-
-def probe(cfg: ProbeConfig, progress: bool = True) -> dict:
-    """Train a linear layer on the frozen backbone's cached features; returns results.json."""
-    cfg, rt, out = start_eval(cfg)
-    with hold_run_folder(out, cfg.resume, cfg.overwrite, rt):  # refusals before any work
-        ensure_default_dataset(cfg.data, rt)
-        t0 = time.perf_counter()
-        index = load_index(cfg.data, cfg.split)
-        resumed = cfg.resume and (out / FEATURES).is_file()
-        cached = torch.load(out / FEATURES) if resumed else probe_features(cfg, rt, index, progress)
-        names = [str(r) for r in RATES] if cfg.target == "speed" else list(index.classes)
-        run = probe_run(cfg, rt, out, cached, names)
-        if rt.is_main:
-            write_run_folder(out, run.config, run.at.epoch)
-            if not resumed:
-                torch.save(cached, out / FEATURES)
-        fit(run, progress)
-        results = probe_results(cfg, run, cached, names)
-        results |= {"seconds": time.perf_counter() - t0, "device": str(rt.device)}
-        if rt.is_main:
-            write_results(out, results)
-    return results
-
-
-def probe_results(cfg: ProbeConfig, run: Run, cached: dict, names: list[str]) -> dict:
-    """The trained linear layer on the test clips: for speed, per clip (each test video at
-    each rate); for action, per video (its clips' mean logits)."""
-    test = cached["test"]
-    with torch.no_grad():
-        logits = unwrap(run.model)(test["output"].to(run.rt.device)).float().cpu()
-    labels, video = test["rate"], test["video"]
-    if cfg.target == "action":
-        logits, video = video_mean(logits, test["video"])
-        labels = test["label"][first_of_each(test["video"], video)]
-    return {
-        "kind": eval_kind(cfg),
-        **accuracy_report(logits, labels, video, names, cfg.seed),
-        "views_dropped": cached["views_dropped"],
-    }
-
-
-def first_of_each(video: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """For each id (sorted, as torch.unique gives them), the position of its first row."""
-    order = torch.argsort(video, stable=True)
-    starts = torch.searchsorted(video[order], ids)
-    return order[starts]
-
-
-def probe_features(cfg: ProbeConfig, rt: Runtime, index, progress: bool) -> dict:
-    """The frozen backbone's pooled features of the probe's training and test clips."""
-    backbone = rt.prepare(BackboneFeature(initial_backbone(cfg)))
-    mode = "prp" if cfg.target == "speed" else "clip"
-    per_video = len(RATES) if mode == "prp" else 1
-    train_views = per_video * cfg.train_views
-    test_views = per_video if mode == "prp" else cfg.test_views
-    sets = {
-        "train": clip_dataset(cfg, index.train, mode, train_views, train=False),
-        "test": clip_dataset(cfg, index.test, mode, test_views, train=False),
-    }
-    cached = {
-        name: outputs(backbone, ds, rt, f"features of {name} clips", cfg.workers, progress)
-        for name, ds in sets.items()
-    }
-    cached["views_dropped"] = {name: ds.views_dropped for name, ds in sets.items()}
-    return cached
-
-
-def probe_step(model: nn.Module, batch: dict, head: str) -> StepOutput:
-    logits = model(batch["feature"])  # (B, classes)
-    loss = F.cross_entropy(logits.float(), batch["label"])
-    heads = {head: (logits, batch["label"])}
-    if head == "speed":
-        heads["at_rate"] = heads["speed"]
-    return loss, {"ce": loss.detach()}, heads
-
-
-def probe_run(cfg: ProbeConfig, rt: Runtime, out: Path, cached: dict, names: list[str]) -> Run:
-    """A linear layer on the cached features, trained by the engine's loop; the test clips are
-    evaluated after every epoch (curves), and the last epoch is the result (no best.pt)."""
-    label = "rate" if cfg.target == "speed" else "label"
-    sets = {
-        name: FeatureSet(cached[name]["output"], cached[name][label], cached["views_dropped"][name])
-        for name in ("train", "test")
-    }
-    loaders: dict[str, DataLoader | None] = {"bn": None}
-    for name, key, training in (("train", "train", True), ("val", "test", False)):
-        sampler = EpochSampler(len(sets[key]), cfg.seed, training, rt.rank, rt.world, training)
-        loaders[name] = make_loader(sets[key], sampler, cfg.batch_size, 0, rt, training)
-    torch.manual_seed(cfg.seed)
-    features = cached["train"]["output"]  # (N, D)
-    model = nn.Linear(features.shape[1], len(names))
-    if cfg.standardize:  # a fixed affine map then a linear layer: still a linear probe
-        model = nn.Sequential(Standardize(features.mean(0), features.std(0)), model)
-    model = model.to(rt.device)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
-    steps = max(1, min(len(loaders["train"]), cfg.limit_batches or len(loaders["train"])))
-    cosine = functools.partial(warmup_cosine, warmup=0, total=cfg.epochs * steps)
-    run = Run(
-        cfg,
-        eval_config_dict(cfg),
-        functools.partial(same_step, step=functools.partial(probe_step, head=cfg.target)),
-        rt,
-        out,
-        tuple(names),
-        loaders,
-        model=model,
-        optimizer=optimizer,
-        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, cosine),
-        scaler=torch.amp.GradScaler(rt.device.type, enabled=False),
-        metrics=classifier_metrics(cfg.target, len(names)).to(rt.device),
-        keep_best=False,
-    )
-    if cfg.resume:
-        run.resume()
-    run.model = rt.wrap(model)
-    return run
-
-
-class Standardize(nn.Module):
-    """(x - mean) / std per feature dimension, with the statistics fixed (buffers). Plain SGD
-    with one learning rate moves a linear layer in proportion to its inputs' square scale, so
-    without this a probe ranks features by their scale as much as by what they hold."""
-
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("mean", mean.clone())
-        self.register_buffer("std", std.clamp_min(1e-12).clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
-
-
-def same_step(epoch: int, training: bool, step):
-    """A task whose step is the same at every epoch, training or not."""
-    return step
-
-
-def classifier_metrics(head: str, classes: int) -> MetricCollection:
-    metrics = loss_metrics(["ce"])
-    metrics[f"acc_{head}"] = MulticlassAccuracy(classes, average="micro", validate_args=False)
-    if head == "speed":
-        per_rate = AccuracyPerClass(classes)
-        metrics["acc_at_rate"] = ClasswiseWrapper(per_rate, [str(r) for r in RATES], "acc_at_rate_")
-    return MetricCollection(metrics, compute_groups=False)
 
 
 # ---------------------------------------------------------------------------------------------

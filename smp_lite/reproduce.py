@@ -31,9 +31,10 @@ import torch
 
 from .checkpoint import BEST, LAST, RESULTS
 from .errors import ConfigError, DataError
-from .evaluate import finetune, make_eval_config, probe, retrieve
+from .evaluate import finetune, make_eval_config, retrieve
 from .folders import read_metrics, write_text
 from .index import load_index
+from .probe import probe
 from .report import main_head, write_reproduce_report
 from .synth import DEFAULT_DATA, synthesize
 from .synth import PRESETS as SYNTH_PRESETS

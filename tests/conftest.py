@@ -9,9 +9,11 @@ import av
 import numpy as np
 import pytest
 import torch
+from test_train import tiny_config
 from video_files import distinct_frames, write_ucf_layout
 
 from smp_lite.synth import synthesize
+from smp_lite.train import train
 
 torch.set_num_threads(2)
 
@@ -140,3 +142,11 @@ def csv_list(tmp_path_factory) -> Path:
     rows.append("clips/run/broken.avi,run,")  # an empty split means train
     (root / "list.csv").write_text("\n".join(rows) + "\n")
     return root / "list.csv"
+
+
+@pytest.fixture(scope="session")
+def pretrained(ucf_tiny, tmp_path_factory) -> Path:
+    """A tiny SMP run's last.pt (r3d10, one epoch on ucf_tiny)."""
+    out = tmp_path_factory.mktemp("runs") / "smp"
+    train(tiny_config(ucf_tiny, out, epochs=1), progress=False)
+    return out / "last.pt"

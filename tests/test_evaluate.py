@@ -1,17 +1,13 @@
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
 import torch
-from test_train import tiny_config
 from torchmetrics.retrieval import RetrievalHitRate
 from typer.testing import CliRunner
 
 from smp_lite.cli import app
-from smp_lite.data import RATES
-from smp_lite.engine import fit
 from smp_lite.errors import ConfigError
 from smp_lite.evaluate import (
     TOP_K,
@@ -20,17 +16,13 @@ from smp_lite.evaluate import (
     first_of_each,
     make_eval_config,
     neighbours,
-    probe,
-    probe_results,
-    probe_run,
     retrieval_hits,
     retrieve,
     video_mean,
 )
 from smp_lite.folders import read_metrics
 from smp_lite.index import DatasetIndex, Video, load_index
-from smp_lite.runtime import make_runtime
-from smp_lite.train import train
+from smp_lite.probe import probe
 
 TINY = dict(clip_len=8, resize=(32, 40), crop=32, workers=0, precision="fp32")
 
@@ -80,31 +72,6 @@ def test_neighbours_are_the_most_similar_training_videos_with_their_classes(tmp_
         assert n["classes"] == ["ABC"[gallery_ids[r] % 3] for r in rows]
 
 
-def test_a_standardised_probe_sees_what_tiny_features_hold(tmp_path) -> None:
-    """Features 1000x smaller than usual, their class in one dimension: with the seed's SGD the
-    linear layer hardly moves; standardised, it finds the class."""
-    g = torch.Generator().manual_seed(0)
-
-    def split(n: int) -> dict:
-        labels = torch.randint(0, 2, (n,), generator=g)
-        features = torch.randn(n, 16, generator=g)
-        features[:, 3] += 6 * labels  # the class, along one dimension
-        return {"output": 1e-3 * features, "label": labels, "rate": labels,
-                "video": torch.arange(n)}  # fmt: skip
-
-    cached = {"train": split(256), "test": split(128), "views_dropped": {"train": 0, "test": 0}}
-    accuracy = {}
-    for standardize in (False, True):
-        (tmp_path / str(standardize)).mkdir()
-        cfg = make_eval_config("probe", preset="quick", standardize=standardize,
-                               out=str(tmp_path / str(standardize)))  # fmt: skip
-        run = probe_run(cfg, make_runtime("cpu", "fp32"), tmp_path / str(standardize), cached,
-                        ["1", "2", "4", "8"])  # fmt: skip
-        fit(run, progress=False)
-        accuracy[standardize] = probe_results(cfg, run, cached, ["1", "2", "4", "8"])["accuracy"]
-    assert accuracy[True] > 0.95 > 0.7 > accuracy[False]  # chance: 0.5
-
-
 def test_video_means_and_first_rows() -> None:
     values = torch.tensor([[1.0], [3.0], [10.0], [5.0]])
     video = torch.tensor([4, 2, 4, 2])
@@ -120,35 +87,6 @@ def test_bootstrap_spread_over_videos() -> None:
     spread = bootstrap_std(half, video, seed=0)
     assert 0.05 < spread < 0.11  # sqrt(0.25 / 40) = 0.079
     assert spread == bootstrap_std(half, video, seed=0)
-
-
-@pytest.fixture(scope="module")
-def pretrained(ucf_tiny, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "smp"
-    train(tiny_config(ucf_tiny, out, epochs=1), progress=False)
-    return out / "last.pt"
-
-
-def test_speed_probe_from_a_pretrained_checkpoint(ucf_tiny, pretrained, tmp_path) -> None:
-    out = tmp_path / "probe"
-    common = dict(data=str(ucf_tiny), init=str(pretrained), arch="r3d10", out=str(out), **TINY)
-    results = probe(make_eval_config("probe", epochs=2, **common), progress=False)
-    test_videos = len(load_index(ucf_tiny).test)
-    assert results["items"] == len(RATES) * test_videos  # every test video at every rate
-    assert set(results["per_class"]) == {"1", "2", "4", "8"}
-    assert sum(map(sum, results["confusion"])) == results["items"]
-    assert results["accuracy"] == pytest.approx(
-        sum(results["per_class"].values()) / 4  # balanced: the mean of the per-rate accuracies
-    )
-    rows = read_metrics(out)
-    assert [r["epoch"] for r in rows] == [1, 2]
-    assert "val_acc_speed" in rows[0] and "val_acc_at_rate_8" in rows[0]
-    assert json.loads((out / "results.json").read_text())["accuracy"] == results["accuracy"]
-    assert not (out / "best.pt").exists()  # the test set picks nothing
-    features = (out / "features.pt").stat().st_mtime_ns
-    probe(make_eval_config("probe", epochs=3, resume=True, **common), progress=False)
-    assert [r["epoch"] for r in read_metrics(out)] == [1, 2, 3]
-    assert (out / "features.pt").stat().st_mtime_ns == features  # reused, not recomputed
 
 
 def test_action_probe_finetune_and_retrieval_from_random_weights(ucf_tiny, tmp_path) -> None:

@@ -1,0 +1,174 @@
+"""The linear probe (method.md section 4): the backbone frozen, a new linear layer on its pooled
+c5 feature learns the playback rate (`target="speed"`, the seed's Table 1) or the action
+(`target="action"`). Its config, `ProbeConfig`, and what it shares with fine-tuning and
+retrieval (the run folder, frozen features, reports) are in evaluate.py.
+
+The probe caches features. A frozen backbone in eval mode maps a clip to one feature, so the
+probe computes each clip's feature once instead of once per epoch. Cached, for `speed`: every
+training video at each of the four rates, `train_views` times with starts drawn once (seeded),
+centre crop; every test video at each rate once. For `action`: `train_views` clips per training
+video centred at linspace(T/2, frames - T/2); the test videos' `test_views` clips likewise,
+logits averaged per video. What caching gives up is fresh random starts and crops every epoch.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .checkpoint import FEATURES
+from .data import RATES, EpochSampler
+from .engine import Run, StepOutput, ensure_default_dataset, fit, hold_run_folder, make_loader
+from .evaluate import (
+    BackboneFeature,
+    FeatureSet,
+    ProbeConfig,
+    accuracy_report,
+    classifier_metrics,
+    clip_dataset,
+    eval_config_dict,
+    eval_kind,
+    first_of_each,
+    initial_backbone,
+    outputs,
+    same_step,
+    start_eval,
+    video_mean,
+    write_results,
+)
+from .folders import write_run_folder
+from .index import load_index
+from .runtime import Runtime, unwrap
+from .train import warmup_cosine
+
+
+def probe(cfg: ProbeConfig, progress: bool = True) -> dict:
+    """Train a linear layer on the frozen backbone's cached features; returns results.json."""
+    cfg, rt, out = start_eval(cfg)
+    with hold_run_folder(out, cfg.resume, cfg.overwrite, rt):  # refusals before any work
+        ensure_default_dataset(cfg.data, rt)
+        t0 = time.perf_counter()
+        index = load_index(cfg.data, cfg.split)
+        resumed = cfg.resume and (out / FEATURES).is_file()
+        cached = torch.load(out / FEATURES) if resumed else probe_features(cfg, rt, index, progress)
+        names = [str(r) for r in RATES] if cfg.target == "speed" else list(index.classes)
+        run = probe_run(cfg, rt, out, cached, names)
+        if rt.is_main:
+            write_run_folder(out, run.config, run.at.epoch)
+            if not resumed:
+                torch.save(cached, out / FEATURES)
+        fit(run, progress)
+        results = probe_results(cfg, run, cached, names)
+        results |= {"seconds": time.perf_counter() - t0, "device": str(rt.device)}
+        if rt.is_main:
+            write_results(out, results)
+    return results
+
+
+def probe_results(cfg: ProbeConfig, run: Run, cached: dict, names: list[str]) -> dict:
+    """The trained linear layer on the test clips: for speed, per clip (each test video at
+    each rate); for action, per video (its clips' mean logits)."""
+    test = cached["test"]
+    with torch.no_grad():
+        logits = unwrap(run.model)(test["output"].to(run.rt.device)).float().cpu()
+    labels, video = test["rate"], test["video"]
+    if cfg.target == "action":
+        logits, video = video_mean(logits, test["video"])
+        labels = test["label"][first_of_each(test["video"], video)]
+    return {
+        "kind": eval_kind(cfg),
+        **accuracy_report(logits, labels, video, names, cfg.seed),
+        "views_dropped": cached["views_dropped"],
+    }
+
+
+def probe_features(cfg: ProbeConfig, rt: Runtime, index, progress: bool) -> dict:
+    """The frozen backbone's pooled features of the probe's training and test clips."""
+    backbone = rt.prepare(BackboneFeature(initial_backbone(cfg)))
+    mode = "prp" if cfg.target == "speed" else "clip"
+    per_video = len(RATES) if mode == "prp" else 1
+    train_views = per_video * cfg.train_views
+    test_views = per_video if mode == "prp" else cfg.test_views
+    sets = {
+        "train": clip_dataset(cfg, index.train, mode, train_views, train=False),
+        "test": clip_dataset(cfg, index.test, mode, test_views, train=False),
+    }
+    cached = {
+        name: outputs(backbone, ds, rt, f"features of {name} clips", cfg.workers, progress)
+        for name, ds in sets.items()
+    }
+    cached["views_dropped"] = {name: ds.views_dropped for name, ds in sets.items()}
+    return cached
+
+
+def probe_step(model: nn.Module, batch: dict, head: str) -> StepOutput:
+    logits = model(batch["feature"])  # (B, classes)
+    loss = F.cross_entropy(logits.float(), batch["label"])
+    heads = {head: (logits, batch["label"])}
+    if head == "speed":
+        heads["at_rate"] = heads["speed"]
+    return loss, {"ce": loss.detach()}, heads
+
+
+def probe_run(cfg: ProbeConfig, rt: Runtime, out: Path, cached: dict, names: list[str]) -> Run:
+    """A linear layer on the cached features, trained by the engine's loop; the test clips are
+    evaluated after every epoch (curves), and the last epoch is the result (no best.pt)."""
+    label = "rate" if cfg.target == "speed" else "label"
+    sets = {
+        name: FeatureSet(cached[name]["output"], cached[name][label], cached["views_dropped"][name])
+        for name in ("train", "test")
+    }
+    loaders: dict[str, DataLoader | None] = {"bn": None}
+    for name, key, training in (("train", "train", True), ("val", "test", False)):
+        sampler = EpochSampler(len(sets[key]), cfg.seed, training, rt.rank, rt.world, training)
+        loaders[name] = make_loader(sets[key], sampler, cfg.batch_size, 0, rt, training)
+    torch.manual_seed(cfg.seed)
+    features = cached["train"]["output"]  # (N, D)
+    model = nn.Linear(features.shape[1], len(names))
+    if cfg.standardize:  # a fixed affine map then a linear layer: still a linear probe
+        model = nn.Sequential(Standardize(features.mean(0), features.std(0)), model)
+    model = model.to(rt.device)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    steps = max(1, min(len(loaders["train"]), cfg.limit_batches or len(loaders["train"])))
+    cosine = functools.partial(warmup_cosine, warmup=0, total=cfg.epochs * steps)
+    run = Run(
+        cfg,
+        eval_config_dict(cfg),
+        functools.partial(same_step, step=functools.partial(probe_step, head=cfg.target)),
+        rt,
+        out,
+        tuple(names),
+        loaders,
+        model=model,
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, cosine),
+        scaler=torch.amp.GradScaler(rt.device.type, enabled=False),
+        metrics=classifier_metrics(cfg.target, len(names)).to(rt.device),
+        keep_best=False,
+    )
+    if cfg.resume:
+        run.resume()
+    run.model = rt.wrap(model)
+    return run
+
+
+class Standardize(nn.Module):
+    """(x - mean) / std per feature dimension, with the statistics fixed (buffers). Plain SGD
+    with one learning rate moves a linear layer in proportion to its inputs' square scale, so
+    without this a probe ranks features by their scale as much as by what they hold."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.clone())
+        self.register_buffer("std", std.clamp_min(1e-12).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
