@@ -12,14 +12,13 @@ On a CPU it runs too (slowly at the paper size: use --preset quick --batch-size 
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from smp_lite.bench import bare_step, matmul_peak, synchronize, synthetic_batch
+from smp_lite.bench import bare_step, matmul_peak, synchronize, synthetic_batch, timed
 from smp_lite.models import upsample_then_conv
 from smp_lite.runtime import Runtime, make_runtime
 from smp_lite.train import build_model, make_config, make_optimizer, make_step
@@ -53,14 +52,8 @@ def profile_step(task: str, args: argparse.Namespace, peak: float) -> None:
     with FlopCounterMode(display=False) as counter:
         bare_step(model, batch, step, optimizer, rt)
     wrapped = rt.wrap(model)
-    for _ in range(3):  # compile, cudnn autotuning
-        bare_step(wrapped, batch, step, optimizer, rt)
-    synchronize(rt)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        bare_step(wrapped, batch, step, optimizer, rt)
-    synchronize(rt)
-    wall_ms = (time.perf_counter() - t0) / steps * 1e3
+    # after 3 calls that compile and autotune cuDNN
+    wall_ms = timed(lambda: bare_step(wrapped, batch, step, optimizer, rt), steps, rt, 3) * 1e3
     cuda = [ProfilerActivity.CUDA] if rt.device.type == "cuda" else []
     activities = [ProfilerActivity.CPU, *cuda]
     with profile(activities=activities) as prof:
@@ -146,14 +139,7 @@ def time_conv(
 
     with FlopCounterMode(display=False) as counter:
         run()  # torch.compile's first call compiles here
-    for _ in range(2):
-        run()
-    synchronize(rt)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        run()
-    synchronize(rt)
-    return (time.perf_counter() - t0) / reps * 1e3, counter.get_total_flops()
+    return timed(run, reps, rt) * 1e3, counter.get_total_flops()
 
 
 def decoder_alternatives(batch_size: int, clip_len: int, crop: int, rt: Runtime) -> None:
