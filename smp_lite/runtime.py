@@ -238,9 +238,10 @@ def reform_cuda_convs(model: nn.Module) -> nn.Module:
 def cuda_conv_form(conv: nn.Conv3d) -> ConvForm | None:
     """The form for this conv, or None where cuDNN's own is kept: few input channels at
     spatial stride 2 (the ResNet stems, 3 -> 64), a strided pointwise conv (the residual
-    shortcuts). The decoder's last conv (64 -> 3 at full size, 16 TFLOP/s) keeps cuDNN's: as
-    one pointwise conv to every kernel tap and a fused sum of the shifted taps, the SMP step
-    took 98 ms against 67 (the sum's backward alone 24 ms)."""
+    shortcuts). Not the decoder's last conv (64 -> 3 at full size, 16 TFLOP/s): as one
+    pointwise conv to every kernel tap and a fused sum of the shifted taps, the SMP step took
+    98 ms against 67 (the sum's backward alone 24 ms); `models.upsample_then_conv` now composes
+    it with the transposed conv before it instead."""
     plain = conv.groups == 1 and conv.dilation == (1, 1, 1) and conv.padding_mode == "zeros"
     if not plain or isinstance(conv.padding, str):
         return None
