@@ -29,11 +29,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
-from torchmetrics.wrappers import ClasswiseWrapper
 from tqdm import tqdm  # text bars: the same in a terminal and a notebook
 
 from .checkpoint import RESULTS, load_backbone
-from .data import RATES, EpochSampler, VideoDataset, to_float
+from .data import EpochSampler, VideoDataset, to_float
 from .engine import (
     Run,
     ensure_default_dataset,
@@ -48,7 +47,7 @@ from .index import load_index
 from .models import ARCHS, ActionNet, build_backbone, pooled_feature, retrieval_feature
 from .runtime import Runtime, loader_workers, make_runtime, unwrap
 from .synth import DEFAULT_DATA
-from .train import AccuracyPerClass, as_settings, is_generated, supervised_step
+from .train import accuracy_at_rate, as_settings, is_generated, supervised_step
 
 TARGETS = ("speed", "action")
 TOP_K = (1, 5, 10, 20, 50)
@@ -308,11 +307,11 @@ def same_step(epoch: int, training: bool, step):
 
 
 def classifier_metrics(head: str, classes: int) -> MetricCollection:
+    """An evaluation's metrics: the loss, the accuracy, and for the speed head each rate's."""
     metrics = loss_metrics(["ce"])
     metrics[f"acc_{head}"] = MulticlassAccuracy(classes, average="micro", validate_args=False)
     if head == "speed":
-        per_rate = AccuracyPerClass(classes)
-        metrics["acc_at_rate"] = ClasswiseWrapper(per_rate, [str(r) for r in RATES], "acc_at_rate_")
+        metrics["acc_at_rate"] = accuracy_at_rate()
     return MetricCollection(metrics, compute_groups=False)
 
 

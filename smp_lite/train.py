@@ -273,10 +273,14 @@ def task_metrics(cfg: TrainConfig, num_classes: int) -> MetricCollection:
     metrics = loss_metrics(terms)
     for name, classes in heads.items():
         metrics[f"acc_{name}"] = MulticlassAccuracy(classes, average="micro", validate_args=False)
-    if cfg.task != "supervised":  # acc_at_rate_1, ..., acc_at_rate_8
-        per_rate = AccuracyPerClass(NUM_RATES)
-        metrics["acc_at_rate"] = ClasswiseWrapper(per_rate, [str(r) for r in RATES], "acc_at_rate_")
+    if cfg.task != "supervised":
+        metrics["acc_at_rate"] = accuracy_at_rate()
     return MetricCollection(metrics, compute_groups=False)
+
+
+def accuracy_at_rate() -> ClasswiseWrapper:
+    """acc_at_rate_1, ..., acc_at_rate_8: the accuracy on the clips of each playback rate."""
+    return ClasswiseWrapper(AccuracyPerClass(NUM_RATES), [str(r) for r in RATES], "acc_at_rate_")
 
 
 class AccuracyPerClass(Metric):
