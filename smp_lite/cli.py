@@ -196,6 +196,9 @@ HELP = {
     "standardize": "Standardise each feature dimension with the training clips' mean and std "
     "before the linear layer (not in the seed's protocol: without it, SGD favours features of "
     "large scale).",
+    "features": "Train on the features another probe run cached (its folder or features.pt) "
+    "instead of computing them: to try --standardize, --lr or --epochs in seconds. Its clips "
+    "must be this run's (same arch, init, data, clips, views, seed): checked.",
     "test_views": "Clips per test video; their logits or features are averaged.",
     "lr_step_epoch": "Epoch at which the learning rate drops 10x.",
 }

@@ -87,6 +87,7 @@ class ProbeConfig(EvalConfig):
     target: str = "speed"
     train_views: int = 2  # cached training clips per video (and per rate for speed)
     standardize: bool = False  # features less the training mean, over its std, per dimension
+    features: str = ""  # another probe run's features.pt to train on (the same clips: checked)
     epochs: int = 150
     batch_size: int = 32
     lr: float = 0.0075

@@ -14,6 +14,7 @@ logits averaged per video. What caching gives up is fresh random starts and crop
 from __future__ import annotations
 
 import functools
+import json
 import time
 from pathlib import Path
 
@@ -22,9 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .checkpoint import FEATURES
+from .checkpoint import CONFIG, FEATURES
 from .data import RATES, EpochSampler
 from .engine import Run, StepOutput, ensure_default_dataset, fit, hold_run_folder, make_loader
+from .errors import ConfigError, DataError
 from .evaluate import (
     BackboneFeature,
     FeatureSet,
@@ -51,12 +53,16 @@ from .train import warmup_cosine
 def probe(cfg: ProbeConfig, progress: bool = True) -> dict:
     """Train a linear layer on the frozen backbone's cached features; returns results.json."""
     cfg, rt, out = start_eval(cfg)
+    source = features_file(cfg) if cfg.features else None
     with hold_run_folder(out, cfg.resume, cfg.overwrite, rt):  # refusals before any work
         ensure_default_dataset(cfg.data, rt)
         t0 = time.perf_counter()
         index = load_index(cfg.data, cfg.split)
         resumed = cfg.resume and (out / FEATURES).is_file()
-        cached = torch.load(out / FEATURES) if resumed else probe_features(cfg, rt, index, progress)
+        if resumed or source:
+            cached = load_features(out / FEATURES if resumed else source)
+        else:
+            cached = probe_features(cfg, rt, index, progress)
         names = [str(r) for r in RATES] if cfg.target == "speed" else list(index.classes)
         run = probe_run(cfg, rt, out, cached, names)
         if rt.is_main:
@@ -69,6 +75,40 @@ def probe(cfg: ProbeConfig, progress: bool = True) -> dict:
         if rt.is_main:
             write_results(out, results)
     return results
+
+
+# What decides which clips a features.pt holds (and test_views for the action target; the
+# speed target tests each video once at each rate)
+FEATURE_FIELDS = tuple("arch init data split target clip_len resize crop train_views seed".split())
+
+
+def features_file(cfg: ProbeConfig) -> Path:
+    """`cfg.features` (a probe run's folder or its features.pt), refused unless that run's
+    config says it cached the clips this probe would."""
+    path = Path(cfg.features)
+    path = path / FEATURES if path.is_dir() else path
+    config = path.parent / CONFIG
+    if not path.is_file() or not config.is_file():
+        raise ConfigError(f"features {cfg.features}: not a probe run's {FEATURES} (no such file)")
+    try:
+        theirs = json.loads(config.read_text())
+    except ValueError:
+        raise DataError(f"{config} is not readable JSON") from None
+    ours = eval_config_dict(cfg)
+    if not str(theirs.get("task")).startswith("probe"):
+        raise ConfigError(f"features {cfg.features}: not a probe run's {FEATURES}")
+    fields = FEATURE_FIELDS + (("test_views",) if cfg.target == "action" else ())
+    differ = [f"{f} {theirs.get(f)!r}, not {ours[f]!r}" for f in fields if theirs.get(f) != ours[f]]
+    if differ:
+        raise ConfigError(f"{path} holds other clips than this probe's: {'; '.join(differ)}")
+    return path
+
+
+def load_features(path: Path) -> dict:
+    try:
+        return torch.load(path)
+    except Exception as e:  # truncated, not a torch file, or not a features dict
+        raise DataError(f"{path} is not a readable features file ({type(e).__name__})") from None
 
 
 def probe_results(cfg: ProbeConfig, run: Run, cached: dict, names: list[str]) -> dict:

@@ -145,7 +145,7 @@ def init_rows(summary: dict, kind: str) -> list[str]:
     for init, name in INIT_NAMES.items():
         cells = []
         for arch in summary["archs"]:
-            by_init = summary[kind].get(arch, {})
+            by_init = summary.get(kind, {}).get(arch, {})  # older summaries lack the -std probe
             cells.append(accuracy_cell(by_init.get(init), by_init.get("random")))
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return rows
@@ -177,7 +177,15 @@ def table1(summary: dict) -> str:
         *arch_header(summary, "Initialisation"),
         *init_rows(summary, "probe-speed"),
         "",
-        "Accuracy (%) at each rate, 1 / 2 / 4 / 8:",
+        "The same linear layer trained on the same cached features standardised (each dimension",
+        "less the training clips' mean, over their std; not the seed's protocol). With plain SGD",
+        "at one learning rate a layer learns faster on larger features, so the table above ranks",
+        "features by their scale as well as by what they hold; this one does not:",
+        "",
+        *arch_header(summary, "Initialisation"),
+        *init_rows(summary, "probe-speed-std"),
+        "",
+        "Accuracy (%) at each rate, 1 / 2 / 4 / 8 (features as cached):",
         "",
         *arch_header(summary, "Initialisation"),
     ]
@@ -264,21 +272,23 @@ def save_figure(fig, png: Path) -> None:
 
 
 def plot_table1(summary: dict, png: Path) -> None:
-    """Table 1 as grouped bars, one group per backbone, with the bootstrap std as error bars."""
-    fig = new_figure(7, 3.6)
-    ax = fig.subplots()
+    """Table 1 as grouped bars, one group per backbone, with the bootstrap std as error bars:
+    the features as cached, and standardised."""
+    fig = new_figure(12, 3.8)
+    panels = {"probe-speed": "features as cached", "probe-speed-std": "standardised"}
     archs, width = summary["archs"], 0.8 / len(INIT_NAMES)
-    for i, (init, name) in enumerate(INIT_NAMES.items()):
-        numbers = [summary["probe-speed"].get(a, {}).get(init) for a in archs]
-        xs = [j + (i - 1.5) * width for j, n in enumerate(numbers) if n]
-        ys = [100 * n["accuracy"] for n in numbers if n]
-        errs = [100 * n["accuracy_std"] for n in numbers if n]
-        ax.bar(xs, ys, width, yerr=errs, capsize=3, label=name, color=f"C{i}")
-    ax.axhline(25, color="gray", lw=0.8, ls=":", label="chance")
-    ax.set_xticks(range(len(archs)), [f"{FAMILY.get(a, a)}\n({a})" for a in archs])
-    ax.set_ylabel("speed probe accuracy (%)")
-    ax.set_title(f"Speed discrimination by linear probing ({summary['profile']} profile)")
-    ax.legend(fontsize=8, ncol=5, loc="lower center")
+    for ax, (kind, how) in zip(fig.subplots(1, 2, sharey=True), panels.items(), strict=True):
+        for i, (init, name) in enumerate(INIT_NAMES.items()):
+            numbers = [summary.get(kind, {}).get(a, {}).get(init) for a in archs]
+            xs = [j + (i - 1.5) * width for j, n in enumerate(numbers) if n]
+            ys = [100 * n["accuracy"] for n in numbers if n]
+            errs = [100 * n["accuracy_std"] for n in numbers if n]
+            ax.bar(xs, ys, width, yerr=errs, capsize=3, label=name, color=f"C{i}")
+        ax.axhline(25, color="gray", lw=0.8, ls=":", label="chance")
+        ax.set_xticks(range(len(archs)), [f"{FAMILY.get(a, a)}\n({a})" for a in archs])
+        ax.set_title(f"Speed probe, {how} ({summary['profile']} profile)")
+    fig.axes[0].set_ylabel("speed probe accuracy (%)")
+    fig.axes[0].legend(fontsize=8, ncol=5, loc="lower center")
     save_figure(fig, png)
 
 

@@ -3,9 +3,9 @@ papers' downstream tables, for one backbone per family, then the tables and pict
 
 For each backbone of the profile: supervised, PRP and SMP pretraining (`train.train`); then
 from each initialisation (random weights, and the best.pt of each pretraining) the speed probe
-(Table 1), the action probe and fine-tuning (Table 2) and retrieval (`evaluate`). The speed
-probes come first after pretraining, so Table 1 is complete earliest; fine-tuning, the slowest
-step, comes last.
+(Table 1) and the same probe on its features standardised, the action probe and fine-tuning
+(Table 2) and retrieval (`evaluate`). The speed probes come first after pretraining, so Table 1
+is complete earliest; fine-tuning, the slowest step, comes last.
 
 Every step is a run folder under RUNS (runs/reproduce-<profile>): steps.json there records each
 finished step with the settings it ran with and the time it took. A rerun reuses the recorded
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import BEST, LAST, RESULTS
+from .checkpoint import BEST, FEATURES, LAST, RESULTS
 from .errors import ConfigError, DataError
 from .evaluate import finetune, make_eval_config, retrieve
 from .folders import read_metrics, write_text
@@ -42,7 +42,9 @@ from .train import make_config, train
 
 ARCHS_REPRODUCED = ("c3d", "r3d10", "r21d10")  # C3D, "3D-R18" and R(2+1)D of the seed
 INITS = ("random", "supervised", "prp", "smp")  # Table 1's rows, in order
-EVALUATIONS = ("probe-speed", "probe-action", "retrieve", "finetune")  # in the order they run
+# in the order they run; probe-speed-std: the speed probe again on the same cached features,
+# standardised (Table 1's second table: plain SGD favours features of large scale)
+EVALUATIONS = ("probe-speed", "probe-speed-std", "probe-action", "retrieve", "finetune")
 STEPS_FILE = "steps.json"
 
 
@@ -55,7 +57,8 @@ class Profile:
     synth: str = ""  # a generated dataset: its synth preset, generated at `data` when missing
     archs: tuple[str, ...] = ARCHS_REPRODUCED
     pretrain: dict = field(default_factory=dict)
-    evaluations: dict[str, dict] = field(default_factory=dict)  # per EVALUATIONS entry
+    # per EVALUATIONS entry; probe-speed-std takes probe-speed's
+    evaluations: dict[str, dict] = field(default_factory=dict)
     seconds_per_unit: float = 0.2  # first guess of one SMP training clip's time (see step_units)
 
 
@@ -193,7 +196,11 @@ def plan_steps(prof: Profile, data: str, runs: Path) -> list[Step]:
             for init in INITS:
                 weights = runs / f"pretrain-{init}-{arch}" / BEST
                 source = "random" if init == "random" else str(weights)
-                settings = {**prof.evaluations.get(kind, {}), "data": data, "init": source}
+                preset = prof.evaluations.get(kind.removesuffix("-std"), {})
+                settings = {**preset, "data": data, "init": source}
+                if kind == "probe-speed-std":  # the speed probe's settings and features
+                    features = runs / f"probe-speed-{arch}-{init}" / FEATURES
+                    settings |= {"standardize": True, "features": str(features)}
                 steps.append(Step(f"{kind}-{arch}-{init}", kind, arch, init, settings))
     return steps
 
@@ -212,7 +219,7 @@ def run_step(step: Step, out: Path, progress: bool) -> bool:
     if step.kind == "pretrain":
         train(make_config(step.init, **settings), progress)
         return resume
-    kind, _, target = step.kind.partition("-")
+    kind, target = evaluation(step.kind)
     if target:
         settings["target"] = target
     run = {"probe": probe, "finetune": finetune, "retrieve": retrieve}[kind]
@@ -220,11 +227,18 @@ def run_step(step: Step, out: Path, progress: bool) -> bool:
     return resume
 
 
+def evaluation(kind: str) -> tuple[str, str]:
+    """The evaluation and its target: ("probe", "speed") for probe-speed and probe-speed-std."""
+    name, _, target = kind.partition("-")
+    return name, target.removesuffix("-std")
+
+
 def describe(step: Step) -> str:
     if step.kind == "pretrain":
         return f"{step.init} pretraining of {step.arch}"
     what = {
         "probe-speed": "speed probe (Table 1)",
+        "probe-speed-std": "speed probe on the same features standardised",
         "probe-action": "action probe",
         "retrieve": "retrieval",
         "finetune": "fine-tuning",
@@ -261,6 +275,7 @@ def jsonable(value: object) -> object:
 # (docs/benchmarks.md): supervised and fine-tuning steps have no decoder, the frozen backbone's
 # features need no backward pass.
 MOTION_CLIP, ACTION_CLIP, FEATURE_CLIP = 1.0, 0.45, 0.15
+LINEAR_CLIP = 0.0005  # a cached feature through the probe's linear layer, per epoch
 
 
 def step_units(step: Step, n_train: int, n_test: int) -> float:
@@ -273,9 +288,11 @@ def step_units(step: Step, n_train: int, n_test: int) -> float:
             clips = min(clips, cfg.limit_batches * cfg.batch_size)
         per_epoch = clips * cost + n_train * cfg.val_fraction * 4 * FEATURE_CLIP * 2
         return round(cfg.epochs * per_epoch, 1)
-    kind, _, target = step.kind.partition("-")
-    settings = {**step.settings, "init": "random", **({"target": target} if target else {})}
-    cfg = make_eval_config(kind, **settings)
+    kind, target = evaluation(step.kind)
+    settings = {**step.settings, "init": "random"}
+    cfg = make_eval_config(kind, **settings, **({"target": target} if target else {}))
+    if step.settings.get("features"):  # the linear layer alone, on cached features
+        return round(cfg.epochs * n_train * cfg.train_views * 4 * LINEAR_CLIP, 1)
     if kind == "probe":
         rates = 4 if target == "speed" else 1
         test_views = 4 if target == "speed" else cfg.test_views

@@ -1,5 +1,5 @@
-"""The linear probe (smp_lite/probe.py): standardised features, and a speed probe from a
-pretrained checkpoint through its run folder and resume."""
+"""The linear probe (smp_lite/probe.py): standardised features, a speed probe from a
+pretrained checkpoint through its run folder and resume, and a probe on another's features."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from test_evaluate import TINY
 
 from smp_lite.data import RATES
 from smp_lite.engine import fit
+from smp_lite.errors import ConfigError, DataError
 from smp_lite.evaluate import make_eval_config
 from smp_lite.folders import read_metrics
 from smp_lite.index import load_index
@@ -63,3 +64,25 @@ def test_speed_probe_from_a_pretrained_checkpoint(ucf_tiny, pretrained, tmp_path
     probe(make_eval_config("probe", epochs=3, resume=True, **common), progress=False)
     assert [r["epoch"] for r in read_metrics(out)] == [1, 2, 3]
     assert (out / "features.pt").stat().st_mtime_ns == features  # reused, not recomputed
+
+
+def test_a_probe_trains_on_another_probes_features(ucf_tiny, pretrained, tmp_path) -> None:
+    common = dict(data=str(ucf_tiny), init=str(pretrained), arch="r3d10", epochs=2, **TINY)
+    first = probe(make_eval_config("probe", out=str(tmp_path / "a"), **common), progress=False)
+    cached = tmp_path / "a" / "features.pt"
+    again = probe(
+        make_eval_config("probe", out=str(tmp_path / "b"), features=str(tmp_path / "a"), **common),
+        progress=False,
+    )
+    assert again["accuracy"] == first["accuracy"] and again["confusion"] == first["confusion"]
+    assert torch.equal(torch.load(tmp_path / "b" / "features.pt")["test"]["output"],
+                       torch.load(cached)["test"]["output"])  # fmt: skip
+    refused = dict(common, out=str(tmp_path / "c"))
+    with pytest.raises(ConfigError, match="holds other clips than this probe's: seed 0, not 1"):
+        probe(make_eval_config("probe", features=str(cached), **dict(refused, seed=1)))
+    with pytest.raises(ConfigError, match="not a probe run's features.pt"):
+        probe(make_eval_config("probe", features=str(pretrained), **refused))  # a checkpoint
+    cached.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(DataError, match="is not a readable features file"):
+        probe(make_eval_config("probe", features=str(cached), **refused))
+    assert not (tmp_path / "c").exists()  # refused before a run folder was made

@@ -104,6 +104,7 @@ def test_tables_of_a_pipeline_still_running(tmp_path) -> None:
         "probe-speed": {
             "c3d": {"random": probe_numbers(0.425, 0.012), "supervised": probe_numbers(0.5, 0.02)}
         },
+        "probe-speed-std": {"c3d": {"random": probe_numbers(0.5, 0.01)}},
         "probe-action": {},
         "finetune": {"r3d10": {"smp": probe_numbers(0.3, 0.05)}},
         "retrieve": {
@@ -116,6 +117,9 @@ def test_tables_of_a_pipeline_still_running(tmp_path) -> None:
     assert "| Fully-supervised | 50.0 ± 2.0 (+7.5) | not run yet |" in text
     assert "| Fully-supervised | 48.83 (+6.35) | 45.97 (+5.08) | 51.27 (+9.74) |" in text
     assert "| Random | 42 / 42 / 42 / 42 | not run yet |" in text  # per rate, 1 / 2 / 4 / 8
+    standardised = text.split("standardised")[1]
+    assert "| Random | 50.0 ± 1.0 | not run yet |" in standardised
+    assert "| Fully-supervised | not run yet | not run yet |" in standardised
     assert "took 25 min" in text
     # no random-init row to compare with: no difference printed
     assert "| SMP | not run yet | 30.0 ± 5.0 |" in table2(summary)

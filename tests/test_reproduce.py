@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import filecmp
 import json
 import shutil
 
@@ -59,6 +60,12 @@ def test_tiny_profile_writes_every_table_picture_and_number(tiny_reproduced) -> 
         assert f"{100 * finetuned['accuracy']:.1f} ±" in (results / "table2.md").read_text()
         assert set(summary["retrieve"][arch]) == set(INITS)
     assert "not run yet" not in table and "| Fully-supervised | 48.83 (+6.35)" in table
+    # the standardised speed probe trained on the speed probe's own features
+    std = runs / "probe-speed-std-c3d-prp"
+    assert json.loads((std / "config.json").read_text())["standardize"]
+    assert filecmp.cmp(std / "features.pt", runs / "probe-speed-c3d-prp" / "features.pt")
+    accuracy = summary["probe-speed-std"]["c3d"]["prp"]["accuracy"]
+    assert f"| PRP | {100 * accuracy:.1f} ±" in table.split("standardised")[1]
     # the evaluations start from the pretrainings' best.pt
     config = json.loads((runs / "probe-speed-r3d10-prp" / "config.json").read_text())
     assert config["init"] == str(runs / "pretrain-prp-r3d10" / "best.pt")
@@ -101,6 +108,7 @@ def test_the_time_left_is_estimated_from_the_steps_done(tmp_path) -> None:
     # SMP and PRP cost the same, supervised pretraining less, a frozen-feature step less still
     assert units["pretrain-smp-c3d"] == units["pretrain-prp-c3d"] > units["pretrain-supervised-c3d"]
     assert units["finetune-c3d-smp"] > units["probe-action-c3d-smp"]
+    assert units["probe-speed-c3d-smp"] > 5 * units["probe-speed-std-c3d-smp"] > 0  # no features
     records = {
         "pretrain-smp-c3d": {"arch": "c3d", "seconds": 600.0, "units": 3000.0},
         "pretrain-smp-r3d10": {"arch": "r3d10", "seconds": 300.0, "units": 3000.0},
