@@ -238,7 +238,7 @@ def describe(step: Step) -> str:
         return f"{step.init} pretraining of {step.arch}"
     what = {
         "probe-speed": "speed probe (Table 1)",
-        "probe-speed-std": "speed probe on the same features standardised",
+        "probe-speed-std": "speed probe on standardised features",
         "probe-action": "action probe",
         "retrieve": "retrieval",
         "finetune": "fine-tuning",
