@@ -87,13 +87,19 @@ class WorkerState(torch.utils.data.Dataset):
 
 
 def test_loader_workers_leave_ctrl_c_to_the_main_process() -> None:
-    rt = Runtime(torch.device("cpu"), "fp32", False)
-    loader = make_loader(WorkerState(), EpochSampler(4, shuffle=False), 2, 2, rt, drop_last=False)
-    items = list(loader)
-    assert all(bool(v) for batch in items for v in batch["ignores_ctrl_c"])
-    assert all(int(t) == 1 for batch in items for t in batch["threads"])
-    assert all(int(p) != os.getpid() for batch in items for p in batch["pid"])  # other processes
-    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+    # Ctrl-C handled as in a terminal, whatever started the tests: a shell's background job
+    # starts with SIGINT ignored, which would hide what the workers' start-up does
+    started_with = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        rt = Runtime(torch.device("cpu"), "fp32", False)
+        sampler = EpochSampler(4, shuffle=False)
+        items = list(make_loader(WorkerState(), sampler, 2, 2, rt, drop_last=False))
+        assert all(bool(v) for batch in items for v in batch["ignores_ctrl_c"])
+        assert all(int(t) == 1 for batch in items for t in batch["threads"])
+        assert all(int(p) != os.getpid() for batch in items for p in batch["pid"])  # not this one
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, started_with)
 
 
 def test_the_loop_with_the_runtime_a_user_gets_and_worker_processes(ucf_tiny, tmp_path) -> None:
