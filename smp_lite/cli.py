@@ -167,7 +167,7 @@ HELP = {
     "random for smp and supervised, center for prp]. Evaluation crops the centre.",
     "clips_per_video": "Training clips drawn from each video per epoch, decoded in one pass "
     "(repeated sampling): each clip is drawn as if alone, but a batch holds fewer videos and an "
-    "epoch is this many times as long. With 4 a loader process made 2.1x the clips a second, "
+    "epoch is this many times as long. With 4 a loader process made 2.2-2.3x the clips a second, "
     "but at batch 8 learning per step was slower (docs/benchmarks.md).",
     "val_fraction": "Share of training groups held out to pick best.pt.",
     "precise_bn": "Training batches that recompute BatchNorm statistics at each epoch end, "
