@@ -64,12 +64,19 @@ def motion_mask_cam(
     return upsample_mask(cam, size).expand(-1, 3, -1, -1, -1)
 
 
+PAPER_EPOCHS = 300  # the schedules are written for the papers' 300-epoch runs
+
+
 def blend_lambda(schedule: str, epoch: int, total: int) -> float:
     """Weight of the CAM mask at 1-based `epoch` of `total` (DPAU gets 1 - lambda), in the forms
-    of the original code (train_predict.py's Mask_lambda); "dpau" and "cam" are its w0 and w1."""
+    of the original code (train_predict.py's Mask_lambda); "dpau" and "cam" are its w0 and w1.
+
+    The forms have fixed scales in epochs (75), written for 300 epochs: `epoch` is taken at its
+    place in a 300-epoch run, so a short run passes through the same phases (at epoch 1 of 6 the
+    original's exp gives 0.82, this 0.036). A 300-epoch run is unchanged."""
+    epoch, total = epoch * PAPER_EPOCHS / total, PAPER_EPOCHS
     if schedule == "exp":
-        scale = 75.0 if total > 100 else 25.0
-        return math.exp((epoch - total) / scale)
+        return math.exp((epoch - total) / 75.0)
     if schedule == "log":  # rises fast, then flattens; 1 at the last epoch
         s, eps = 15.0, 0.01
         return (math.log(epoch / s + eps) - math.log(eps)) / (

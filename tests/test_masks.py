@@ -56,7 +56,7 @@ def test_lambda_schedules_follow_the_original_forms() -> None:
     """Values of the original code's Mask_lambda (train_predict.py), computed by hand."""
     assert blend_lambda("exp", 300, 300) == pytest.approx(1.0)
     assert blend_lambda("exp", 150, 300) == pytest.approx(math.exp(-2), rel=1e-6)  # ~0.135
-    assert blend_lambda("exp", 75, 100) == pytest.approx(math.exp(-1))  # s = 25 when E <= 100
+    assert blend_lambda("exp", 75, 100) == pytest.approx(math.exp(-1))  # as the original's s = 25
     assert blend_lambda("linear", 30, 120) == pytest.approx(0.25)
     # sigmoid: 1 / (1 + exp((E/2 - e) / 75)): 0.5 at mid-training, 1/(1+e^-2) at the end of 300
     assert blend_lambda("sigmoid", 150, 300) == pytest.approx(0.5)
@@ -72,6 +72,15 @@ def test_lambda_schedules_follow_the_original_forms() -> None:
     for schedule in ("exp", "log", "sigmoid", "plinear", "linear"):
         values = [blend_lambda(schedule, e, 300) for e in range(1, 301)]
         assert values == sorted(values) and 0 < values[0] and values[-1] <= 1, schedule
+
+
+def test_lambda_of_a_short_run_is_taken_at_the_same_place_of_a_300_epoch_run() -> None:
+    for schedule in ("exp", "log", "sigmoid", "plinear", "linear"):
+        short = [blend_lambda(schedule, e, 6) for e in range(1, 7)]
+        assert short == pytest.approx([blend_lambda(schedule, 50 * e, 300) for e in range(1, 7)])
+    # the original's exp at epoch 1 of 6 is exp(-5 / 25) = 0.82: almost all CAM from the start
+    assert blend_lambda("exp", 1, 6) == pytest.approx(math.exp(-250 / 75))
+    assert blend_lambda("exp", 6, 6) == 1.0
 
 
 def test_cam_mask_follows_the_ground_truth_rate() -> None:
