@@ -1,12 +1,14 @@
-"""Generated motion-video dataset in the UCF101 layout, for trying smp-lite without downloads.
+"""Generated action videos in the UCF101 layout, for trying smp-lite without downloads.
 
-Each video shows 1-3 textured sprites over a textured background seen by a slowly panning camera;
-the class is defined by HOW the sprites move (translate, rotate, zoom, orbit, bounce, ...), never
-by what they look like or how the camera moves. Every video has its own natural speed, drawn
-log-uniformly over a factor ~3.5, which scales both the sprites' and the camera's motion, so
-apparent speed alone is ambiguous between neighbouring playback rates, as in real video. Motion
-is continuous for the whole video (wrap-around, periodic motion, re-spawn) and stays well below
-aliasing even when the video is sampled at stride 8 at the fastest speed.
+Each video shows a stick figure, two balls, a flying distractor and sometimes a foreground pole,
+over a textured background that a camera may pan across. The class is defined, as in real action
+datasets, by WHAT moves and HOW: the figure waves, claps, does jumping jacks, squats, walks or
+boxes; juggles, dribbles, throws or kicks a ball; or stands by while a ball rolls past or two
+balls collide. Appearance (background, colours, camera style) is drawn per group and shared by
+all classes of that group, so no class can be told from a single frame's look, and the test
+groups show appearances never seen in training. Every video has its own natural speed, drawn
+log-uniformly over a factor ~6 and with the same distribution for every class, so how fast
+things move says little about the playback rate on its own.
 
     from smp_lite.synth import synthesize
     root = synthesize("data/synth")  # root/videos, root/classInd.txt, root/trainlist01.txt, ...
@@ -35,8 +37,8 @@ from smp_lite import __version__
 
 DEFAULT_DATA = "data/synth"  # where `smp-lite data synth` writes and training reads by default
 CLASSES: tuple[str, ...] = (
-    "MoveLeft", "MoveRight", "MoveUp", "MoveDown", "RotateCW", "RotateCCW",
-    "ZoomIn", "ZoomOut", "Orbit", "Bounce", "Oscillate", "Pulse",
+    "Wave", "Clap", "JumpingJack", "Squat", "Walk", "Box",
+    "Juggle", "Dribble", "Throw", "Kick", "Roll", "Collide",
 )  # fmt: skip
 
 
@@ -47,30 +49,34 @@ class SynthConfig:
     test_groups: int = 7
     clips_per_group: int = 2
     frames: int = 144  # >= 16 * 8 + 1, so a 16-frame clip at stride 8 fits
-    height: int = 120
+    height: int = 120  # every length in a scene scales with the height
     width: int = 160
     fps: int = 25
-    speed_range: tuple[float, float] = (0.5, 1.75)  # natural speed, log-uniform
-    max_objects: int = 3
+    speed_range: tuple[float, float] = (0.4, 2.5)  # natural speed, log-uniform, for every class
+    period: float = 24.0  # frames per cycle of an action at natural speed 1 and height 120
+    static_camera: float = 0.4  # share of groups filmed by a still camera; the rest pan
+    pan_px: tuple[float, float] = (0.3, 1.2)  # a panning group's camera speed, px/frame at 120
+    occluder: float = 0.5  # share of videos with a foreground pole
     crf: int = 18
     gop: int = 32  # keyframe interval: cheap random access
-    pan_px: float = 0.8  # camera pan in px per frame at natural speed 1 (x a per-video 0.5-1)
     grain: float = 0.2  # amplitude of the backgrounds' fine detail, which shows the camera motion
 
 
 PRESETS: dict[str, SynthConfig] = {
     "default": SynthConfig(),
-    "tiny": SynthConfig(train_groups=3, test_groups=1, clips_per_group=1, frames=129),
+    # tests: half-size frames render 4x faster; every length scales with the height
+    "tiny": SynthConfig(
+        train_groups=3, test_groups=1, clips_per_group=1, frames=129, height=60, width=80
+    ),
 }
 
-# Motion per frame at natural speed 1 (a video's speed multiplies all of these). Chosen so that at
-# stride 8 and the top speed a sprite moves < ~30 px, turns < ~45 degrees and scales < ~1.4x per
-# sampled frame (tests/test_synth.py checks), and periodic motions get >= 5 samples per period.
-TRANSLATE_PX = 1.4  # px per frame
-ROTATE_DEG = 2.6  # degrees per frame
-ZOOM_LOG = 0.012  # log-scale per frame
-PERIOD_FRAMES = 90  # period of Bounce / Oscillate / Pulse
-WRAP_AXES = {"MoveLeft": (1, 0), "MoveRight": (1, 0), "MoveUp": (0, 1), "MoveDown": (0, 1)}
+# The figure's proportions, in figure heights (head top to feet); the figure is FIGURE of the
+# frame's height. Shoulders and hips sit a little off the body's axis.
+FIGURE = 0.65
+HEAD, NECK, TORSO, UPPER_ARM, FOREARM, THIGH, SHIN = 0.09, 0.03, 0.32, 0.18, 0.17, 0.22, 0.22
+LIMB, SHOULDER, HIP = 0.045, 0.07, 0.05  # limb half-thickness, shoulder and hip half-widths
+BALL = 0.1  # ball radius
+LIMBS = ("arm_l", "fore_l", "arm_r", "fore_r", "thigh_l", "shin_l", "thigh_r", "shin_r")
 
 
 # -----------------------------------------------------------------------------
@@ -78,126 +84,382 @@ WRAP_AXES = {"MoveLeft": (1, 0), "MoveRight": (1, 0), "MoveUp": (0, 1), "MoveDow
 
 
 def render_video(
-    class_name: str, rng: np.random.Generator, cfg: SynthConfig
+    class_name: str, look: dict, rng: np.random.Generator, cfg: SynthConfig
 ) -> tuple[np.ndarray, dict]:
-    """Render one video of `class_name`: (T, H, W, 3) uint8 frames and a dict describing it."""
+    """Render one video of `class_name` in a group's `look` (draw_look): (T, H, W, 3) uint8
+    frames and a dict describing it."""
+    if class_name not in CLASSES:
+        raise ValueError(f"unknown class {class_name!r}, expected one of {CLASSES}")
     T, H, W = cfg.frames, cfg.height, cfg.width
+    unit = H / 120  # px at this height per px at the reference height 120
     speed = float(math.exp(rng.uniform(*np.log(cfg.speed_range))))
-    pan = cfg.pan_px * speed * float(rng.uniform(0.5, 1.0))
-    reach = math.ceil(pan * (T - 1)) + 2  # px of background the camera travels over
-    background, background_kind = make_background(rng, H + reach, W + reach, cfg.grain)
-    frames = pan_camera(background, pan, float(rng.uniform(0, 2 * np.pi)), T, H, W)  # (T, H, W, 3)
-    num_objects = int(rng.integers(1, cfg.max_objects + 1))
-    shapes = []
-    for _ in range(num_objects):
-        sprite, shape = make_sprite(rng)  # (4, S, S), premultiplied rgb + alpha
-        radius = float(rng.uniform(12, 22))  # half-size of the sprite canvas in px
-        jitter = float(rng.uniform(0.85, 1.15))  # objects in one video differ a little in speed
-        cx, cy, angle, scale = object_motion(class_name, rng, speed * jitter, radius, cfg)
-        # translations wrap around like on a torus: what leaves one edge enters at the opposite
-        # one, so the motion never stops or jumps; the copies straddling the edges are pasted too
-        wrap_x, wrap_y = WRAP_AXES.get(class_name, (0, 0))
-        for k in (-1, 0, 1) if class_name in WRAP_AXES else (0,):
-            x, y = cx + k * wrap_x * W, cy + k * wrap_y * H
-            paste_sprite(frames, sprite, x, y, angle, radius * scale)
-        shapes.append(shape)
+    pan = look["pan"] * float(rng.uniform(0.7, 1.3)) * unit
+    direction = float(rng.uniform(0, 2 * np.pi))
+    frames = pan_camera(look["background"], pan, direction, T, H, W)  # (T, H, W, 3)
+    scene = act(class_name, rng, cfg, speed)
+    fly = flight(rng, cfg)
+    draw_ball(frames, fly, look["distractor"], look["distractor"] * 0.6)
+    for ball, colour in zip(scene["balls"], look["balls"], strict=True):
+        draw_ball(frames, ball, colour, torch.ones(3))
+    draw_figure(frames, scene["joints"], FIGURE * H * LIMB, look["figure"], look["head"])
+    pole = bool(rng.random() < cfg.occluder)
+    if pole:  # fixed in the world: moves across the screen with the camera
+        x = rng.uniform(0.1, 0.9) * W - math.cos(direction) * pan * (np.arange(T) - (T - 1) / 2)
+        draw_pole(frames, x, rng.uniform(2.5, 4.5) * unit, look["pole"])
     frames = frames.mul_(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
-    info = dict(speed=speed, num_objects=num_objects, shapes=shapes, background=background_kind)
+    info = dict(speed=speed, pan=pan, occluder=pole, background=look["kind"])
     return frames.numpy(), info  # (T, H, W, 3)
 
 
-def paste_sprite(
-    frames: torch.Tensor,
-    sprite: torch.Tensor,
-    cx: np.ndarray,
-    cy: np.ndarray,
-    angle: np.ndarray,
-    size: np.ndarray,
-) -> None:
-    """Composite `sprite` ("over") onto frames (T, H, W, 3) in place, at its pose in each frame.
-
-    Sampling only a window around the sprite, not the whole frame, makes rendering ~5x faster."""
-    H, W = frames.shape[1:3]
-    half = math.ceil(math.sqrt(2) * size.max()) + 1  # the window holds the sprite at any angle
-    x0, y0 = np.floor(cx).astype(int) - half, np.floor(cy).astype(int) - half  # (T,) corners
-    v = np.flatnonzero((x0 < W) & (x0 + 2 * half > 0) & (y0 < H) & (y0 + 2 * half > 0))  # (V,)
-    grid = sprite_grid(cx[v] - x0[v], cy[v] - y0[v], angle[v], size[v], 2 * half)  # (V, 2h, 2h, 2)
-    rgba = F.grid_sample(sprite.expand(len(v), -1, -1, -1), grid, align_corners=False)
-    rgba = rgba.permute(0, 2, 3, 1)  # (V, 4, 2h, 2h) -> (V, 2h, 2h, 4)
-    for window, t in zip(rgba, v, strict=True):  # clip each window to the frame
-        ya, yb = max(y0[t], 0), min(y0[t] + 2 * half, H)
-        xa, xb = max(x0[t], 0), min(x0[t] + 2 * half, W)
-        window = window[ya - y0[t] : yb - y0[t], xa - x0[t] : xb - x0[t]]
-        frames[t, ya:yb, xa:xb].mul_(1 - window[..., 3:]).add_(window[..., :3])
+def draw_look(rng: np.random.Generator, cfg: SynthConfig) -> dict:
+    """A group's appearance, shared by all its classes: background, colours, camera speed."""
+    pan = 0.0 if rng.random() < cfg.static_camera else float(rng.uniform(*cfg.pan_px))
+    reach = math.ceil(pan * 1.3 * cfg.height / 120 * (cfg.frames - 1)) + 2  # px the camera travels
+    background, kind = make_background(
+        rng, cfg.height + reach, cfg.width + reach, cfg.grain
+    )  # fmt: skip
+    figure = contrasting_colour(rng)
+    return {
+        "background": background,
+        "kind": kind,
+        "pan": pan,
+        "figure": figure,
+        "head": 0.5 * figure + 0.5 * contrasting_colour(rng),
+        "balls": [contrasting_colour(rng), contrasting_colour(rng)],
+        "distractor": contrasting_colour(rng),
+        "pole": contrasting_colour(rng),
+    }
 
 
-def sprite_grid(
-    cx: np.ndarray, cy: np.ndarray, angle: np.ndarray, size: np.ndarray, n: int
-) -> torch.Tensor:
-    """grid_sample grid (T, n, n, 2): each pixel's position in sprite coordinates [-1, 1], in an
-    n x n window where the sprite is centred at (cx, cy), turned by `angle`, `size` px half-size.
-
-    The inverse transform (translate, rotate, scale) is affine, so it is built from a (T, 1, n)
-    and a (T, n, 1) part: far cheaper than F.affine_grid's per-pixel matmul."""
-    cos, sin = np.cos(angle) / size, np.sin(angle) / size  # (T,)
-    coef = torch.as_tensor(  # u = a x + b y + c, v = d x + e y + f
-        np.stack([cos, sin, -cos * cx - sin * cy, -sin, cos, sin * cx - cos * cy]),
-        dtype=torch.float32,
-    )[:, :, None]  # (6, T, 1)
-    xs = torch.arange(n) + 0.5  # pixel centres
-    grid = torch.empty(len(cx), n, n, 2)
-    torch.add((coef[0] * xs + coef[2])[:, None, :], (coef[1] * xs)[:, :, None], out=grid[..., 0])
-    torch.add((coef[3] * xs + coef[5])[:, None, :], (coef[4] * xs)[:, :, None], out=grid[..., 1])
-    return grid
+def contrasting_colour(rng: np.random.Generator) -> torch.Tensor:
+    """Dark or bright, so that it stands out from the muted backgrounds."""
+    base = random_colour(rng)[:, 0, 0]  # (3,)
+    return 0.2 * base if rng.random() < 0.5 else 0.7 + 0.3 * base
 
 
-def object_motion(
-    class_name: str, rng: np.random.Generator, speed: float, radius: float, cfg: SynthConfig
-) -> tuple[np.ndarray, ...]:
-    """Per-frame centre x, centre y (px), angle (rad, clockwise on screen) and scale, each (T,)."""
+# -----------------------------------------------------------------------------
+# the actions: a pose per frame, and where the balls are
+
+
+def act(class_name: str, rng: np.random.Generator, cfg: SynthConfig, speed: float) -> dict:
+    """The scene of one video: the figure's joints {name: (T, 2) x, y in px} and the two balls'
+    (centre (T, 2), radius, spin (T,)). Periodic actions take `cfg.period / speed` frames a
+    cycle; everything moves in proportion to the figure's size."""
     T, H, W = cfg.frames, cfg.height, cfg.width
+    size = FIGURE * H * float(rng.uniform(0.9, 1.1))  # figure height in px
     t = np.arange(T, dtype=np.float64)
-    cx = np.full(T, rng.uniform(radius, W - radius))
-    cy = np.full(T, rng.uniform(radius, H - radius))
-    angle = np.full(T, rng.uniform(0, 2 * np.pi))
-    scale = np.ones(T)
-    phase = rng.uniform(0, 2 * np.pi)
-    period = PERIOD_FRAMES / speed
-    if class_name in ("MoveLeft", "MoveRight"):  # wraps around, see render_video
-        cx = (cx + (-1 if class_name == "MoveLeft" else 1) * TRANSLATE_PX * speed * t) % W
-    elif class_name in ("MoveUp", "MoveDown"):
-        cy = (cy + (-1 if class_name == "MoveUp" else 1) * TRANSLATE_PX * speed * t) % H
-    elif class_name in ("RotateCW", "RotateCCW"):
-        sign = 1 if class_name == "RotateCW" else -1  # image y points down: +angle is clockwise
-        angle = angle + sign * np.deg2rad(ROTATE_DEG) * speed * t
-    elif class_name in ("ZoomIn", "ZoomOut"):
-        # grow (shrink) between 0.5x and 2x, then re-spawn small (large) at a new place
-        lo, hi = np.log(0.5), np.log(2.0)
-        progress = rng.uniform(0, hi - lo) + ZOOM_LOG * speed * t
-        cycle = (progress // (hi - lo)).astype(int)
-        log_scale = lo + progress % (hi - lo)
-        scale = np.exp(log_scale if class_name == "ZoomIn" else lo + hi - log_scale)
-        cx = rng.uniform(radius, W - radius, cycle.max() + 1)[cycle]
-        cy = rng.uniform(radius, H - radius, cycle.max() + 1)[cycle]
-    elif class_name == "Orbit":
-        orbit_radius = rng.uniform(26, 36)
-        direction = rng.choice([-1, 1])
-        theta = phase + direction * TRANSLATE_PX * speed / orbit_radius * t
-        cx = rng.uniform(W / 2 - 20, W / 2 + 20) + orbit_radius * np.cos(theta)
-        cy = H / 2 + orbit_radius * np.sin(theta)
-    elif class_name == "Bounce":
-        # ballistic hop: parabolic height above a floor, one hop per period
-        height = rng.uniform(25, 45)
-        hop = (t / period + phase / (2 * np.pi)) % 1.0
-        cy = rng.uniform(H - radius - 10, H - radius) - height * 4 * hop * (1 - hop)
-    elif class_name == "Oscillate":
-        amplitude = rng.uniform(16, 28)
-        cx = W / 2 + rng.uniform(-20, 20) + amplitude * np.sin(2 * np.pi * t / period + phase)
-    elif class_name == "Pulse":
-        scale = np.exp(rng.uniform(0.2, 0.3) * np.sin(2 * np.pi * t / period + phase))
-    else:
-        raise ValueError(f"unknown class {class_name!r}, expected one of {CLASSES}")
-    return cx, cy, angle, scale
+    phase = 2 * np.pi * speed * t / (cfg.period * H / 120) + rng.uniform(0, 2 * np.pi)  # (T,)
+    side = float(rng.choice([-1.0, 1.0]))  # the arm or leg that acts, the way things go
+    floor = H - rng.uniform(0.06, 0.12) * H
+    x0 = W / 2 + rng.uniform(-0.1, 0.1) * W
+    pose = POSES.get(class_name, idle_pose)(phase, side)
+    if class_name == "Walk":  # feet slide a little: a stride a cycle of 1.6 thighs
+        pose["dx"] = side * 1.6 * THIGH * size * phase / (2 * np.pi)
+    joints = skeleton(pose, x0, floor, size)
+    r = BALL * size
+    rest = [  # a ball that takes no part lies on the floor beside the figure
+        resting_ball(x0 + s * rng.uniform(0.35, 0.7) * size, floor, r, T) for s in (-1, 1)
+    ]
+    balls = BALLS[class_name](joints, phase, side, floor, r, size) if class_name in BALLS else []
+    return {"joints": joints, "balls": balls + rest[len(balls) :]}
+
+
+def idle_pose(phase: np.ndarray, side: float) -> dict:
+    """Standing, arms a little out: angles in radians from straight down, + to screen right."""
+    still = np.zeros_like(phase)
+    return {
+        "arm_l": still - 0.15, "fore_l": still - 0.1, "arm_r": still + 0.15, "fore_r": still + 0.1,
+        "thigh_l": still - 0.08, "shin_l": still - 0.05,
+        "thigh_r": still + 0.08, "shin_r": still + 0.05,
+        "dx": still, "dy": still,
+    }  # fmt: skip
+
+
+def limb_pose(pose: dict, limbs: tuple[str, str], side: float, upper, lower) -> None:
+    """Set a limb pair's angles, given outward from the body on `side` (-1 left, +1 right)."""
+    pose[limbs[0]], pose[limbs[1]] = side * upper, side * lower
+
+
+def arms(side: float) -> tuple[str, str]:
+    return ("arm_l", "fore_l") if side < 0 else ("arm_r", "fore_r")
+
+
+def legs(side: float) -> tuple[str, str]:
+    return ("thigh_l", "shin_l") if side < 0 else ("thigh_r", "shin_r")
+
+
+def wave(phase, side):
+    pose = idle_pose(phase, side)
+    limb_pose(pose, arms(side), side, 2.5 + 0 * phase, 2.9 + 0.7 * np.sin(phase))
+    return pose
+
+
+def clap(phase, side):
+    pose, open_ = idle_pose(phase, side), (1 + np.sin(phase)) / 2
+    for s in (-1, 1):  # open: arms out; closed: forearms inward, hands meeting in front
+        limb_pose(pose, arms(s), s, 0.5 + 0.9 * open_, -1.3 + 2.9 * open_)
+    return pose
+
+
+def jumping_jack(phase, side):
+    pose, open_ = idle_pose(phase, side), (1 + np.sin(phase)) / 2
+    for s in (-1, 1):
+        limb_pose(pose, arms(s), s, 0.15 + 2.6 * open_, 0.1 + 2.8 * open_)
+        limb_pose(pose, legs(s), s, 0.05 + 0.35 * open_, 0.05 + 0.35 * open_)
+    pose["dy"] = -0.06 * np.abs(np.cos(phase))  # a hop between the two positions
+    return pose
+
+
+def squat(phase, side):
+    pose, down = idle_pose(phase, side), (1 - np.cos(phase)) / 2
+    for s in (-1, 1):  # knees out, feet planted (skeleton() keeps them on the floor)
+        limb_pose(pose, legs(s), s, 0.1 + 1.0 * down, -(0.1 + 1.0 * down))
+        limb_pose(pose, arms(s), s, 0.2 + 1.3 * down, 0.2 + 1.4 * down)
+    return pose
+
+
+def walk(phase, side):
+    """Seen from the side, going `side`-wards: legs swing in turn, arms against them."""
+    pose, swing = idle_pose(phase, side), 0.45 * np.sin(phase)
+    pose["thigh_l"], pose["thigh_r"] = side * swing, -side * swing
+    pose["shin_l"] = pose["thigh_l"] - side * 0.3 * (1 + np.cos(phase)) / 2
+    pose["shin_r"] = pose["thigh_r"] - side * 0.3 * (1 - np.cos(phase)) / 2
+    pose["arm_l"], pose["arm_r"] = -side * 0.7 * swing, side * 0.7 * swing
+    pose["fore_l"], pose["fore_r"] = pose["arm_l"] + side * 0.3, pose["arm_r"] + side * 0.3
+    return pose
+
+
+def box(phase, side):
+    pose = idle_pose(phase, side)
+    for s, punch in ((-1, np.sin(phase)), (1, -np.sin(phase))):  # punches in turn
+        out = np.maximum(punch, 0) ** 2
+        limb_pose(pose, arms(s), s, 0.35 + 1.25 * out, -2.4 + 4.0 * out)
+    return pose
+
+
+def juggle(phase, side):
+    pose = idle_pose(phase, side)
+    for s in (-1, 1):  # hands wide at chest height, bobbing with the throws
+        limb_pose(pose, arms(s), s, 0.5 + 0 * phase, 1.5 + 0.3 * np.sin(2 * phase + s))
+    return pose
+
+
+def dribble(phase, side):
+    pose = idle_pose(phase, side)
+    limb_pose(pose, arms(side), side, 0.5 + 0 * phase, 0.4 + 0.8 * np.abs(np.cos(phase / 2)))
+    return pose
+
+
+def throw(phase, side):
+    """Wind up over the head for the first third of a cycle, then the arm comes back down."""
+    pose, cycle = idle_pose(phase, side), (phase / (2 * np.pi)) % 1
+    arm = np.where(
+        cycle < RELEASE, 0.2 + 2.7 * cycle / RELEASE, 2.9 - 2.7 * (cycle - RELEASE) / 0.65
+    )
+    limb_pose(pose, arms(side), side, arm, arm)
+    return pose
+
+
+def kick(phase, side):
+    pose, cycle = idle_pose(phase, side), (phase / (2 * np.pi)) % 1
+    lift = np.sin(np.pi * np.clip(cycle / 0.4, 0, 1))  # the leg swings out and back
+    limb_pose(pose, legs(side), side, 0.1 + 1.2 * lift, 0.1 + 0.7 * lift)
+    return pose
+
+
+RELEASE = 0.35  # the part of a throw's cycle before the ball leaves the hand
+POSES = {
+    "Wave": wave, "Clap": clap, "JumpingJack": jumping_jack, "Squat": squat, "Walk": walk,
+    "Box": box, "Juggle": juggle, "Dribble": dribble, "Throw": throw, "Kick": kick,
+}  # fmt: skip
+
+
+def skeleton(pose: dict, x0: float, floor: float, size: float) -> dict:
+    """Joint positions (T, 2) from the pose's angles; the hip sits so the lower foot is on the
+    floor (pose["dy"], in figure heights, lifts it), and moves by pose["dx"] px."""
+
+    def step(angle):  # (T,) -> (T, 2): unit vector at `angle` from straight down
+        return np.stack([np.sin(angle), np.cos(angle)], -1)
+
+    reach = np.maximum(
+        THIGH * np.cos(pose["thigh_l"]) + SHIN * np.cos(pose["shin_l"]),
+        THIGH * np.cos(pose["thigh_r"]) + SHIN * np.cos(pose["shin_r"]),
+    )  # (T,) how far below the hip the lower foot is, in figure heights
+    hip = np.stack([x0 + pose["dx"], floor - size * (reach - pose["dy"])], -1)  # (T, 2)
+    neck = hip - [0, TORSO * size]
+    joints = {"hip": hip, "neck": neck, "head": neck - [0, (NECK + HEAD) * size]}
+    for s, tag in ((-1, "l"), (1, "r")):
+        shoulder, hip_joint = neck + [s * SHOULDER * size, 0], hip + [s * HIP * size, 0]
+        elbow = shoulder + UPPER_ARM * size * step(pose[f"arm_{tag}"])
+        knee = hip_joint + THIGH * size * step(pose[f"thigh_{tag}"])
+        joints |= {
+            f"shoulder_{tag}": shoulder, f"elbow_{tag}": elbow,
+            f"hand_{tag}": elbow + FOREARM * size * step(pose[f"fore_{tag}"]),
+            f"hip_{tag}": hip_joint, f"knee_{tag}": knee,
+            f"foot_{tag}": knee + SHIN * size * step(pose[f"shin_{tag}"]),
+        }  # fmt: skip
+    joints["size"] = np.full(len(hip), size)
+    return joints
+
+
+# The balls of the ball classes: each (centre (T, 2), radius, spin (T,)) from the joints
+
+
+def resting_ball(x: float, floor: float, r: float, T: int) -> tuple:
+    return np.tile([x, floor - r], (T, 1)), r, np.zeros(T)
+
+
+def rolled(x: np.ndarray, y: np.ndarray, r: float) -> tuple:
+    """A ball at (x, y) turning as it would rolling along x."""
+    return np.stack([x, y], -1), r, (x - x[0]) / r
+
+
+def juggle_balls(joints, phase, side, floor, r, size):
+    """A shower: each ball flies from one hand to the other in an arc, half a cycle apart."""
+    balls = []
+    for k in (0, 0.5):
+        cycle = (phase / (2 * np.pi) + k) % 1
+        u = (2 * cycle) % 1  # progress of the current flight
+        a, b = joints["hand_l"], joints["hand_r"]
+        start, end = np.where((cycle < 0.5)[:, None], a, b), np.where((cycle < 0.5)[:, None], b, a)
+        centre = (
+            start + (end - start) * u[:, None] - [0, 1] * (0.6 * size * 4 * u * (1 - u))[:, None]
+        )
+        balls.append((centre - [0, r], r, 4 * np.pi * cycle))
+    return balls
+
+
+def dribble_ball(joints, phase, side, floor, r, size):
+    up = np.abs(np.cos(phase / 2))  # 1 at the hand, 0 bouncing off the floor
+    hand = joints["hand_r" if side > 0 else "hand_l"]
+    y = floor - r - up * (floor - r - (hand[:, 1] + r))
+    return [rolled(np.full(len(y), hand[0, 0] + side * 0.1 * size), y, r)]
+
+
+def thrown_ball(joints, phase, side, floor, r, size):
+    """In the hand until the release, then a parabola away to `side`."""
+    cycle = (phase / (2 * np.pi)) % 1
+    hand = joints["hand_r" if side > 0 else "hand_l"]
+    release = hand[np.argmin(np.abs(cycle - RELEASE))]  # the hand's place at a release
+    flight = np.clip(cycle - RELEASE, 0, None) * 24  # frames of flight at natural speed 1
+    x = np.where(cycle < RELEASE, hand[:, 0], release[0] + side * 0.04 * size * flight)
+    y = np.where(cycle < RELEASE, hand[:, 1], release[1] - 0.05 * size * flight)
+    y = y + 0.0045 * size * flight**2
+    return [rolled(x, np.minimum(y, floor - r), r)]
+
+
+def kicked_ball(joints, phase, side, floor, r, size):
+    """At the foot until the kick's peak, then rolling away to `side`, slowing down."""
+    cycle = (phase / (2 * np.pi)) % 1
+    roll = np.clip(cycle - 0.2, 0, None) * 24  # frames since the kick at natural speed 1
+    x0 = joints["hip"][0, 0] + side * 0.35 * size
+    x = x0 + side * size * (0.06 * roll - 0.0012 * roll**2)
+    return [rolled(x, np.full(len(x), floor - r), r)]
+
+
+def rolling_ball(joints, phase, side, floor, r, size):
+    x = joints["hip"][0, 0] + side * 0.4 * size * (phase - phase[0]) / np.pi
+    return [rolled(x, np.full(len(x), floor - r), r)]
+
+
+def colliding_balls(joints, phase, side, floor, r, size):
+    """Two balls roll together, meet, bounce apart and come back: one meeting a cycle."""
+    apart = r + 0.5 * size * np.abs(np.sin(phase / 2))
+    x0 = joints["hip"][0, 0] + side * 0.15 * size
+    return [
+        rolled(x0 - apart, np.full(len(apart), floor - r), r),
+        rolled(x0 + apart, np.full(len(apart), floor - r), r),
+    ]
+
+
+BALLS = {
+    "Juggle": juggle_balls, "Dribble": dribble_ball, "Throw": thrown_ball, "Kick": kicked_ball,
+    "Roll": rolling_ball, "Collide": colliding_balls,
+}  # fmt: skip
+
+
+def flight(rng: np.random.Generator, cfg: SynthConfig) -> tuple:
+    """The distractor: a small ball crossing the upper frame at its own steady speed."""
+    T, H, W = cfg.frames, cfg.height, cfg.width
+    v = rng.uniform(0.4, 1.5) * H / 120 * rng.choice([-1, 1])
+    x = rng.uniform(0, W) + v * np.arange(T)
+    y = rng.uniform(0.1, 0.3) * H + rng.uniform(-0.1, 0.1) * np.arange(T) * H / 120
+    return np.stack([x, y], -1), 0.03 * H, np.zeros(T)
+
+
+# -----------------------------------------------------------------------------
+# drawing: anti-aliased shapes from distance fields, on a frame that wraps around left-right
+
+
+BONES = (
+    ("neck", "hip"), ("shoulder_l", "shoulder_r"), ("hip_l", "hip_r"),
+    ("shoulder_l", "elbow_l"), ("elbow_l", "hand_l"), ("shoulder_r", "elbow_r"),
+    ("elbow_r", "hand_r"), ("hip_l", "knee_l"), ("knee_l", "foot_l"),
+    ("hip_r", "knee_r"), ("knee_r", "foot_r"),
+)  # fmt: skip
+
+
+def draw_figure(
+    frames: torch.Tensor, joints: dict, thickness: float, colour: torch.Tensor, head: torch.Tensor
+) -> None:
+    """The stick figure onto frames (T, H, W, 3) in place: limbs as capsules, a round head."""
+    cover = torch.zeros(frames.shape[:3])
+    for a, b in BONES:
+        cover = torch.maximum(cover, capsule(frames.shape, joints[a], joints[b], thickness))
+    composite(frames, cover, colour)
+    size = float(joints["size"][0])
+    composite(frames, capsule(frames.shape, joints["head"], joints["head"], HEAD * size), head)
+
+
+def draw_ball(
+    frames: torch.Tensor, ball: tuple, colour: torch.Tensor, stripe: torch.Tensor
+) -> None:
+    """A ball with a stripe across it that turns with its spin (so rolling shows)."""
+    centre, r, spin = ball
+    cover = capsule(frames.shape, centre, centre, r)  # (T, H, W)
+    dx, dy = offsets(frames.shape, centre)
+    spin = torch.as_tensor(spin, dtype=torch.float32)[:, None, None]
+    across = (dx * torch.cos(spin) + dy * torch.sin(spin)).abs()  # distance from the stripe's axis
+    band = (0.5 - (across - 0.3 * r)).clamp(0, 1)[..., None]
+    composite(frames, cover, 1)  # clear, then paint the ball's own two colours
+    frames.add_(cover[..., None] * (band * stripe + (1 - band) * colour))
+
+
+def draw_pole(frames: torch.Tensor, x: np.ndarray, half_width: float, colour: torch.Tensor) -> None:
+    """A vertical pole in front of everything, at screen x (T,)."""
+    W = frames.shape[2]
+    xs = torch.arange(W) + 0.5
+    dx = (xs - torch.as_tensor(x, dtype=torch.float32)[:, None] + W / 2) % W - W / 2  # (T, W)
+    cover = (half_width + 0.5 - dx.abs()).clamp(0, 1)[:, None, :].expand(frames.shape[:3])
+    composite(frames, cover, colour)
+
+
+def composite(frames: torch.Tensor, cover: torch.Tensor, colour) -> None:
+    """frames = frames * (1 - cover) + colour * cover, in place; cover (T, H, W) in [0, 1]."""
+    frames.mul_(1 - cover[..., None])
+    if isinstance(colour, torch.Tensor):
+        frames.add_(cover[..., None] * colour)
+
+
+def offsets(shape: torch.Size, point: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each pixel's offset from `point` (T, 2): dx (T, 1, W), wrapped into [-W/2, W/2), and
+    dy (T, H, 1)."""
+    _, H, W, _ = shape
+    p = torch.as_tensor(point, dtype=torch.float32)
+    dx = (torch.arange(W) + 0.5 - p[:, 0, None] + W / 2) % W - W / 2
+    dy = torch.arange(H) + 0.5 - p[:, 1, None]
+    return dx[:, None, :], dy[:, :, None]
+
+
+def capsule(shape: torch.Size, a: np.ndarray, b: np.ndarray, radius: float) -> torch.Tensor:
+    """Coverage (T, H, W) of the segment a-b (T, 2) thickened by `radius`, with a 1 px soft
+    edge. x wraps around, so a figure walking off one side comes back on the other."""
+    dx, dy = offsets(shape, a)
+    e = torch.as_tensor(b - a, dtype=torch.float32)  # (T, 2)
+    ex, ey = e[:, 0, None, None], e[:, 1, None, None]
+    along = ((dx * ex + dy * ey) / (ex**2 + ey**2).clamp_min(1e-6)).clamp(0, 1)
+    distance = torch.hypot(dx - along * ex, dy - along * ey)
+    return (radius + 0.5 - distance).clamp(0, 1)
 
 
 def pan_camera(
@@ -220,8 +482,8 @@ def pan_camera(
 def make_background(
     rng: np.random.Generator, H: int, W: int, grain: float
 ) -> tuple[torch.Tensor, str]:
-    """A textured background (3, H, W) in [0, 1], muted so the sprites stand out: a coarse
-    pattern plus fine grey detail of amplitude `grain` (4-8 px), which shows camera motion
+    """A textured background (3, H, W) in [0, 1], muted so the figure and balls stand out: a
+    coarse pattern plus fine grey detail of amplitude `grain` (4-8 px), which shows camera motion
     everywhere in the frame as real footage does."""
     kind = str(rng.choice(["blobs", "stripes", "checker", "gradient"]))
     ys, xs = torch.meshgrid(torch.linspace(0, 1, H), torch.linspace(0, W / H, W), indexing="ij")
@@ -258,37 +520,6 @@ def texture_mix(
 
 def random_colour(rng: np.random.Generator) -> torch.Tensor:
     return torch.as_tensor(rng.uniform(0, 1, 3), dtype=torch.float32)[:, None, None]  # (3, 1, 1)
-
-
-def make_sprite(rng: np.random.Generator, size: int = 32) -> tuple[torch.Tensor, str]:
-    """A textured shape (4, size, size): premultiplied rgb and alpha, on canvas [-1, 1]^2.
-
-    Every sprite carries an off-centre dot so that no shape is rotationally symmetric."""
-    shape = str(rng.choice(["circle", "square", "triangle", "star", "ellipse", "cross"]))
-    ys, xs = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
-    r, phi = (xs**2 + ys**2).sqrt(), torch.atan2(ys, xs)
-    # signed "distance" (< 0 inside), scaled below into a ~1.5 px soft edge for anti-aliasing
-    if shape == "circle":
-        dist = r - 0.9
-    elif shape == "square":
-        dist = torch.maximum(xs.abs(), ys.abs()) - 0.7
-    elif shape == "triangle":
-        normals = torch.deg2rad(torch.tensor([90.0, 210.0, 330.0]))  # apex up
-        dist = (xs[..., None] * normals.cos() + ys[..., None] * normals.sin()).amax(-1) - 0.45
-    elif shape == "star":
-        dist = r - (0.6 + 0.3 * torch.cos(5 * phi))
-    elif shape == "ellipse":
-        dist = torch.sqrt((xs / 0.95) ** 2 + (ys / 0.55) ** 2) - 1
-    else:
-        bar = torch.maximum(xs.abs() - 0.85, ys.abs() - 0.3)
-        dist = torch.minimum(bar, torch.maximum(xs.abs() - 0.3, ys.abs() - 0.85))
-    alpha = (0.5 - dist * size / 3).clamp(0, 1)
-    c1, c2 = random_colour(rng), random_colour(rng)
-    texture = str(rng.choice(["solid", "stripes", "checker"]))
-    mix = texture_mix(texture, xs, ys, rng.uniform(0, np.pi), rng.uniform(1.5, 3))
-    dot = (0.5 - (((xs - 0.3) ** 2 + (ys - 0.1) ** 2).sqrt() - 0.2) * size / 3).clamp(0, 1)
-    rgb = dot * (1 - c1) + (1 - dot) * (c1 * mix + c2 * (1 - mix))
-    return torch.cat([rgb * alpha, alpha[None]]), f"{texture} {shape}"
 
 
 def write_video(path: Path, frames: np.ndarray, fps: int, crf: int = 18, gop: int = 32) -> None:
@@ -388,7 +619,8 @@ def generate_videos(
 
 def make_video(job: tuple[str, int, int], root: Path, cfg: SynthConfig, seed: int) -> dict:
     name, group, clip = job
-    frames, info = render_video(name, video_rng(seed, name, group, clip), cfg)  # (T, H, W, 3)
+    look = draw_look(np.random.default_rng([seed, group]), cfg)  # the same for every class
+    frames, info = render_video(name, look, video_rng(seed, name, group, clip), cfg)
     path = f"{name}/v_{name}_g{group:02d}_c{clip:02d}.mp4"
     write_video(root / "videos" / path, frames, cfg.fps, cfg.crf, cfg.gop)
     split = "test" if group <= cfg.test_groups else "train"

@@ -8,13 +8,14 @@ import torch
 from smp_lite import __version__, synth
 from smp_lite.synth import (
     CLASSES,
+    FIGURE,
     PRESETS,
     SynthConfig,
-    object_motion,
+    act,
+    draw_look,
     pan_camera,
     read_video,
     render_video,
-    sprite_grid,
     synthesize,
     video_rng,
 )
@@ -81,7 +82,19 @@ def test_meta(root, meta):
         row[0] for row in read_list(root / "trainlist01.txt") + read_list(root / "testlist01.txt")
     }
     assert {r["path"] for r in meta["videos"]} == listed
-    assert all(1 <= r["num_objects"] <= CFG.max_objects for r in meta["videos"])
+    assert all(r["pan"] >= 0 and isinstance(r["occluder"], bool) for r in meta["videos"])
+
+
+def test_a_groups_look_is_shared_by_all_its_classes(meta):
+    by_group = {}
+    for r in meta["videos"]:  # the camera style and the background are the group's
+        by_group.setdefault(r["group"], set()).add((r["background"], r["pan"] > 0))
+    assert all(len(looks) == 1 for looks in by_group.values())
+    a, b = (
+        draw_look(np.random.default_rng([0, 2]), CFG),
+        draw_look(np.random.default_rng([0, 2]), CFG),
+    )
+    assert torch.equal(a["background"], b["background"]) and torch.equal(a["figure"], b["figure"])
 
 
 def test_speeds_span_configured_range(meta):
@@ -96,15 +109,22 @@ def test_videos_long_enough_and_close_to_rendered(root, meta):
         decoded = read_video(root / "videos" / r["path"])  # (T, H, W, 3)
         assert decoded.shape == (r["frames"], CFG.height, CFG.width, 3) and r["frames"] >= 129
         if r["group"] == 1:  # re-render a video per class: the file holds what render_video makes
-            rendered, info = render_video(r["class"], video_rng(0, r["class"], 1, r["clip"]), CFG)
+            look = draw_look(np.random.default_rng([0, 1]), CFG)
+            rng = video_rng(0, r["class"], 1, r["clip"])
+            rendered, info = render_video(r["class"], look, rng, CFG)
             assert info["speed"] == r["speed"]
             assert psnr(decoded, rendered) > 30
 
 
+def render(class_name, seed, cfg=CFG, group=1):
+    look = draw_look(np.random.default_rng([0, group]), cfg)
+    return render_video(class_name, look, np.random.default_rng(seed), cfg)
+
+
 def test_render_deterministic():
-    a, info_a = render_video("Orbit", np.random.default_rng(7), CFG)
-    b, info_b = render_video("Orbit", np.random.default_rng(7), CFG)
-    c, _ = render_video("Orbit", np.random.default_rng(8), CFG)
+    a, info_a = render("Juggle", 7)
+    b, info_b = render("Juggle", 7)
+    c, _ = render("Juggle", 8)
     assert a.dtype == np.uint8 and a.shape == (CFG.frames, CFG.height, CFG.width, 3)
     assert np.array_equal(a, b) and info_a == info_b
     assert not np.array_equal(a, c)
@@ -112,26 +132,46 @@ def test_render_deterministic():
 
 @pytest.mark.parametrize("class_name", CLASSES)
 def test_motion_present(class_name):
-    frames, _ = render_video(class_name, np.random.default_rng(3), CFG)
+    frames, _ = render(class_name, 3)
     change = np.abs(np.diff(frames.astype(np.int16), axis=0)).reshape(len(frames) - 1, -1)
     assert (change.max(axis=1) > 0).all()  # no frame repeats: the motion lasts the whole video
 
 
+def moving_parts(class_name, speed=1.0, seed=0):
+    """Per frame, the distance each joint and ball moved (P, T - 1), in figure heights."""
+    scene = act(class_name, np.random.default_rng(seed), CFG, speed)
+    tracks = [v for k, v in scene["joints"].items() if k != "size"]
+    tracks += [ball[0] for ball in scene["balls"]]
+    steps = np.stack([np.hypot(*np.diff(p, axis=0).T) for p in tracks])
+    return steps / (FIGURE * CFG.height)
+
+
 @pytest.mark.parametrize("class_name", CLASSES)
-def test_motion_not_aliased_at_stride_8(class_name):
-    # fastest natural speed, fastest object (speed jitter 1.15), sampled at playback rate 8
-    rng, radius = np.random.default_rng(0), 17.0
-    for _ in range(20):
-        cx, cy, angle, scale = object_motion(
-            class_name, rng, CFG.speed_range[1] * 1.15, radius, CFG
-        )
-        log_zoom = np.abs(np.diff(np.log(scale[::8])))
-        respawn = log_zoom > 1  # ZoomIn/Out restart small/large at a new place
-        dx = (np.diff(cx[::8]) + CFG.width / 2) % CFG.width - CFG.width / 2  # Move* wrap around
-        dy = (np.diff(cy[::8]) + CFG.height / 2) % CFG.height - CFG.height / 2
-        assert np.hypot(dx, dy)[~respawn].max() < 35  # px; the frame is 160 x 120
-        assert np.rad2deg(np.abs(np.diff(angle[::8]))).max() < 45
-        assert log_zoom[~respawn].max() < 0.35
+def test_each_class_moves_its_own_parts(class_name):
+    steps = moving_parts(class_name)
+    # the fastest part moves at least 1% of the figure's height a frame at natural speed 1
+    assert np.median(steps.max(0)) > 0.01, class_name
+    parts = {k for k, v in act(class_name, np.random.default_rng(0), CFG, 1.0)["joints"].items()}
+    assert "hand_l" in parts and "foot_r" in parts
+
+
+def test_classes_differ_in_what_moves():
+    # which parts move (the pattern over joints and balls) tells the classes apart
+    patterns = {c: (moving_parts(c).mean(1) > 1e-3) for c in CLASSES}
+    assert len({tuple(p) for p in patterns.values()}) >= 8  # Roll/Collide etc. share a figure
+    assert not patterns["Roll"][:-2].any() and patterns["Roll"][-2:].sum() == 1  # a ball alone
+
+
+def test_natural_speed_scales_the_motion():
+    slow, fast = moving_parts("Clap", 0.5), moving_parts("Clap", 2.0)
+    assert fast.max() > 3 * slow.max()
+
+
+def test_feet_stay_on_the_floor_in_a_squat():
+    joints = act("Squat", np.random.default_rng(1), CFG, 1.0)["joints"]
+    lowest = np.maximum(joints["foot_l"][:, 1], joints["foot_r"][:, 1])  # (T,) y grows down
+    assert np.ptp(lowest) < 1e-6  # the hip goes down, the feet do not
+    assert np.ptp(joints["hip"][:, 1]) > 0.2 * FIGURE * CFG.height
 
 
 def test_camera_pan_moves_the_background_smoothly():
@@ -147,25 +187,13 @@ def test_camera_pan_moves_the_background_smoothly():
     assert torch.allclose(up[1:] - up[:-1], torch.full_like(steps, 0.5 / 40), atol=1e-6)
 
 
-def test_background_moves_with_the_videos_natural_speed():
-    still = SynthConfig(frames=17, max_objects=1, pan_px=0.0)
-    panning = SynthConfig(frames=17, max_objects=1)
-    a, _ = render_video("Pulse", np.random.default_rng(5), still)
-    b, _ = render_video("Pulse", np.random.default_rng(5), panning)
-    corner = (slice(None), slice(0, 12), slice(0, 12))  # far from the pulsing sprite
-    assert np.abs(np.diff(a[corner].astype(int), axis=0)).max() == 0
-    assert np.abs(np.diff(b[corner].astype(int), axis=0)).mean() > 0.5
-
-
-def test_rotate_cw_is_clockwise_on_screen():
-    # turned by +90 degrees, the sprite's +x side points down (+y in image coordinates)
-    grid = sprite_grid(
-        np.array([50.0]), np.array([50.0]), np.array([np.pi / 2]), np.array([10.0]), 100
-    )
-    u, v = grid[0, 55, 50].tolist()  # the pixel 5 px below the centre
-    assert u == pytest.approx(0.55, abs=1e-5) and v == pytest.approx(-0.05, abs=1e-5)
-    _, _, angle, _ = object_motion("RotateCW", np.random.default_rng(0), 1.0, 15.0, CFG)
-    assert (np.diff(angle) > 0).all()
+def test_camera_is_still_or_pans_independently_of_the_action():
+    still = SynthConfig(frames=17, static_camera=1.0, occluder=0.0)
+    _, info = render("Wave", 5, still)
+    assert info["pan"] == 0.0
+    panning = SynthConfig(frames=17, static_camera=0.0)
+    pans = [render(c, 5, panning)[1]["pan"] for c in ("Wave", "Roll")]
+    assert pans[0] > 0 and pans[0] == pans[1]  # the same draw for every class
 
 
 def test_bad_preset_raises():
@@ -182,7 +210,8 @@ def test_existing_dataset_is_returned_without_regenerating(root, meta):
 
 
 def test_a_dataset_from_other_settings_is_named_when_reused(root, meta, monkeypatch):
-    monkeypatch.setitem(PRESETS, "tiny", SynthConfig(**{**meta["config"], "grain": 0.0}))
+    config = {**meta["config"], "grain": 0.0, "classes": tuple(meta["config"]["classes"])}
+    monkeypatch.setitem(PRESETS, "tiny", SynthConfig(**config))
     with pytest.warns(UserWarning, match="other settings"):
         assert synthesize(root, preset="tiny", progress=False) == root
 
@@ -190,7 +219,13 @@ def test_a_dataset_from_other_settings_is_named_when_reused(root, meta, monkeypa
 @pytest.fixture
 def micro(monkeypatch):
     cfg = SynthConfig(
-        classes=CLASSES[:2], train_groups=1, test_groups=1, clips_per_group=1, frames=129
+        classes=CLASSES[:2],
+        train_groups=1,
+        test_groups=1,
+        clips_per_group=1,
+        frames=129,
+        height=48,
+        width=64,
     )
     monkeypatch.setitem(PRESETS, "micro", cfg)
     return cfg
