@@ -196,11 +196,23 @@ HELP = {
     "standardize": "Standardise each feature dimension with the training clips' mean and std "
     "before the linear layer (not in the seed's protocol: without it, SGD favours features of "
     "large scale).",
+    "refit_bn": "Before caching features, re-estimate the frozen backbone's BatchNorm statistics "
+    "over N batches of the probe's training clips (at most one pass; weights unchanged), then "
+    "take eval-mode features as usual (0 = keep the init's statistics). Random weights keep "
+    "BatchNorm's initial mean 0 and variance 1, under which their features barely vary.",
     "features": "Train on the features another probe run cached (its folder or features.pt) "
     "instead of computing them: to try --standardize, --lr or --epochs in seconds. Its clips "
-    "must be this run's (same arch, init, data, clips, views, seed): checked.",
+    "must be this run's (same arch, init, data, clips, views, seed, refit-bn): checked.",
     "test_views": "Clips per test video; their logits or features are averaged.",
     "lr_step_epoch": "Epoch at which the learning rate drops 10x.",
+}
+PROBE_HELP = HELP | {
+    "init": "The backbone to evaluate: random, a checkpoint (smp-lite of any task, or the "
+    "original PRP/SMP code's c3d, r3d10, r21d10), or motion-energy (speed target only): no "
+    "network, one number per clip, the log mean squared difference between its consecutive "
+    "frames; a baseline (its scale is arbitrary: reproduce adds --standardize).",
+    "precise_bn": "Fine-tuning's: must stay 0 here, the linear layer has no BatchNorm (--refit-bn "
+    "re-estimates the frozen backbone's).",
 }
 
 
@@ -370,14 +382,14 @@ def is_main_process() -> bool:
 
 
 app.command()(friendly_errors(with_config_options(pretrain, TrainConfig, PRESETS, HELP)))
-for command, config in (
-    (probe, evaluate.ProbeConfig),
-    (finetune, evaluate.FinetuneConfig),
-    (retrieve, evaluate.RetrieveConfig),
+for command, config, helps in (
+    (probe, evaluate.ProbeConfig, PROBE_HELP),
+    (finetune, evaluate.FinetuneConfig, HELP),
+    (retrieve, evaluate.RetrieveConfig, HELP),
 ):
     kind = command.__name__
     presets = {name: (configs[kind],) for name, configs in evaluate.EVAL_PRESETS.items()}
-    app.command()(friendly_errors(with_config_options(command, config, presets, HELP)))
+    app.command()(friendly_errors(with_config_options(command, config, presets, helps)))
 
 
 @app.command()

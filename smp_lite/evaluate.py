@@ -9,16 +9,19 @@ retrieval share, and the latter two.
   retrieval features; top-k hit rates.
 
 Each takes `init`: "random" or a checkpoint (a smp-lite one of any task, or the original
-PRP/SMP code's weights), and writes a run folder: config.json, results.json (every number, the
-time it took, the device), and for the trained ones metrics.jsonl and last.pt, resumable like
-pretraining (they run on the engine's loop). Here: their configs (`make_eval_config`), the
-start of a run, frozen features (`outputs`), and the reports.
+PRP/SMP code's weights), and the speed probe also "motion-energy", a baseline with no network
+(probe.py). Each writes a run folder: config.json, results.json (every number, each test
+item's correctness for paired comparisons, the time it took, the device), and for the trained
+ones metrics.jsonl and last.pt, resumable like pretraining (they run on the engine's loop).
+Here: their configs (`make_eval_config`), the start of a run, frozen features (`outputs`), and
+the reports.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -51,6 +54,8 @@ from .train import accuracy_at_rate, as_settings, is_generated, supervised_step
 
 TARGETS = ("speed", "action")
 TOP_K = (1, 5, 10, 20, 50)
+# the speed probe's baseline with no network: a clip's log mean squared frame difference
+MOTION_ENERGY = "motion-energy"
 
 # ---------------------------------------------------------------------------------------------
 # Configuration
@@ -61,7 +66,9 @@ class EvalConfig:
     """What every evaluation shares; defaults are method.md's (UCF101 clips)."""
 
     arch: str = "r3d18"
-    init: str = "random"  # "random" or a checkpoint (smp-lite, or original PRP/SMP weights)
+    # "random", a checkpoint (smp-lite, or original PRP/SMP weights), or for the speed probe
+    # MOTION_ENERGY (no network: `arch` is unused)
+    init: str = "random"
     data: str = DEFAULT_DATA
     split: int = 1
     out: str = ""  # empty: runs/<kind>-<arch>-<init name>
@@ -87,6 +94,9 @@ class ProbeConfig(EvalConfig):
     target: str = "speed"
     train_views: int = 2  # cached training clips per video (and per rate for speed)
     standardize: bool = False  # features less the training mean, over its std, per dimension
+    # >0: before caching, the frozen backbone's BatchNorm statistics re-estimated over this
+    # many batches of the probe's training clips (at most one pass); 0: the init's kept
+    refit_bn: int = 0
     features: str = ""  # another probe run's features.pt to train on (the same clips: checked)
     epochs: int = 150
     batch_size: int = 32
@@ -95,7 +105,7 @@ class ProbeConfig(EvalConfig):
     weight_decay: float = 0.0
     limit_batches: int = 0
     save_every: int = 0
-    precise_bn: int = 0  # the backbone is frozen: its statistics stay
+    precise_bn: int = 0  # the linear layer has no BatchNorm (refit_bn is the backbone's)
     compile: bool | None = False  # one Linear layer on cached features: nothing to gain
 
 
@@ -151,8 +161,12 @@ def validate_eval(cfg: EvalConfig) -> None:
     checks = [
         (cfg.arch in ARCHS, f"unknown architecture {cfg.arch!r}: choose one of {', '.join(ARCHS)}"),
         (
-            cfg.init == "random" or Path(cfg.init).is_file(),
+            cfg.init in ("random", MOTION_ENERGY) or Path(cfg.init).is_file(),
             f"--init {cfg.init}: no such checkpoint file (or 'random')",
+        ),
+        (
+            cfg.init != MOTION_ENERGY or isinstance(cfg, ProbeConfig) and cfg.target == "speed",
+            f"--init {MOTION_ENERGY} (no network) is a baseline of the speed probe only",
         ),
         (cfg.crop > 0 and cfg.crop % 16 == 0, f"crop {cfg.crop} must be divisible by 16"),
         (cfg.crop <= min(cfg.resize), f"crop {cfg.crop} is larger than resize {cfg.resize}"),
@@ -161,8 +175,20 @@ def validate_eval(cfg: EvalConfig) -> None:
         (cfg.precision in ("auto", "bf16", "fp16", "fp32"), f"unknown precision {cfg.precision!r}"),
     ]
     if isinstance(cfg, ProbeConfig):
-        checks.append((cfg.target in TARGETS, f"unknown probe target {cfg.target!r}"))
-        checks.append((cfg.train_views >= 1, f"train views must be 1 or more: {cfg.train_views}"))
+        checks += [
+            (cfg.target in TARGETS, f"unknown probe target {cfg.target!r}"),
+            (cfg.train_views >= 1, f"train views must be 1 or more: {cfg.train_views}"),
+            (cfg.refit_bn >= 0, f"refit-bn must be 0 or more, got {cfg.refit_bn}"),
+            (
+                not cfg.refit_bn or cfg.init != MOTION_ENERGY,
+                f"--refit-bn needs a network: --init {MOTION_ENERGY} has none",
+            ),
+            (  # the engine would look for a BatchNorm loader the probe does not have
+                cfg.precise_bn == 0,
+                "--precise-bn is for fine-tuning: the probe's BatchNorm is the frozen "
+                "backbone's (--refit-bn)",
+            ),
+        ]
     if isinstance(cfg, ProbeConfig | FinetuneConfig):
         checks.append((cfg.epochs > 0, f"epochs must be positive, got {cfg.epochs}"))
         checks.append((cfg.batch_size > 0, f"batch size must be positive, got {cfg.batch_size}"))
@@ -179,9 +205,12 @@ def eval_kind(cfg: EvalConfig) -> str:
 
 
 def eval_out(cfg: EvalConfig) -> Path:
-    """`out`, or runs/<kind>-<arch>-<init>: the init's run folder name, or "random"."""
+    """`out`, or runs/<kind>-<arch>-<init>: the init's run folder name, or "random";
+    runs/probe-speed-motion-energy for the baseline with no network."""
     if cfg.out:
         return Path(cfg.out)
+    if cfg.init == MOTION_ENERGY:
+        return Path("runs") / f"{eval_kind(cfg)}-{MOTION_ENERGY}"
     init = "random" if cfg.init == "random" else Path(cfg.init).resolve().parent.name
     return Path("runs") / f"{eval_kind(cfg)}-{cfg.arch}-{init}"
 
@@ -198,7 +227,7 @@ def start_eval(cfg: EvalConfig) -> tuple[EvalConfig, Runtime, Path]:
     """The config with its loader workers settled, the runtime and the run folder, after the
     refusals that come before any work."""
     validate_eval(cfg)
-    if cfg.init != "random":  # a wrong checkpoint is refused before any data is read or made
+    if cfg.init not in ("random", MOTION_ENERGY):  # refused before any data is read or made
         load_backbone(build_backbone(cfg.arch), cfg.init, cfg.arch)
     rt = make_runtime(cfg.device, cfg.precision, cfg.channels_last, cfg.compile)
     return replace(cfg, workers=loader_workers(cfg.workers, rt)), rt, eval_out(cfg)
@@ -229,8 +258,19 @@ def clip_dataset(cfg: EvalConfig, videos: tuple, mode: str, views: int, **kw) ->
 
 def write_results(out: Path, results: dict) -> Path:
     path = out / RESULTS
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    path.write_text(json_text(results, indent=2))
     return path
+
+
+# a list of plain numbers as json.dumps indents it: "[" then a newline, which no string holds
+NUMBER_LIST = re.compile(r"\[\n[-+.\deE,\s]*\]")
+
+
+def json_text(value: object, indent: int) -> str:
+    """Indented JSON with each list of numbers on one line: per-item correctness holds one
+    number per test clip, which would be as many lines."""
+    text = json.dumps(value, indent=indent)
+    return NUMBER_LIST.sub(lambda m: json.dumps(json.loads(m.group())), text) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,18 +369,34 @@ def summary(results: dict) -> str:
 def bootstrap_std(correct: torch.Tensor, video: torch.Tensor, seed: int, n: int = 1000) -> float:
     """Standard deviation of the accuracy over `n` resamplings of the test videos (with
     replacement): the spread a different draw of test videos would give."""
+    return resampled_means(correct.float(), video, seed, n).std().item()
+
+
+def paired_bootstrap_std(
+    correct_a: torch.Tensor, correct_b: torch.Tensor, video: torch.Tensor, seed: int, n: int = 1000
+) -> float:
+    """Standard deviation of accuracy a - accuracy b over `n` resamplings of the test videos,
+    the same videos for both (items aligned, `video` of each). Two models tested on the same
+    videos find the same ones hard, so the difference varies less than either accuracy."""
+    return resampled_means(correct_a.float() - correct_b.float(), video, seed, n).std().item()
+
+
+def resampled_means(values: torch.Tensor, video: torch.Tensor, seed: int, n: int) -> torch.Tensor:
+    """The mean of `values` (one per item) over each of `n` draws of the test videos with
+    replacement, every item of a drawn video counted: (n,)."""
     ids, where = torch.unique(video, return_inverse=True)
-    hits = torch.zeros(len(ids)).index_add_(0, where, correct.float())
+    sums = torch.zeros(len(ids)).index_add_(0, where, values)
     totals = torch.bincount(where, minlength=len(ids)).float()
     g = torch.Generator().manual_seed(seed)
     picks = torch.randint(len(ids), (n, len(ids)), generator=g)
-    return (hits[picks].sum(1) / totals[picks].sum(1)).std().item()
+    return sums[picks].sum(1) / totals[picks].sum(1)
 
 
 def accuracy_report(
     logits: torch.Tensor, labels: torch.Tensor, video: torch.Tensor, names: list[str], seed: int
 ) -> dict:
-    """Accuracy with its bootstrap spread, accuracy per class and the confusion matrix."""
+    """Accuracy with its bootstrap spread, accuracy per class, the confusion matrix, and each
+    test item's correctness (0/1) and video: what a paired comparison of two runs needs."""
     k = len(names)
     correct = logits.argmax(1) == labels
     per_class = MulticlassAccuracy(k, average="none")(logits, labels)
@@ -351,6 +407,8 @@ def accuracy_report(
         "items": len(labels),
         "per_class": dict(zip(names, per_class.tolist(), strict=True)),
         "confusion": confusion(logits, labels).tolist(),  # rows: true class, columns: predicted
+        "correct": correct.int().tolist(),
+        "video": video.tolist(),
     }
 
 
@@ -447,6 +505,9 @@ def retrieve(cfg: RetrieveConfig, progress: bool = True) -> dict:
             },
             "queries": len(videos["queries"][2]),
             "gallery": len(videos["gallery"][2]),
+            # per query (test video), for paired comparisons: whether it hit at each k
+            "hits": {str(k): hits[:, i].int().tolist() for i, k in enumerate(TOP_K)},
+            "video": videos["queries"][2].tolist(),
             "neighbours": neighbours(videos, index),
             "seconds": time.perf_counter() - t0,
             "device": str(rt.device),

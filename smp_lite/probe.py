@@ -9,6 +9,16 @@ training video at each of the four rates, `train_views` times with starts drawn 
 centre crop; every test video at each rate once. For `action`: `train_views` clips per training
 video centred at linspace(T/2, frames - T/2); the test videos' `test_views` clips likewise,
 logits averaged per video. What caching gives up is fresh random starts and crops every epoch.
+
+Two variants of the speed probe (Table 1's extra rows and table):
+- `refit_bn`: before caching, the frozen backbone's BatchNorm statistics are re-estimated on
+  the probe's training clips (weights untouched), then features are taken in eval mode as
+  usual. Random weights keep BatchNorm's initial statistics (mean 0, variance 1), under which
+  activations shrink layer by layer: their features barely vary (std ~0.002 at 112x112), and
+  a probe on them sits near chance, unlike the seed's Random row (41-42%).
+- `init="motion-energy"`: no network; a clip's feature is one number, the log of the mean
+  squared difference between its consecutive frames: how much a rate's clip changes. What a
+  probe gains over it is what a backbone adds to raw motion energy.
 """
 
 from __future__ import annotations
@@ -16,18 +26,30 @@ from __future__ import annotations
 import functools
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
-from .checkpoint import CONFIG, FEATURES
-from .data import RATES, EpochSampler
-from .engine import Run, StepOutput, ensure_default_dataset, fit, hold_run_folder, make_loader
+from .checkpoint import CONFIG, FEATURES, Progress
+from .data import RATES, EpochSampler, VideoDataset
+from .engine import (
+    Run,
+    StepOutput,
+    ensure_default_dataset,
+    fit,
+    hold_run_folder,
+    make_loader,
+    precise_bn,
+    training_clips,
+)
 from .errors import ConfigError, DataError
 from .evaluate import (
+    MOTION_ENERGY,
     BackboneFeature,
     FeatureSet,
     ProbeConfig,
@@ -77,9 +99,11 @@ def probe(cfg: ProbeConfig, progress: bool = True) -> dict:
     return results
 
 
-# What decides which clips a features.pt holds (and test_views for the action target; the
-# speed target tests each video once at each rate)
-FEATURE_FIELDS = tuple("arch init data split target clip_len resize crop train_views seed".split())
+# What decides which clips a features.pt holds and what they became (and test_views for the
+# action target; the speed target tests each video once at each rate)
+FEATURE_FIELDS = tuple(
+    "arch init data split target clip_len resize crop train_views seed refit_bn".split()
+)
 
 
 def features_file(cfg: ProbeConfig) -> Path:
@@ -97,8 +121,9 @@ def features_file(cfg: ProbeConfig) -> Path:
     ours = eval_config_dict(cfg)
     if not str(theirs.get("task")).startswith("probe"):
         raise ConfigError(f"features {cfg.features}: not a probe run's {FEATURES}")
+    theirs = asdict(ProbeConfig()) | theirs  # a setting older runs lack had its default
     fields = FEATURE_FIELDS + (("test_views",) if cfg.target == "action" else ())
-    differ = [f"{f} {theirs.get(f)!r}, not {ours[f]!r}" for f in fields if theirs.get(f) != ours[f]]
+    differ = [f"{f} {theirs[f]!r}, not {ours[f]!r}" for f in fields if theirs[f] != ours[f]]
     if differ:
         raise ConfigError(f"{path} holds other clips than this probe's: {'; '.join(differ)}")
     return path
@@ -129,8 +154,8 @@ def probe_results(cfg: ProbeConfig, run: Run, cached: dict, names: list[str]) ->
 
 
 def probe_features(cfg: ProbeConfig, rt: Runtime, index, progress: bool) -> dict:
-    """The frozen backbone's pooled features of the probe's training and test clips."""
-    backbone = rt.prepare(BackboneFeature(initial_backbone(cfg)))
+    """The frozen backbone's pooled features of the probe's training and test clips (their
+    motion energy for `init="motion-energy"`), after `refit_bn` if asked."""
     mode = "prp" if cfg.target == "speed" else "clip"
     per_video = len(RATES) if mode == "prp" else 1
     train_views = per_video * cfg.train_views
@@ -139,12 +164,48 @@ def probe_features(cfg: ProbeConfig, rt: Runtime, index, progress: bool) -> dict
         "train": clip_dataset(cfg, index.train, mode, train_views, train=False),
         "test": clip_dataset(cfg, index.test, mode, test_views, train=False),
     }
+    if cfg.init == MOTION_ENERGY:
+        feature: nn.Module = MotionEnergy()
+    else:
+        feature = rt.prepare(BackboneFeature(initial_backbone(cfg)))
+    if cfg.refit_bn:
+        refit_batchnorm(feature, sets["train"], cfg, rt, progress)
     cached = {
-        name: outputs(backbone, ds, rt, f"features of {name} clips", cfg.workers, progress)
+        name: outputs(feature, ds, rt, f"features of {name} clips", cfg.workers, progress)
         for name, ds in sets.items()
     }
     cached["views_dropped"] = {name: ds.views_dropped for name, ds in sets.items()}
     return cached
+
+
+def refit_batchnorm(
+    backbone: nn.Module, clips: VideoDataset, cfg: ProbeConfig, rt: Runtime, progress: bool
+) -> None:
+    """Reset the backbone's BatchNorm running statistics and re-estimate them as a cumulative
+    average over `cfg.refit_bn` batches of `clips` (shuffled, seeded, at most one pass), with
+    no gradients and the weights untouched (engine.precise_bn). Every rank reads the same
+    batches, so the features do not depend on the number of processes."""
+    sampler = EpochSampler(len(clips), cfg.seed)
+    loader = make_loader(clips, sampler, cfg.batch_size, cfg.workers, rt, drop_last=True)
+    bar = tqdm(
+        loader,
+        desc="BatchNorm statistics",
+        total=min(cfg.refit_bn, len(loader)),
+        unit="batch",
+        leave=False,
+        dynamic_ncols=True,
+        disable=not progress,
+    )
+    precise_bn(backbone, training_clips(bar, cfg.refit_bn, rt, Progress()), rt)
+
+
+class MotionEnergy(nn.Module):
+    """A clip's log mean squared difference between consecutive frames, (B, 3, T, H, W) in
+    [0, 1] -> (B, 1): the faster a clip plays, the more its frames differ."""
+
+    def forward(self, clip: torch.Tensor) -> torch.Tensor:
+        energy = (clip[:, :, 1:] - clip[:, :, :-1]).float().square().mean((1, 2, 3, 4))
+        return energy.clamp_min(1e-10).log()[:, None]  # a still clip: finite, very low
 
 
 def probe_step(model: nn.Module, batch: dict, head: str) -> StepOutput:

@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from .data import open_video, read_frames
 from .errors import TrainError
+from .evaluate import json_text, paired_bootstrap_std
 from .folders import read_metrics
 from .index import load_index
 
@@ -102,20 +105,22 @@ def pct(x: float) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# make reproduce: Table 1, Table 2, retrieval, and their pictures from summary.json
+# make reproduce: Table 1, Table 2, retrieval, and their pictures from summary.json (older
+# summaries, without the newer probes or per-item correctness, still render)
 
 SEED_TABLE1 = {  # method.md section 4: UCF101 split 1, C3D / 3D-R18 / R(2+1)D
     "Random": (42.48, 40.89, 41.53),
     "Fully-supervised": (48.83, 45.97, 51.27),
 }
 INIT_NAMES = {"random": "Random", "supervised": "Fully-supervised", "prp": "PRP", "smp": "SMP"}
+ENERGY, ENERGY_NAME = "probe-speed-energy", "Motion energy (no network)"  # one result, no arch
 FAMILY = {"c3d": "C3D", "r3d10": "3D-R18", "r21d10": "R(2+1)D"}
 
 
 def write_reproduce_report(summary: dict, runs: Path, results: Path) -> None:
     """summary.json, table1.md, table2.md, retrieval.md, pretrain.md and the pictures."""
     results.mkdir(parents=True, exist_ok=True)
-    (results / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (results / "summary.json").write_text(json_text(summary, indent=1))
     (results / "table1.md").write_text(table1(summary))
     (results / "table2.md").write_text(table2(summary))
     (results / "retrieval.md").write_text(retrieval_table(summary))
@@ -130,13 +135,25 @@ def write_reproduce_report(summary: dict, runs: Path, results: Path) -> None:
 
 
 def accuracy_cell(numbers: dict | None, random: dict | None) -> str:
-    """ "48.8 ± 1.1 (+6.3)": accuracy in %, its bootstrap std, the difference to random init."""
+    """ "48.8 ± 1.1 (+6.3 ± 0.9)": accuracy in %, its bootstrap std, the difference to random
+    init and its paired bootstrap std (left out for results without per-item correctness)."""
     if not numbers:
         return "not run yet"
     text = f"{100 * numbers['accuracy']:.1f} ± {100 * numbers['accuracy_std']:.1f}"
     if random and numbers is not random:
-        text += f" ({100 * (numbers['accuracy'] - random['accuracy']):+.1f})"
+        spread = paired_spread(numbers, random)
+        shown = "" if spread is None else f" ± {100 * spread:.1f}"
+        text += f" ({100 * (numbers['accuracy'] - random['accuracy']):+.1f}{shown})"
     return text
+
+
+def paired_spread(a: dict, b: dict) -> float | None:
+    """The bootstrap std of accuracy a - b with the same test videos drawn for both, or None
+    unless both results hold per-item correctness of the same items (older ones do not)."""
+    if "correct" not in a or "correct" not in b or a["video"] != b["video"]:
+        return None
+    correct_a, correct_b = torch.tensor(a["correct"]), torch.tensor(b["correct"])
+    return paired_bootstrap_std(correct_a, correct_b, torch.tensor(a["video"]), seed=0)
 
 
 def init_rows(summary: dict, kind: str) -> list[str]:
@@ -145,10 +162,17 @@ def init_rows(summary: dict, kind: str) -> list[str]:
     for init, name in INIT_NAMES.items():
         cells = []
         for arch in summary["archs"]:
-            by_init = summary.get(kind, {}).get(arch, {})  # older summaries lack the -std probe
+            by_init = summary.get(kind, {}).get(arch, {})  # older summaries lack newer probes
             cells.append(accuracy_cell(by_init.get(init), by_init.get("random")))
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return rows
+
+
+def energy_row(summary: dict) -> str:
+    """Motion energy's row: one result in every column, compared with each column's Random."""
+    energy = summary.get(ENERGY)
+    randoms = [summary["probe-speed"].get(arch, {}).get("random") for arch in summary["archs"]]
+    return f"| {ENERGY_NAME} | " + " | ".join(accuracy_cell(energy, r) for r in randoms) + " |"
 
 
 def arch_header(summary: dict, first: str) -> list[str]:
@@ -172,10 +196,14 @@ def table1(summary: dict) -> str:
         "Accuracy (%) of a linear layer on the frozen backbone's pooled c5 feature at telling the",
         "playback rate (1, 2, 4 or 8) of a test clip; every test video at each rate once. ± is",
         "the std over 1000 bootstrap resamplings of the test videos; (+x) is the difference to",
-        "Random, as the seed prints it. Chance is 25%.",
+        "Random, as the seed prints it, ± its std over resamplings that draw the same test videos",
+        "for both rows (paired). Chance is 25%. The last row has no network: the same linear",
+        "layer on one number per clip, the log mean squared difference between its consecutive",
+        "frames (standardised); it is the same in every column, compared with each one's Random:",
         "",
         *arch_header(summary, "Initialisation"),
         *init_rows(summary, "probe-speed"),
+        energy_row(summary),
         "",
         "The same linear layer trained on the same cached features standardised (each dimension",
         "less the training clips' mean, over their std; not the seed's protocol). With plain SGD",
@@ -185,18 +213,49 @@ def table1(summary: dict) -> str:
         *arch_header(summary, "Initialisation"),
         *init_rows(summary, "probe-speed-std"),
         "",
+        "BatchNorm statistics re-estimated on training clips (weights frozen): before caching the",
+        "features, each BatchNorm layer's running mean and variance are recomputed over batches",
+        "of the probe's training clips (`refit_bn` in each run's config.json); the features are",
+        "then taken in eval mode and the linear layer trained on them as cached. Random weights",
+        "otherwise keep BatchNorm's initial statistics (0 and 1), under which their features",
+        "barely vary; the seed's Random row (41-42%) most likely saw normalised activations:",
+        "",
+        *arch_header(summary, "Initialisation"),
+        *init_rows(summary, "probe-speed-bn"),
+        "",
+        *per_rate_lines(summary),
+        "",
+        *seed_lines(),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def per_rate_lines(summary: dict) -> list[str]:
+    """The speed probe's accuracy at each rate (features as cached), motion energy's last."""
+    lines = [
         "Accuracy (%) at each rate, 1 / 2 / 4 / 8 (features as cached):",
         "",
         *arch_header(summary, "Initialisation"),
     ]
-    for init, name in INIT_NAMES.items():
-        cells = []
-        for arch in summary["archs"]:
-            numbers = summary["probe-speed"].get(arch, {}).get(init)
-            per_rate = numbers["per_class"].values() if numbers else []
-            cells.append(" / ".join(f"{100 * v:.0f}" for v in per_rate) or "not run yet")
+    archs = summary["archs"]
+    rows = {
+        name: [summary["probe-speed"].get(a, {}).get(init) for a in archs]
+        for init, name in INIT_NAMES.items()
+    }
+    rows[ENERGY_NAME] = [summary.get(ENERGY)] * len(archs)
+    for name, results in rows.items():
+        cells = [
+            " / ".join(f"{100 * v:.0f}" for v in numbers["per_class"].values())
+            if numbers
+            else "not run yet"
+            for numbers in results
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "The seed's published rows (UCF101 split 1, 112x112 clips, not this data):", ""]
+    return lines
+
+
+def seed_lines() -> list[str]:
+    lines = ["The seed's published rows (UCF101 split 1, 112x112 clips, not this data):", ""]
     lines += ["| Initialisation | C3D | 3D-R18 | R(2+1)D |", "|---|---|---|---|"]
     random = SEED_TABLE1["Random"]
     for name, values in SEED_TABLE1.items():
@@ -205,7 +264,7 @@ def table1(summary: dict) -> str:
             for v, r in zip(values, random, strict=True)
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def table2(summary: dict) -> str:
@@ -218,7 +277,8 @@ def table2(summary: dict) -> str:
             f"## {title}",
             "",
             f"Accuracy (%) per test video: {how}, logits averaged over its clips.",
-            "± is the bootstrap std over test videos; (+x) the difference to Random.",
+            "± is the bootstrap std over test videos; (+x ± s) the difference to Random and its",
+            "std over draws of the same test videos for both rows (paired).",
             "",
             *arch_header(summary, "Initialisation"),
             *init_rows(summary, kind),
@@ -273,22 +333,31 @@ def save_figure(fig, png: Path) -> None:
 
 def plot_table1(summary: dict, png: Path) -> None:
     """Table 1 as grouped bars, one group per backbone, with the bootstrap std as error bars:
-    the features as cached, and standardised."""
-    fig = new_figure(12, 3.8)
-    panels = {"probe-speed": "features as cached", "probe-speed-std": "standardised"}
+    the features as cached, standardised, and after BatchNorm re-estimation; motion energy
+    (no network) as a dashed line."""
+    fig = new_figure(16, 3.8)
+    panels = {
+        "probe-speed": "features as cached",
+        "probe-speed-std": "standardised",
+        "probe-speed-bn": "BatchNorm re-estimated",
+    }
     archs, width = summary["archs"], 0.8 / len(INIT_NAMES)
-    for ax, (kind, how) in zip(fig.subplots(1, 2, sharey=True), panels.items(), strict=True):
+    energy = summary.get(ENERGY)
+    for ax, (kind, how) in zip(fig.subplots(1, 3, sharey=True), panels.items(), strict=True):
         for i, (init, name) in enumerate(INIT_NAMES.items()):
             numbers = [summary.get(kind, {}).get(a, {}).get(init) for a in archs]
             xs = [j + (i - 1.5) * width for j, n in enumerate(numbers) if n]
             ys = [100 * n["accuracy"] for n in numbers if n]
             errs = [100 * n["accuracy_std"] for n in numbers if n]
             ax.bar(xs, ys, width, yerr=errs, capsize=3, label=name, color=f"C{i}")
+        if energy:
+            ax.axhline(100 * energy["accuracy"], color="black", lw=1, ls="--", label=ENERGY_NAME)
         ax.axhline(25, color="gray", lw=0.8, ls=":", label="chance")
         ax.set_xticks(range(len(archs)), [f"{FAMILY.get(a, a)}\n({a})" for a in archs])
-        ax.set_title(f"Speed probe, {how} ({summary['profile']} profile)")
+        ax.set_xlim(-0.5, len(archs) - 0.5)  # the same groups in a panel not run yet
+        ax.set_title(f"Speed probe, {how} ({summary['profile']} profile)", fontsize=10)
     fig.axes[0].set_ylabel("speed probe accuracy (%)")
-    fig.axes[0].legend(fontsize=8, ncol=5, loc="lower center")
+    fig.axes[0].legend(fontsize=8, ncol=3, loc="lower center")
     save_figure(fig, png)
 
 

@@ -1,11 +1,13 @@
 """`smp-lite reproduce` (`make reproduce`): every run behind the seed's Table 1 and the PRP/SMP
 papers' downstream tables, for one backbone per family, then the tables and pictures.
 
-For each backbone of the profile: supervised, PRP and SMP pretraining (`train.train`); then
-from each initialisation (random weights, and the best.pt of each pretraining) the speed probe
-(Table 1) and the same probe on its features standardised, the action probe and fine-tuning
-(Table 2) and retrieval (`evaluate`). The speed probes come first after pretraining, so Table 1
-is complete earliest; fine-tuning, the slowest step, comes last.
+For each backbone of the profile: supervised, PRP and SMP pretraining (`train.train`); then the
+speed probe on motion energy (no network, so one step for all backbones: Table 1's baseline
+row), and from each initialisation (random weights, and the best.pt of each pretraining) the
+speed probe (Table 1), the same probe on its features standardised, and again after its
+BatchNorm statistics are re-estimated on the training clips (`probe.py`), the action probe and
+fine-tuning (Table 2) and retrieval (`evaluate`). The speed probes come first after
+pretraining, so Table 1 is complete earliest; fine-tuning, the slowest step, comes last.
 
 Every step is a run folder under RUNS (runs/reproduce-<profile>): steps.json there records each
 finished step with the settings it ran with and the time it took. A rerun reuses the recorded
@@ -31,20 +33,37 @@ import torch
 
 from .checkpoint import BEST, FEATURES, LAST, RESULTS
 from .errors import ConfigError, DataError
-from .evaluate import finetune, make_eval_config, retrieve
+from .evaluate import MOTION_ENERGY, finetune, make_eval_config, retrieve
 from .folders import read_metrics, write_text
 from .index import load_index
 from .probe import probe
-from .report import main_head, write_reproduce_report
+from .report import ENERGY, main_head, write_reproduce_report
 from .synth import DEFAULT_DATA, synthesize
 from .synth import PRESETS as SYNTH_PRESETS
 from .train import make_config, train
 
 ARCHS_REPRODUCED = ("c3d", "r3d10", "r21d10")  # C3D, "3D-R18" and R(2+1)D of the seed
 INITS = ("random", "supervised", "prp", "smp")  # Table 1's rows, in order
-# in the order they run; probe-speed-std: the speed probe again on the same cached features,
-# standardised (Table 1's second table: plain SGD favours features of large scale)
-EVALUATIONS = ("probe-speed", "probe-speed-std", "probe-action", "retrieve", "finetune")
+# in the order they run; probe-speed-energy (ENERGY): one step, whatever the backbones
+EVALUATIONS = (
+    ENERGY,
+    "probe-speed",
+    "probe-speed-std",
+    "probe-speed-bn",
+    "probe-action",
+    "retrieve",
+    "finetune",
+)
+REFIT_BN = 20  # batches of 32 training clips: BatchNorm statistics over 640 clips
+# The speed probe's variants: its settings, then these, then the profile's entry for the kind.
+# std: Table 1's second table, the same cached features standardised (plain SGD favours
+# features of large scale); bn: its third, BatchNorm statistics re-estimated; energy: its
+# baseline row, standardised since it is one number of arbitrary scale
+SPEED_VARIANTS = {
+    ENERGY: {"init": MOTION_ENERGY, "standardize": True},
+    "probe-speed-std": {"standardize": True},
+    "probe-speed-bn": {"refit_bn": REFIT_BN},
+}
 STEPS_FILE = "steps.json"
 
 
@@ -57,7 +76,8 @@ class Profile:
     synth: str = ""  # a generated dataset: its synth preset, generated at `data` when missing
     archs: tuple[str, ...] = ARCHS_REPRODUCED
     pretrain: dict = field(default_factory=dict)
-    # per EVALUATIONS entry; probe-speed-std takes probe-speed's
+    supervised: dict = field(default_factory=dict)  # the supervised pretraining's own overrides
+    # per EVALUATIONS entry; the speed probe's variants take probe-speed's, then their own
     evaluations: dict[str, dict] = field(default_factory=dict)
     seconds_per_unit: float = 0.2  # first guess of one SMP training clip's time (see step_units)
 
@@ -86,11 +106,16 @@ PROFILES: dict[str, Profile] = {
         data=DEFAULT_DATA,
         synth="default",
         pretrain=dict(preset="quick", epochs=6),
+        # action labels need more steps than the rate: 16 epochs take R3D to ~70% held out
+        supervised=dict(epochs=16),
         evaluations={
             "probe-speed": dict(preset="quick", train_views=1),
+            # one number a clip: trained until it no longer moves (300 epochs at lr 0.1 give
+            # what 2000 give), so the baseline is not held back by the probe's budget
+            ENERGY: dict(epochs=300, lr=0.1),
             "probe-action": dict(preset="quick", train_views=1, test_views=3),
             "retrieve": dict(preset="quick", test_views=3),
-            "finetune": dict(preset="quick", epochs=3, lr_step_epoch=2, test_views=3),
+            "finetune": dict(preset="quick", epochs=5, lr_step_epoch=4, test_views=3),
         },
     ),
     # make reproduce DATA=ucf101:/path: method.md's protocol in full, for GPUs
@@ -104,7 +129,7 @@ class Step:
 
     name: str  # "pretrain-smp-c3d", "probe-speed-c3d-prp", ...
     kind: str  # "pretrain" or one of EVALUATIONS
-    arch: str
+    arch: str  # "" for motion energy: no network
     init: str  # the pretraining task, or for evaluations the initialisation (INITS)
     settings: dict  # the keyword arguments of make_config / make_eval_config
 
@@ -185,24 +210,37 @@ def prepare_data(prof: Profile, data: str, progress: bool) -> None:
 
 
 def plan_steps(prof: Profile, data: str, runs: Path) -> list[Step]:
-    """Pretraining first, then each evaluation from every initialisation, speed probes first."""
+    """Pretraining first, then motion energy (cheap), then each evaluation from every
+    initialisation, speed probes first."""
     steps = [
-        Step(f"pretrain-{task}-{arch}", "pretrain", arch, task, {**prof.pretrain, "data": data})
+        Step(f"pretrain-{task}-{arch}", "pretrain", arch, task, pretrain_settings(prof, task, data))
         for arch in prof.archs
         for task in INITS[1:]
     ]
-    for kind in EVALUATIONS:
+    steps.append(Step(ENERGY, ENERGY, "", MOTION_ENERGY, eval_settings(prof, ENERGY, data)))
+    for kind in EVALUATIONS[1:]:
         for arch in prof.archs:
             for init in INITS:
                 weights = runs / f"pretrain-{init}-{arch}" / BEST
-                source = "random" if init == "random" else str(weights)
-                preset = prof.evaluations.get(kind.removesuffix("-std"), {})
-                settings = {**preset, "data": data, "init": source}
-                if kind == "probe-speed-std":  # the speed probe's settings and features
-                    features = runs / f"probe-speed-{arch}-{init}" / FEATURES
-                    settings |= {"standardize": True, "features": str(features)}
+                settings = eval_settings(prof, kind, data)
+                settings["init"] = "random" if init == "random" else str(weights)
+                if kind == "probe-speed-std":  # on the speed probe's features
+                    settings["features"] = str(runs / f"probe-speed-{arch}-{init}" / FEATURES)
                 steps.append(Step(f"{kind}-{arch}-{init}", kind, arch, init, settings))
     return steps
+
+
+def pretrain_settings(prof: Profile, task: str, data: str) -> dict:
+    return {**prof.pretrain, **(prof.supervised if task == "supervised" else {}), "data": data}
+
+
+def eval_settings(prof: Profile, kind: str, data: str) -> dict:
+    """The settings of an evaluation of `kind`: the profile's; a variant of the speed probe's
+    start from the speed probe's."""
+    if kind not in SPEED_VARIANTS:
+        return {**prof.evaluations.get(kind, {}), "data": data}
+    own = prof.evaluations.get(kind, {})
+    return {**prof.evaluations.get("probe-speed", {}), **SPEED_VARIANTS[kind], **own, "data": data}
 
 
 def run_step(step: Step, out: Path, progress: bool) -> bool:
@@ -211,11 +249,12 @@ def run_step(step: Step, out: Path, progress: bool) -> bool:
     resume = (out / LAST).is_file()
     settings = {
         **step.settings,
-        "arch": step.arch,
         "out": str(out),
         "resume": resume,
         "overwrite": out.exists() and not resume,
     }
+    if step.arch:  # motion energy has no network: the preset's (unused) architecture
+        settings["arch"] = step.arch
     if step.kind == "pretrain":
         train(make_config(step.init, **settings), progress)
         return resume
@@ -228,22 +267,24 @@ def run_step(step: Step, out: Path, progress: bool) -> bool:
 
 
 def evaluation(kind: str) -> tuple[str, str]:
-    """The evaluation and its target: ("probe", "speed") for probe-speed and probe-speed-std."""
+    """The evaluation and its target: ("probe", "speed") for probe-speed and its variants."""
     name, _, target = kind.partition("-")
-    return name, target.removesuffix("-std")
+    return name, target.split("-")[0]
 
 
 def describe(step: Step) -> str:
     if step.kind == "pretrain":
         return f"{step.init} pretraining of {step.arch}"
     what = {
+        ENERGY: "speed probe on motion energy (no network)",
         "probe-speed": "speed probe (Table 1)",
         "probe-speed-std": "speed probe on standardised features",
+        "probe-speed-bn": "speed probe with BatchNorm statistics re-estimated",
         "probe-action": "action probe",
         "retrieve": "retrieval",
         "finetune": "fine-tuning",
     }[step.kind]
-    return f"{what} of {step.arch} from {step.init} weights"
+    return f"{what} of {step.arch} from {step.init} weights" if step.arch else what
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,6 +316,7 @@ def jsonable(value: object) -> object:
 # (docs/benchmarks.md): supervised and fine-tuning steps have no decoder, the frozen backbone's
 # features need no backward pass.
 MOTION_CLIP, ACTION_CLIP, FEATURE_CLIP = 1.0, 0.45, 0.15
+DECODE_CLIP = 0.1  # a speed probe's clip decoded alone (the loader's 87/s, SMP's step 8.7/s)
 LINEAR_CLIP = 0.0005  # a cached feature through the probe's linear layer, per epoch
 
 
@@ -296,7 +338,11 @@ def step_units(step: Step, n_train: int, n_test: int) -> float:
     if kind == "probe":
         rates = 4 if target == "speed" else 1
         test_views = 4 if target == "speed" else cfg.test_views
-        return round((n_train * cfg.train_views * rates + n_test * test_views) * FEATURE_CLIP, 1)
+        clips = n_train * cfg.train_views * rates + n_test * test_views
+        if step.settings.get("init") == MOTION_ENERGY:  # no network
+            return round(clips * DECODE_CLIP, 1)
+        refit = min(cfg.refit_bn * cfg.batch_size, n_train * cfg.train_views * rates)
+        return round((clips + refit) * FEATURE_CLIP, 1)
     if kind == "retrieve":
         return round((n_train + n_test) * cfg.test_views * FEATURE_CLIP, 1)
     clips = n_train if not cfg.limit_batches else min(n_train, cfg.limit_batches * cfg.batch_size)
@@ -345,7 +391,10 @@ def collect(
             summary["pretrain"].setdefault(step.arch, {})[step.init] = pretrain_numbers(out)
         elif (out / RESULTS).is_file():
             numbers = json.loads((out / RESULTS).read_text())
-            summary[step.kind].setdefault(step.arch, {})[step.init] = numbers
+            if step.kind == ENERGY:  # no network: one result for every backbone
+                summary[ENERGY] = numbers
+            else:
+                summary[step.kind].setdefault(step.arch, {})[step.init] = numbers
     return summary
 
 

@@ -56,6 +56,10 @@ def test_top_level_help_lists_commands() -> None:
                 "--precise-bn",
             ],
         ),
+        (
+            ["probe"],
+            ["--init", "motion-energy", "--target", "--standardize", "--refit-bn", "--features"],
+        ),
         (["data", "synth"], ["--out", "--preset", "--seed", "--workers", "--figure"]),
         (["report"], ["RUN", "--figure", "--table"]),
     ],

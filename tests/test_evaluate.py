@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -14,8 +15,10 @@ from smp_lite.evaluate import (
     bootstrap_std,
     finetune,
     first_of_each,
+    json_text,
     make_eval_config,
     neighbours,
+    paired_bootstrap_std,
     retrieval_hits,
     retrieve,
     video_mean,
@@ -89,6 +92,34 @@ def test_bootstrap_spread_over_videos() -> None:
     assert spread == bootstrap_std(half, video, seed=0)
 
 
+def test_a_paired_bootstrap_sees_two_rows_on_the_same_videos() -> None:
+    """Two models that find the same videos hard: their accuracies move together over draws
+    of test videos, so their difference varies much less than either accuracy."""
+    g = torch.Generator().manual_seed(0)
+    video = torch.arange(50).repeat_interleave(4)  # 50 videos, 4 clips each
+    easy = torch.rand(50, generator=g) < 0.5  # per video: every clip right, or every clip wrong
+    a = easy.repeat_interleave(4)
+    b = a.clone()
+    b[torch.randperm(200, generator=g)[:10]] ^= True  # 10 clips of 200 differ
+    assert paired_bootstrap_std(a, a.clone(), video, seed=0) == 0.0
+    paired = paired_bootstrap_std(a, b, video, seed=0)
+    assert 0 < paired < 0.3 * min(bootstrap_std(a, video, 0), bootstrap_std(b, video, 0))
+    # against a row of zeros, the difference is the accuracy itself: the same draws
+    zeros = torch.zeros(200, dtype=torch.bool)
+    assert paired_bootstrap_std(a, zeros, video, seed=0) == pytest.approx(
+        bootstrap_std(a, video, seed=0)
+    )
+
+
+def test_results_json_keeps_lists_of_numbers_on_one_line() -> None:
+    results = {"accuracy": 0.5, "correct": [1, 0] * 500, "video": list(range(1000)),
+               "confusion": [[3, 1], [0, 4]], "query": "v/x[1,\n 2].mp4", "empty": []}  # fmt: skip
+    text = json_text(results, indent=2)
+    assert json.loads(text) == results
+    assert len(text.splitlines()) == 11  # { and }, a line per key, 2 confusion rows and "],"
+    assert '"correct": [1, 0, 1, 0' in text and "[3, 1]" in text
+
+
 def test_action_probe_finetune_and_retrieval_from_random_weights(ucf_tiny, tmp_path) -> None:
     index = load_index(ucf_tiny)
     common = dict(data=str(ucf_tiny), arch="r3d10", test_views=2, **TINY)
@@ -109,6 +140,10 @@ def test_action_probe_finetune_and_retrieval_from_random_weights(ucf_tiny, tmp_p
     assert list(found["top_k"]) == [str(k) for k in TOP_K]
     assert found["queries"] == len(index.test) and found["gallery"] == len(index.train)
     assert found["top_k"]["50"] == 1.0  # the whole gallery holds every class
+    # what a paired comparison of two runs needs: per test video, whether it was right
+    assert sorted(tuned["video"]) == sorted(found["video"]) == list(range(len(index.test)))
+    assert sum(tuned["correct"]) / tuned["items"] == pytest.approx(tuned["accuracy"])
+    assert sum(found["hits"]["5"]) / found["queries"] == pytest.approx(found["top_k"]["5"])
 
 
 def test_finetuning_gives_the_same_numbers_whatever_ran_before(ucf_tiny, tmp_path) -> None:
@@ -132,6 +167,10 @@ def test_finetuning_gives_the_same_numbers_whatever_ran_before(ucf_tiny, tmp_pat
         (["probe", "--target", "colour"], "unknown probe target 'colour'"),
         (["finetune", "--epochs", "0"], "epochs must be positive"),
         (["retrieve", "--crop", "50"], "divisible by 16"),
+        (["probe", "--init", "motion-energy", "--target", "action"], "speed probe only"),
+        (["finetune", "--init", "motion-energy"], "speed probe only"),
+        (["probe", "--refit-bn", "-1"], "refit-bn must be 0 or more, got -1"),
+        (["probe", "--precise-bn", "2"], "--precise-bn is for fine-tuning"),
     ],
 )
 def test_bad_evaluation_input_is_one_line(args, message, tmp_path) -> None:

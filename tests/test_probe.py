@@ -1,22 +1,40 @@
 """The linear probe (smp_lite/probe.py): standardised features, a speed probe from a
-pretrained checkpoint through its run folder and resume, and a probe on another's features."""
+pretrained checkpoint through its run folder and resume, a probe on another's features,
+BatchNorm statistics re-estimated on the training clips, and the motion-energy baseline."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_evaluate import TINY
 
-from smp_lite.data import RATES
+from smp_lite.data import RATES, VideoDataset
 from smp_lite.engine import fit
 from smp_lite.errors import ConfigError, DataError
-from smp_lite.evaluate import make_eval_config
+from smp_lite.evaluate import (
+    BackboneFeature,
+    clip_dataset,
+    eval_out,
+    initial_backbone,
+    make_eval_config,
+    outputs,
+)
 from smp_lite.folders import read_metrics
-from smp_lite.index import load_index
-from smp_lite.probe import probe, probe_results, probe_run
+from smp_lite.index import Video, load_index
+from smp_lite.probe import (
+    MotionEnergy,
+    probe,
+    probe_features,
+    probe_results,
+    probe_run,
+    refit_batchnorm,
+)
 from smp_lite.runtime import make_runtime
+from smp_lite.synth import write_video
 
 
 def test_a_standardised_probe_sees_what_tiny_features_hold(tmp_path) -> None:
@@ -80,9 +98,89 @@ def test_a_probe_trains_on_another_probes_features(ucf_tiny, pretrained, tmp_pat
     refused = dict(common, out=str(tmp_path / "c"))
     with pytest.raises(ConfigError, match="holds other clips than this probe's: seed 0, not 1"):
         probe(make_eval_config("probe", features=str(cached), **dict(refused, seed=1)))
+    with pytest.raises(ConfigError, match="other clips than this probe's: refit_bn 0, not 2"):
+        probe(make_eval_config("probe", features=str(cached), **dict(refused, refit_bn=2)))
     with pytest.raises(ConfigError, match="not a probe run's features.pt"):
         probe(make_eval_config("probe", features=str(pretrained), **refused))  # a checkpoint
     cached.write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(DataError, match="is not a readable features file"):
         probe(make_eval_config("probe", features=str(cached), **refused))
     assert not (tmp_path / "c").exists()  # refused before a run folder was made
+
+
+def test_older_features_without_refit_bn_count_as_not_refitted(ucf_tiny, tmp_path) -> None:
+    """A run from before refit_bn existed has no such setting in its config.json: its features
+    are the un-refitted ones, and reused as such."""
+    common = dict(data=str(ucf_tiny), arch="r3d10", epochs=1, **TINY)
+    probe(make_eval_config("probe", out=str(tmp_path / "old"), **common), progress=False)
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    del config["refit_bn"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    reused = dict(common, out=str(tmp_path / "new"), features=str(tmp_path / "old"))
+    results = probe(make_eval_config("probe", **reused), progress=False)
+    assert results["items"] == len(RATES) * len(load_index(ucf_tiny).test)
+
+
+def test_refit_bn_spreads_random_features_and_keeps_the_weights(ucf_tiny) -> None:
+    """Random weights under BatchNorm's initial statistics (0 and 1) give features that barely
+    vary; re-estimated on the training clips, the same weights give normalised activations."""
+    rt, index = make_runtime("cpu", "fp32"), load_index(ucf_tiny)
+    common = dict(data=str(ucf_tiny), arch="r3d10", batch_size=8, **TINY)
+    spread = {}
+    for refit in (0, 2):
+        cfg = make_eval_config("probe", refit_bn=refit, **common)
+        cached = probe_features(cfg, rt, index, progress=False)
+        spread[refit] = cached["train"]["output"].std(0).mean().item()  # per dimension
+        assert cached["test"]["output"].shape == (4 * len(index.test), 512)
+    assert spread[2] > 10 * spread[0]  # measured: 0.008 and 0.38
+    backbone = BackboneFeature(initial_backbone(cfg))
+    weights = {name: p.clone() for name, p in backbone.named_parameters()}
+    bns = [m for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    momenta = [bn.momentum for bn in bns]
+    refit_batchnorm(backbone, clip_dataset(cfg, index.train, "prp", 4, train=False), cfg, rt, False)
+    assert all(torch.equal(p, weights[name]) for name, p in backbone.named_parameters())
+    assert bns and [bn.momentum for bn in bns] == momenta  # cumulative only while re-estimating
+    assert all(bn.num_batches_tracked == 2 for bn in bns)  # the statistics of 2 batches alone
+    assert not any(torch.allclose(bn.running_var, torch.ones_like(bn.running_var)) for bn in bns)
+
+
+def grating_video(path: Path, frames: int = 140, speed: int = 3) -> Path:
+    """A horizontal sine grating, one period across the frame, moving `speed` pixels a frame:
+    played at rate s, consecutive frames are 3s pixels apart, so they differ more."""
+    x = np.arange(80)
+    rows = [127 + 100 * np.sin(2 * np.pi * (x - speed * t) / 80) for t in range(frames)]
+    video = np.broadcast_to(np.stack(rows)[:, None, :, None], (frames, 64, 80, 3))
+    write_video(path, np.ascontiguousarray(video).astype(np.uint8), fps=25)
+    return path
+
+
+def test_motion_energy_grows_with_the_playback_rate(tmp_path) -> None:
+    video = Video(grating_video(tmp_path / "grating.mp4"), 0, "1")
+    clips = VideoDataset(
+        (video,), mode="prp", clip_len=8, resize=(32, 40), crop=32, train=False, views=len(RATES)
+    )
+    energy = outputs(MotionEnergy(), clips, make_runtime("cpu", "fp32"), "", 0, False)
+    assert energy["output"].shape == (len(RATES), 1)
+    assert energy["rate"].tolist() == [0, 1, 2, 3]  # rates 1, 2, 4, 8: the same video
+    assert energy["output"][:, 0].diff().min() > 0.5  # log energy: each rate's well above
+    still = torch.full((1, 3, 8, 32, 32), 0.5)
+    assert torch.isfinite(MotionEnergy()(still)).all()
+
+
+def test_the_motion_energy_probe_needs_no_network(ucf_tiny, tmp_path) -> None:
+    common = dict(data=str(ucf_tiny), init="motion-energy", target="speed", **TINY)
+    cfg = make_eval_config("probe", standardize=True, epochs=2, out=str(tmp_path / "e"), **common)
+    results = probe(cfg, progress=False)
+    assert results["items"] == len(RATES) * len(load_index(ucf_tiny).test)
+    assert len(results["correct"]) == len(results["video"]) == results["items"]
+    cached = torch.load(tmp_path / "e" / "features.pt")
+    assert cached["train"]["output"].shape[1] == cached["test"]["output"].shape[1] == 1
+    assert eval_out(make_eval_config("probe", **common)) == Path("runs/probe-speed-motion-energy")
+    for refused, message in (
+        (dict(common, target="action"), "motion-energy .no network. is a baseline of the speed"),
+        (dict(common, refit_bn=4), "--refit-bn needs a network: --init motion-energy has none"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            make_eval_config("probe", **refused)
+    with pytest.raises(ConfigError, match="baseline of the speed probe only"):
+        make_eval_config("finetune", init="motion-energy")

@@ -3,10 +3,12 @@ from __future__ import annotations
 import shutil
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from smp_lite.cli import app
 from smp_lite.errors import TrainError
+from smp_lite.evaluate import paired_bootstrap_std
 from smp_lite.folders import read_metrics
 from smp_lite.report import (
     plot_curves,
@@ -117,9 +119,13 @@ def test_tables_of_a_pipeline_still_running(tmp_path) -> None:
     assert "| Fully-supervised | 50.0 ± 2.0 (+7.5) | not run yet |" in text
     assert "| Fully-supervised | 48.83 (+6.35) | 45.97 (+5.08) | 51.27 (+9.74) |" in text
     assert "| Random | 42 / 42 / 42 / 42 | not run yet |" in text  # per rate, 1 / 2 / 4 / 8
-    standardised = text.split("standardised")[1]
+    standardised = text.split("cached features standardised")[1].split("BatchNorm statistics")[0]
     assert "| Random | 50.0 ± 1.0 | not run yet |" in standardised
     assert "| Fully-supervised | not run yet | not run yet |" in standardised
+    # a summary from before motion energy and BatchNorm re-estimation: those not run yet
+    assert "| Motion energy (no network) | not run yet | not run yet |" in text
+    refit = text.split("BatchNorm statistics re-estimated on training clips (weights frozen)")[1]
+    assert "| Random | not run yet | not run yet |" in refit
     assert "took 25 min" in text
     # no random-init row to compare with: no difference printed
     assert "| SMP | not run yet | 30.0 ± 5.0 |" in table2(summary)
@@ -130,3 +136,43 @@ def test_tables_of_a_pipeline_still_running(tmp_path) -> None:
     plot_speed_confusions(summary, tmp_path / "confusion.png")
     assert (tmp_path / "t1.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "confusion.png").stat().st_size > 1000
+
+
+def with_items(numbers: dict, correct: list[int]) -> dict:
+    """`numbers` as newer results.json have them: each test item's correctness and video."""
+    video = [i // 4 for i in range(len(correct))]  # 4 clips a video, as the speed probe's
+    accuracy = sum(correct) / len(correct)
+    return numbers | {"accuracy": accuracy, "correct": correct, "video": video}
+
+
+def test_differences_to_random_get_a_paired_spread(tmp_path) -> None:
+    g = torch.Generator().manual_seed(0)
+    right = [(torch.rand(80, generator=g) < p).int().tolist() for p in (0.3, 0.5, 0.6, 0.4)]
+    random, smp, energy, other = (with_items(probe_numbers(0, 0.02), c) for c in right)
+    summary = {
+        "profile": "synth", "data": "data/synth", "device": "CPU, 2 cores", "seconds": 60.0,
+        "archs": ["c3d", "r3d10"],
+        "probe-speed": {"c3d": {"random": random, "smp": smp},
+                        "r3d10": {"random": other, "prp": probe_numbers(0.5, 0.02)}},
+        "probe-speed-energy": energy,
+        "probe-speed-bn": {"c3d": {"random": smp, "smp": random}},
+    }  # fmt: skip
+    text = table1(summary)
+    tensors = [torch.tensor(x) for x in (smp["correct"], random["correct"], random["video"])]
+    spread = 100 * paired_bootstrap_std(*tensors, seed=0)
+    diff = 100 * (smp["accuracy"] - random["accuracy"])
+    raw = text.split("cached features standardised")[0]
+    assert f"| SMP | {100 * smp['accuracy']:.1f} ± 2.0 ({diff:+.1f} ± {spread:.1f}) |" in raw
+    # r3d10's PRP result predates per-item correctness: its difference has no spread
+    assert f"| PRP | not run yet | 50.0 ± 2.0 ({50 - 100 * other['accuracy']:+.1f}) |" in raw
+    # motion energy: one result in every column, compared with each column's Random
+    row = next(line for line in raw.splitlines() if line.startswith("| Motion energy"))
+    energy_cells = [c.strip() for c in row.split("|")[2:-1]]
+    assert len(energy_cells) == 2
+    for cell, base in zip(energy_cells, (random, other), strict=True):
+        assert cell.startswith(f"{100 * energy['accuracy']:.1f} ± 2.0 (")
+        assert f"({100 * (energy['accuracy'] - base['accuracy']):+.1f} ± " in cell
+    refit = text.split("BatchNorm statistics re-estimated on training clips (weights frozen)")[1]
+    assert f"| SMP | {100 * random['accuracy']:.1f} ± 2.0 ({-diff:+.1f} ± {spread:.1f}) |" in refit
+    plot_table1(summary, tmp_path / "t1.png")
+    assert (tmp_path / "t1.png").read_bytes()[:4] == b"\x89PNG"

@@ -14,6 +14,7 @@ from smp_lite.reproduce import (
     EVALUATIONS,
     INITS,
     PROFILES,
+    REFIT_BN,
     duration,
     plan_steps,
     reproduce,
@@ -44,7 +45,8 @@ def test_tiny_profile_writes_every_table_picture_and_number(tiny_reproduced) -> 
     assert tables | pictures | {"pretrain_curves.png"} <= names
     archs = PROFILES["tiny"].archs
     steps = json.loads((runs / "steps.json").read_text())
-    assert len(steps) == len(archs) * (3 + len(EVALUATIONS) * len(INITS))
+    # motion energy once, whatever the backbones
+    assert len(steps) == 1 + len(archs) * (3 + (len(EVALUATIONS) - 1) * len(INITS))
     assert summary["seconds"] == pytest.approx(sum(s["seconds"] for s in steps.values()), abs=0.5)
     # every cell comes from its run's results.json, with the difference to random init
     table = (results / "table1.md").read_text()
@@ -53,9 +55,9 @@ def test_tiny_profile_writes_every_table_picture_and_number(tiny_reproduced) -> 
         smp = json.loads((runs / f"probe-speed-{arch}-smp" / "results.json").read_text())
         assert summary["probe-speed"][arch]["smp"]["accuracy"] == smp["accuracy"]
         diff = 100 * (smp["accuracy"] - random["accuracy"])
-        assert (
-            f"{100 * smp['accuracy']:.1f} ± {100 * smp['accuracy_std']:.1f} ({diff:+.1f})" in table
-        )
+        cell = f"{100 * smp['accuracy']:.1f} ± {100 * smp['accuracy_std']:.1f} ({diff:+.1f} ± "
+        assert cell in table  # and the paired spread of the difference
+        assert smp["video"] == random["video"] and len(smp["correct"]) == smp["items"]
         finetuned = summary["finetune"][arch]["prp"]
         assert f"{100 * finetuned['accuracy']:.1f} ±" in (results / "table2.md").read_text()
         assert set(summary["retrieve"][arch]) == set(INITS)
@@ -65,7 +67,16 @@ def test_tiny_profile_writes_every_table_picture_and_number(tiny_reproduced) -> 
     assert json.loads((std / "config.json").read_text())["standardize"]
     assert filecmp.cmp(std / "features.pt", runs / "probe-speed-c3d-prp" / "features.pt")
     accuracy = summary["probe-speed-std"]["c3d"]["prp"]["accuracy"]
-    assert f"| PRP | {100 * accuracy:.1f} ±" in table.split("standardised")[1]
+    assert f"| PRP | {100 * accuracy:.1f} ±" in table.split("cached features standardised")[1]
+    # the speed probe after BatchNorm re-estimation, and motion energy: a row for all backbones
+    refit = json.loads((runs / "probe-speed-bn-c3d-random" / "config.json").read_text())
+    assert refit["refit_bn"] == REFIT_BN and not refit["features"]
+    accuracy = summary["probe-speed-bn"]["c3d"]["random"]["accuracy"]  # the first column
+    assert f"| Random | {100 * accuracy:.1f} ±" in table.split("BatchNorm statistics re-")[1]
+    energy = json.loads((runs / "probe-speed-energy" / "config.json").read_text())
+    assert energy["init"] == "motion-energy" and energy["standardize"]
+    cell = f"{100 * summary['probe-speed-energy']['accuracy']:.1f} ±"
+    assert f"| Motion energy (no network) | {cell}" in table
     # the evaluations start from the pretrainings' best.pt
     config = json.loads((runs / "probe-speed-r3d10-prp" / "config.json").read_text())
     assert config["init"] == str(runs / "pretrain-prp-r3d10" / "best.pt")
@@ -105,10 +116,16 @@ def test_a_rerun_reuses_what_finished_and_resumes_or_redoes_the_rest(tiny_reprod
 def test_the_time_left_is_estimated_from_the_steps_done(tmp_path) -> None:
     steps = plan_steps(PROFILES["synth"], "data/synth", tmp_path)
     units = {s.name: step_units(s, n_train=432, n_test=168) for s in steps}
-    # SMP and PRP cost the same, supervised pretraining less, a frozen-feature step less still
-    assert units["pretrain-smp-c3d"] == units["pretrain-prp-c3d"] > units["pretrain-supervised-c3d"]
+    # SMP and PRP cost the same, supervised pretraining less an epoch, a frozen-feature step less
+    prof = PROFILES["synth"]
+    epochs = prof.pretrain["epochs"], prof.supervised["epochs"]
+    assert units["pretrain-smp-c3d"] == units["pretrain-prp-c3d"]
+    assert units["pretrain-smp-c3d"] / epochs[0] > units["pretrain-supervised-c3d"] / epochs[1]
     assert units["finetune-c3d-smp"] > units["probe-action-c3d-smp"]
     assert units["probe-speed-c3d-smp"] > 5 * units["probe-speed-std-c3d-smp"] > 0  # no features
+    # re-estimating BatchNorm runs more clips through the network; motion energy decodes alone
+    assert units["probe-speed-bn-c3d-smp"] > units["probe-speed-c3d-smp"]
+    assert units["probe-speed-c3d-smp"] > units["probe-speed-energy"] > 0
     records = {
         "pretrain-smp-c3d": {"arch": "c3d", "seconds": 600.0, "units": 3000.0},
         "pretrain-smp-r3d10": {"arch": "r3d10", "seconds": 300.0, "units": 3000.0},
@@ -133,3 +150,19 @@ def test_bad_profiles_and_data_are_refused_in_one_line(tmp_path, synth_tiny) -> 
     assert result.output.strip().splitlines() == [
         "error: profile 'paper' needs --data, e.g. --data ucf101:/path/to/UCF101"
     ]
+
+
+def test_the_plan_has_motion_energy_first_and_a_batchnorm_probe_per_backbone(tmp_path) -> None:
+    steps = plan_steps(PROFILES["tiny"], "data/synth-tiny", tmp_path)
+    evaluations = [s for s in steps if s.kind != "pretrain"]
+    assert evaluations[0].name == "probe-speed-energy" and evaluations[0].arch == ""
+    assert [s.name for s in steps].count("probe-speed-energy") == 1
+    assert evaluations[0].settings["init"] == "motion-energy"
+    assert evaluations[0].settings["standardize"]
+    names = [s.name for s in evaluations]
+    archs = PROFILES["tiny"].archs
+    refits = [f"probe-speed-bn-{arch}-{init}" for arch in archs for init in INITS]
+    assert names[1 + 2 * len(refits) : 1 + 3 * len(refits)] == refits  # after the speed probes
+    by_name = {s.name: s for s in steps}
+    speed, refit = by_name["probe-speed-c3d-prp"], by_name["probe-speed-bn-c3d-prp"]
+    assert refit.settings == speed.settings | {"refit_bn": REFIT_BN}
