@@ -172,7 +172,8 @@ HELP = {
     "val_fraction": "Share of training groups held out to pick best.pt.",
     "precise_bn": "Training batches that recompute BatchNorm statistics at each epoch end, "
     "before validation and saving (0 = keep the running averages).",
-    "lam_schedule": "SMP mask blend: exp, linear, sigmoid, dpau (lambda=0), cam (lambda=1).",
+    "lam_schedule": "SMP mask blend over the epochs, each taken at its place in a 300-epoch run: "
+    "exp, log, sigmoid, plinear, linear, dpau (lambda=0) or cam (lambda=1).",
     "mg": "SMP multiple-granularity rate heads on c4, c3, c2.",
     "workers": "Data loading processes (auto: none on a CPU, where the step already uses every "
     "core; on a GPU, all the rank's cores but one, at most 16).",
