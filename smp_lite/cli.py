@@ -9,7 +9,7 @@ import shlex
 import sys
 import typing
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +19,7 @@ from . import __version__, evaluate
 from . import probe as linear_probe
 from .bench import BenchConfig, bench, bench_config, format_report, write_section
 from .errors import DataError, RunInterrupted, TrainError
+from .evaluate import EvalConfig
 from .models import ARCHS
 from .synth import DEFAULT_DATA
 from .train import PRESETS, TrainConfig, make_config, train
@@ -190,8 +191,9 @@ HELP = {
     "architecture, or one of the original PRP/SMP code (c3d, r3d10, r21d10).",
     "resume": "Continue the run in OUT from last.pt, mid-epoch too.",
     "overwrite": "Replace the run in OUT (kept until the new run saves its first last.pt).",
-    "init": "The backbone to evaluate: random, or a checkpoint (smp-lite of any task, or "
-    "the original PRP/SMP code's c3d, r3d10, r21d10).",
+    "init": "The backbone to evaluate: random, a checkpoint (smp-lite of any task, or the "
+    "original PRP/SMP code's c3d, r3d10, r21d10), or a run folder (its best.pt, else last.pt) "
+    "[default: the latest pretraining of --arch under runs/, the best.pt saved last].",
     "target": "What the linear layer learns: speed (the 4 playback rates) or action.",
     "train_views": "Cached training clips per video (and per rate for speed).",
     "standardize": "Standardise each feature dimension with the training clips' mean and std "
@@ -209,9 +211,11 @@ HELP = {
 }
 PROBE_HELP = HELP | {
     "init": "The backbone to evaluate: random, a checkpoint (smp-lite of any task, or the "
-    "original PRP/SMP code's c3d, r3d10, r21d10), or motion-energy (speed target only): no "
-    "network, one number per clip, the log mean squared difference between its consecutive "
-    "frames; a baseline (its scale is arbitrary: reproduce adds --standardize).",
+    "original PRP/SMP code's c3d, r3d10, r21d10), a run folder (its best.pt, else last.pt), or "
+    "motion-energy (speed target only): no network, one number per clip, the log mean squared "
+    "difference between its consecutive frames; a baseline (its scale is arbitrary: reproduce "
+    "adds --standardize) [default: with --features, that run's; else the latest pretraining "
+    "of --arch under runs/, the best.pt saved last].",
     "precise_bn": "Fine-tuning's: must stay 0 here, the linear layer has no BatchNorm (--refit-bn "
     "re-estimates the frozen backbone's).",
 }
@@ -361,19 +365,51 @@ def evaluation(
 ) -> None:
     if settings["resize"] is not None:
         settings["resize"] = parse_size(settings["resize"])
-    cfg = evaluate.make_eval_config(kind, **settings)
-    results = interruptible(ctx, run, cfg, progress)
+    cfg = evaluate.make_eval_config(kind, **settings)  # the other settings checked first
+    chosen = {}
+    if settings["init"] is None:
+        cfg = replace(cfg, init=default_init(cfg))
+        chosen["init"] = cfg.init  # a resume must evaluate it, whatever is pretrained meanwhile
+    elif cfg.init != str(settings["init"]) and is_main_process():
+        typer.echo(f"init: {cfg.init}")  # a run folder given: which of its checkpoints
+    results = interruptible(ctx, run, cfg, progress, chosen)
     if is_main_process():
         typer.echo(f"done: {evaluate.eval_out(cfg)} ({evaluate.summary(results)})")
 
 
-def interruptible(ctx: typer.Context, run: Callable, cfg: object, progress: bool) -> dict:
-    """`run(cfg)`; on Ctrl-C or SIGTERM, print how to go on and exit 130."""
+def default_init(cfg: EvalConfig) -> str:
+    """The backbone an evaluation given no --init evaluates: a probe on another probe's
+    features, that probe's (the features must be of it); else the latest pretraining of the
+    arch under runs/ (the newcomer's path: pretrain, then probe), said in one line. With none,
+    an error: an evaluation of random weights should be asked for, not stumbled into."""
+    if getattr(cfg, "features", ""):
+        source = Path(cfg.features)
+        return evaluate.run_config(source if source.is_dir() else source.parent).get(
+            "init", "random"
+        )  # features_file checks the rest
+    latest = evaluate.latest_pretraining(cfg.arch)
+    if latest is None:
+        raise TrainError(
+            f"no {cfg.arch} pretraining in runs/: run smp-lite pretrain --arch {cfg.arch} "
+            "first, or pass --init random for random weights (or --init PATH, a checkpoint or "
+            "run folder)"
+        )
+    if is_main_process():
+        note = f"the latest {cfg.arch} pretraining; --init random for random weights"
+        typer.echo(f"init: {latest} ({note})")
+    return str(latest)
+
+
+def interruptible(
+    ctx: typer.Context, run: Callable, cfg: object, progress: bool, chosen: dict | None = None
+) -> dict:
+    """`run(cfg)`; on Ctrl-C or SIGTERM, print how to go on (with the options in `chosen`,
+    picked for the user) and exit 130."""
     try:
         return run(cfg, progress=progress)
     except RunInterrupted as stopped:
         if is_main_process():
-            command = resume_command(ctx, stopped.checkpoint.parent)
+            command = resume_command(ctx, stopped.checkpoint.parent, chosen or {})
             typer.echo(f"{stopped}; to go on from there, run:\n  {command}", err=True)
         raise typer.Exit(130) from None
 
@@ -397,21 +433,28 @@ for command, config, helps in (
 @friendly_errors
 def report(
     runs: Annotated[
-        list[Path], typer.Argument(metavar="RUN", help="Run folders (written by pretrain).")
+        list[Path],
+        typer.Argument(
+            metavar="RUN",
+            help="Run folders: of pretrain, probe, finetune or retrieve, in any mix.",
+        ),
     ],
     figure: Annotated[
         Path | None,
-        typer.Option(help="Also save the per-epoch accuracy of every run to this PNG."),
+        typer.Option(help="Also save the per-epoch accuracy of every run with epochs to this PNG."),
     ] = None,
     table: Annotated[
-        Path | None, typer.Option(help="Also write the markdown table to this file.")
+        Path | None, typer.Option(help="Also write the markdown tables to this file.")
     ] = None,
 ) -> None:
-    """Print a markdown table of the runs' held-out accuracy; optionally plot their curves."""
-    from .report import plot_curves, pretrain_table
+    """Print markdown tables of the runs: pretrainings' held-out accuracy, evaluations' results
+    and last epoch; a note for what a run cannot show; optionally plot their curves."""
+    from .report import plot_curves, report_text
 
-    text = pretrain_table(runs)
+    text, notes = report_text(runs)
     typer.echo(text)
+    for note in notes:
+        typer.echo(f"note: {note}")
     if table is not None:
         table.parent.mkdir(parents=True, exist_ok=True)
         table.write_text(text + "\n")
@@ -519,9 +562,12 @@ app.command("bench")(
 )
 
 
-def resume_command(ctx: typer.Context, out: Path) -> str:
-    """This command with the options the user gave, ending in --resume --out OUT."""
+def resume_command(ctx: typer.Context, out: Path, chosen: dict[str, str] | None = None) -> str:
+    """This command with the options the user gave and those `chosen` for them, ending in
+    --resume --out OUT."""
     args = ["smp-lite", *(["--debug"] if state["debug"] else []), ctx.info_name]
+    for name, value in (chosen or {}).items():
+        args += [f"--{name.replace('_', '-')}", value]
     for param in ctx.command.params:
         source = ctx.get_parameter_source(param.name)
         if param.name in ("out", "resume", "overwrite") or source.name != "COMMANDLINE":

@@ -542,7 +542,8 @@ def training_clips(loader: DataLoader, batches: int, rt: Runtime, at: Progress):
 
 def format_row(row: dict) -> str:
     keys = ["epoch", "train_loss", "val_loss", "train_acc_rate_c5", "val_acc_rate_c5"]
-    keys += ["train_acc_action", "val_acc_action", "clips_per_s"]
+    keys += ["train_acc_speed", "val_acc_speed", "train_acc_action", "val_acc_action"]
+    keys += ["clips_per_s"]
     return "  ".join(
         f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}"
         for k in keys

@@ -8,11 +8,13 @@ retrieval share, and the latter two.
 - `retrieve(cfg)`: test videos query the training videos by the cosine similarity of their
   retrieval features; top-k hit rates.
 
-Each takes `init`: "random" or a checkpoint (a smp-lite one of any task, or the original
-PRP/SMP code's weights), and the speed probe also "motion-energy", a baseline with no network
-(probe.py). Each writes a run folder: config.json, results.json (every number, each test
-item's correctness for paired comparisons, the time it took, the device), and for the trained
-ones metrics.jsonl and last.pt, resumable like pretraining (they run on the engine's loop).
+Each takes `init`: "random", a checkpoint (a smp-lite one of any task, or the original
+PRP/SMP code's weights) or a run folder (its best.pt, else last.pt), and the speed probe also
+"motion-energy", a baseline with no network (probe.py); `latest_pretraining` finds what the
+command line evaluates when given no --init. Each writes a run folder: config.json,
+results.json (every number, each test item's correctness for paired comparisons, the time it
+took, the device), and for the trained ones metrics.jsonl and last.pt, resumable like
+pretraining (they run on the engine's loop).
 Here: their configs (`make_eval_config`), the start of a run, frozen features (`outputs`), and
 the reports.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import time
 from dataclasses import asdict, dataclass, replace
@@ -34,7 +37,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from tqdm import tqdm  # text bars: the same in a terminal and a notebook
 
-from .checkpoint import RESULTS, load_backbone
+from .checkpoint import BEST, CONFIG, LAST, RESULTS, load_backbone
 from .data import EpochSampler, VideoDataset, to_float
 from .engine import (
     Run,
@@ -50,7 +53,7 @@ from .index import load_index
 from .models import ARCHS, ActionNet, build_backbone, pooled_feature, retrieval_feature
 from .runtime import Runtime, loader_workers, make_runtime, unwrap
 from .synth import DEFAULT_DATA
-from .train import accuracy_at_rate, as_settings, is_generated, supervised_step
+from .train import TASKS, accuracy_at_rate, as_settings, is_generated, supervised_step
 
 TARGETS = ("speed", "action")
 TOP_K = (1, 5, 10, 20, 50)
@@ -66,8 +69,9 @@ class EvalConfig:
     """What every evaluation shares; defaults are method.md's (UCF101 clips)."""
 
     arch: str = "r3d18"
-    # "random", a checkpoint (smp-lite, or original PRP/SMP weights), or for the speed probe
-    # MOTION_ENERGY (no network: `arch` is unused)
+    # "random", a checkpoint (smp-lite, or original PRP/SMP weights; make_eval_config takes a
+    # run folder for its checkpoint), or for the speed probe MOTION_ENERGY (no network: `arch`
+    # is unused)
     init: str = "random"
     data: str = DEFAULT_DATA
     split: int = 1
@@ -145,6 +149,8 @@ def make_eval_config(kind: str, preset: str | None = None, **overrides) -> EvalC
     """The config of evaluation `kind` (probe, finetune, retrieve) from a preset (quick on
     generated data, paper on real data) and overrides; an override of None keeps the preset's."""
     overrides = as_settings(overrides)
+    if "init" in overrides:
+        overrides["init"] = init_file(overrides["init"])
     preset = preset or ("quick" if is_generated(overrides.get("data", DEFAULT_DATA)) else "paper")
     if preset not in EVAL_PRESETS:
         raise ConfigError(f"unknown preset {preset!r}: choose one of {', '.join(EVAL_PRESETS)}")
@@ -157,12 +163,58 @@ def make_eval_config(kind: str, preset: str | None = None, **overrides) -> EvalC
     return cfg
 
 
+def init_file(init: str) -> str:
+    """`init` with a run folder replaced by its checkpoint: best.pt, else last.pt (fine-tuning
+    keeps no best.pt, nor does a pretraining stopped in its first epoch). A folder with neither,
+    or a probe's (its last.pt is the linear layer, no backbone), is refused in one line."""
+    path = Path(init)
+    if init in ("", "random", MOTION_ENERGY) or not path.is_dir():
+        return init  # a file, or a path that validate_eval refuses
+    task = str(run_config(path).get("task", ""))
+    if task.startswith("probe"):
+        raise ConfigError(
+            f"--init {init}: a {task} run holds a linear layer, not a backbone: give a "
+            "pretraining or fine-tuning run"
+        )
+    for name in (BEST, LAST):
+        if (path / name).is_file():
+            return str(path / name)
+    raise ConfigError(
+        f"--init {init}: a folder without {BEST} or {LAST}, so no backbone to start from: give "
+        "a pretraining or fine-tuning run folder, a checkpoint file, or random"
+    )
+
+
+def latest_pretraining(arch: str, runs: str | Path = "runs") -> Path | None:
+    """The best.pt saved last among the pretraining runs of `arch` under `runs`, at any depth
+    (make reproduce and the tutorials keep theirs in subfolders), or None: what `smp-lite
+    probe`, `finetune` and `retrieve` evaluate when given no --init."""
+    found = []
+    for folder, subfolders, files in os.walk(runs):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]  # .previous: replaced
+        if BEST in files and CONFIG in files:
+            config = run_config(Path(folder))
+            if config.get("task") in TASKS and config.get("arch") == arch:
+                found.append(Path(folder) / BEST)
+    # the path breaks ties: the same answer whatever order the file system lists folders in
+    return max(found, key=lambda p: (p.stat().st_mtime, str(p)), default=None)
+
+
+def run_config(folder: Path) -> dict:
+    """A run folder's config.json, or {} where there is none readable."""
+    try:
+        config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
 def validate_eval(cfg: EvalConfig) -> None:
     checks = [
         (cfg.arch in ARCHS, f"unknown architecture {cfg.arch!r}: choose one of {', '.join(ARCHS)}"),
         (
             cfg.init in ("random", MOTION_ENERGY) or Path(cfg.init).is_file(),
-            f"--init {cfg.init}: no such checkpoint file (or 'random')",
+            f"--init {cfg.init}: no such checkpoint file or run folder (or 'random')",
         ),
         (
             cfg.init != MOTION_ENERGY or isinstance(cfg, ProbeConfig) and cfg.target == "speed",

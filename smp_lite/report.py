@@ -1,9 +1,12 @@
-"""Results of training runs as a table and a picture, from their metrics.jsonl and config.json.
+"""Results of runs as tables and a picture, from their config.json, metrics.jsonl and
+results.json.
 
-`pretrain_table(runs)` gives a markdown table of each run's held-out accuracy (the c5 rate head
-for PRP and SMP, the action head for supervised runs) at best.pt and at the last epoch;
-`plot_curves(runs, png)` draws the per-epoch validation and training accuracy of each run.
-`smp-lite report RUN...` prints the one and writes the other; `make reproduce` calls it.
+`pretrain_table(runs)` gives a markdown table of each pretraining's held-out accuracy (the c5
+rate head for PRP and SMP, the action head for supervised runs) at best.pt and at the last
+epoch; `eval_table(runs)` one of each evaluation's result (probe, fine-tuning, retrieval) and
+last epoch; `plot_curves(runs, png)` draws the per-epoch accuracy of each run that has epochs.
+`smp-lite report RUN...` prints `report_text` and writes the picture; `make reproduce` calls
+`pretrain_table` and the tables below.
 """
 
 from __future__ import annotations
@@ -13,15 +16,30 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import CONFIG, METRICS, RESULTS
 from .data import open_video, read_frames
 from .errors import TrainError
-from .evaluate import json_text, paired_bootstrap_std
+from .evaluate import MOTION_ENERGY, json_text, paired_bootstrap_std
 from .folders import read_metrics
 from .index import load_index
+from .train import TASKS
+
+
+def report_text(runs: list[str | Path]) -> tuple[str, list[str]]:
+    """The tables of `runs` (pretrainings, then evaluations: any mix) and one note per thing a
+    run cannot show that a pretraining would."""
+    read = [(run, *read_run(run)) for run in runs]
+    pretrainings = [run for run, config, _ in read if config["task"] in TASKS]
+    evaluations = [run for run, config, _ in read if config["task"] not in TASKS]
+    tables = [pretrain_table(pretrainings)] if pretrainings else []
+    tables += [eval_table(evaluations)] if evaluations else []
+    notes = [note for run, config, rows in read for note in run_notes(run, config, rows)]
+    return "\n\n".join(tables), notes
 
 
 def pretrain_table(runs: list[str | Path]) -> str:
-    """One markdown row per run: accuracies in %, best.pt being the lowest validation loss."""
+    """One markdown row per run: accuracies in %, best.pt being the lowest validation loss (the
+    training loss, and "-" for held-out numbers, in a run without validation)."""
     lines = [
         "| run | arch | task | epochs | best.pt: epoch, val acc | last val acc | "
         "mean of last 3 | MG heads c4 / c3 / c2, last | at rate 1 / 2 / 4 / 8, last | "
@@ -33,7 +51,8 @@ def pretrain_table(runs: list[str | Path]) -> str:
         head = main_head(rows)
         best = min(rows, key=lambda r: r.get("val_loss", r["train_loss"]))
         last = rows[-1]
-        tail = [r[f"val_acc_{head}"] for r in rows[-3:]]
+        tail = [r[f"val_acc_{head}"] for r in rows[-3:] if f"val_acc_{head}" in r]
+        mean = pct(sum(tail) / len(tail)) if tail else "-"
         mg = "-"  # PRP and supervised runs have no multiple-granularity heads
         if "val_acc_rate_c4" in last:
             mg = " / ".join(pct(last[f"val_acc_rate_{c}"]) for c in ("c4", "c3", "c2"))
@@ -42,35 +61,102 @@ def pretrain_table(runs: list[str | Path]) -> str:
             at_rate = " / ".join(pct(last[f"val_acc_at_rate_{r}"]) for r in (1, 2, 4, 8))
         lines.append(
             f"| {Path(run).name} | `{config['arch']}` | {config['task']} | {last['epoch']} | "
-            f"{best['epoch']}: {pct(best[f'val_acc_{head}'])} | {pct(last[f'val_acc_{head}'])} | "
-            f"{pct(sum(tail) / len(tail))} | {mg} | {at_rate} | "
-            f"{pct(last[f'train_acc_{head}'])} |"
+            f"{best['epoch']}: {cell(best, f'val_acc_{head}')} | "
+            f"{cell(last, f'val_acc_{head}')} | {mean} | {mg} | {at_rate} | "
+            f"{cell(last, f'train_acc_{head}')} |"
         )
     return "\n".join(lines)
 
 
+def eval_table(runs: list[str | Path]) -> str:
+    """One markdown row per evaluation run: its result (results.json) and its last epoch (a
+    probe validates on the test clips; fine-tuning and retrieval validate on nothing)."""
+    lines = [
+        "| run | arch | kind | init | epochs | last train acc | last test-clip acc | result (%) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        config, rows = read_run(run)
+        last = rows[-1] if rows else {}
+        head = main_head(rows) if rows else ""
+        arch = "-" if config.get("init") == MOTION_ENERGY else f"`{config['arch']}`"
+        lines.append(
+            f"| {Path(run).name} | {arch} | {config['task']} | {init_name(config)} | "
+            f"{last.get('epoch', '-')} | {cell(last, f'train_acc_{head}')} | "
+            f"{cell(last, f'val_acc_{head}')} | {result_cell(read_results(run))} |"
+        )
+    return "\n".join(lines)
+
+
+def result_cell(results: dict | None) -> str:
+    """An evaluation's result in %: accuracy ± its bootstrap std, or the top-k hit rates."""
+    if results is None:
+        return "not finished"
+    if "top_k" in results:
+        spread = results.get("top_k_std", {})
+        return ", ".join(
+            f"top-{k} {100 * v:.1f}" + (f" ± {100 * spread[k]:.1f}" if k in spread else "")
+            for k, v in results["top_k"].items()
+        )
+    text = f"{100 * results['accuracy']:.1f}"
+    text += f" ± {100 * results['accuracy_std']:.1f}" if "accuracy_std" in results else ""
+    return text + (f" ({results['items']} test items)" if "items" in results else "")
+
+
+def init_name(config: dict) -> str:
+    """random, motion-energy, or a checkpoint as its run folder's name and file."""
+    init = Path(str(config.get("init", "random")))
+    return init.name if len(init.parts) < 2 else f"{init.parent.name}/{init.name}"
+
+
+def run_notes(run: str | Path, config: dict, rows: list[dict]) -> list[str]:
+    """What a run cannot show, one line each."""
+    name, task, notes = Path(run).name, config["task"], []
+    if task in TASKS and "val_loss" not in rows[-1]:
+        notes.append(f"{name}: no held-out accuracy (run with --val-fraction 0)")
+    if task not in TASKS and not (Path(run) / RESULTS).is_file():
+        notes.append(f"{name}: no results.json yet (running, stopped or failed)")
+    if task == "finetune":
+        notes.append(
+            f"{name}: fine-tuning validates on nothing: per epoch, training accuracy only; "
+            "the test videos' is the result"
+        )
+    if task == "retrieve":
+        notes.append(f"{name}: retrieval trains nothing: no epochs, no curve")
+    return notes
+
+
 def plot_curves(runs: list[str | Path], out_png: str | Path) -> Path:
-    """Validation (solid) and training (dashed) accuracy of each run's main head per epoch."""
+    """Per epoch, the held-out accuracy (solid: pretraining's validation, a probe's test clips)
+    and training accuracy (dashed) of each run's main head; runs without epochs are left out."""
     from matplotlib.figure import Figure  # no pyplot: works headless, no global state
 
     fig = Figure(figsize=(7, 4), dpi=100)
     ax = fig.subplots()
     heads = set()
     for i, run in enumerate(runs):
-        _, rows = read_run(run)
+        config, rows = read_run(run)
+        if not rows:
+            continue  # a retrieval
         head = main_head(rows)
         heads.add(head)
-        epochs = [r["epoch"] for r in rows]
-        color = f"C{i}"
-        val = [100 * r[f"val_acc_{head}"] for r in rows]
-        ax.plot(epochs, val, "-o", color=color, ms=3, label=f"{Path(run).name} (val)")
+        epochs, color, name = [r["epoch"] for r in rows], f"C{i}", Path(run).name
+        held_out = "val" if config["task"] in TASKS else "test clips"
+        if f"val_acc_{head}" in rows[-1]:
+            val = [100 * r[f"val_acc_{head}"] for r in rows]
+            ax.plot(epochs, val, "-o", color=color, ms=3, label=f"{name} ({held_out})")
+            style, label = "--", "_"  # "_": no legend entry, the solid line has it
+        else:  # the training line alone: in the legend, with points (one epoch is one point)
+            style, label = "--o", f"{name} (train)"
         train = [100 * r[f"train_acc_{head}"] for r in rows]
-        ax.plot(epochs, train, "--", color=color, alpha=0.6)
-    if "rate_c5" in heads:
+        ax.plot(epochs, train, style, color=color, ms=3, alpha=0.6, label=label)
+    if heads & {"rate_c5", "speed"}:
         ax.axhline(25, color="gray", lw=0.8, ls=":", label="chance (4 rates)")
     ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("accuracy (%), dashed: training")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # none: only retrievals
+        ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     out_png = Path(out_png)
@@ -80,24 +166,50 @@ def plot_curves(runs: list[str | Path], out_png: str | Path) -> Path:
 
 
 def read_run(run: str | Path) -> tuple[dict, list[dict]]:
-    """(config.json, metrics rows) of a run folder with at least one finished epoch."""
+    """(config.json, metrics rows) of a run folder: a pretraining with a finished epoch, or an
+    evaluation with one or its results.json (a retrieval has no rows)."""
     run = Path(run)
-    if not (run / "metrics.jsonl").is_file() or not (run / "config.json").is_file():
+    if not (run / CONFIG).is_file():
         raise TrainError(f"{run} is not a run folder: it has no metrics.jsonl and config.json")
-    rows = read_metrics(run)
-    if not rows:
-        raise TrainError(f"{run} has no finished epoch yet")
-    if "val_loss" not in rows[-1]:
-        raise TrainError(f"{run} has no validation metrics (it was run with --val-fraction 0)")
-    try:
-        config = json.loads((run / "config.json").read_text(encoding="utf-8"))
-    except ValueError as err:  # JSON or UTF-8
-        raise TrainError(f"{run / 'config.json'} is not readable JSON: {err}") from None
+    config = read_json(run / CONFIG)
+    if not isinstance(config, dict) or not {"arch", "task"} <= set(config):
+        raise TrainError(f"{run / CONFIG} is not a smp-lite run's: it names no arch and task")
+    rows = read_metrics(run) if (run / METRICS).is_file() else []
+    if not rows and (config["task"] in TASKS or not (run / RESULTS).is_file()):
+        missing = RESULTS if config["task"] == "retrieve" else "finished epoch"
+        raise TrainError(f"{run} has no {missing} yet")
     return config, rows
 
 
+def read_results(run: str | Path) -> dict | None:
+    """An evaluation's results.json, or None before it has finished."""
+    path = Path(run) / RESULTS
+    if not path.is_file():
+        return None
+    results = read_json(path)
+    if not isinstance(results, dict) or not {"accuracy", "top_k"} & set(results):
+        raise TrainError(f"{path} is not an evaluation's results: no accuracy or top_k")
+    return results
+
+
+def read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:  # JSON or UTF-8
+        raise TrainError(f"{path} is not readable JSON: {err}") from None
+
+
 def main_head(rows: list[dict]) -> str:
-    return "rate_c5" if "val_acc_rate_c5" in rows[-1] else "action"
+    """The head a run is judged by: the c5 rate head (PRP, SMP), the speed probe's, or the
+    action head (supervised pretraining, action probe, fine-tuning)."""
+    for head in ("rate_c5", "speed"):
+        if f"train_acc_{head}" in rows[-1]:
+            return head
+    return "action"
+
+
+def cell(row: dict, key: str) -> str:
+    return pct(row[key]) if key in row else "-"
 
 
 def pct(x: float) -> str:

@@ -15,10 +15,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from smp_lite import evaluate
+from smp_lite import probe as linear_probe
 from smp_lite.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from smp_lite.cli import app
-from smp_lite.errors import ConfigError
-from smp_lite.folders import read_metrics
+from smp_lite.errors import ConfigError, RunInterrupted
+from smp_lite.folders import read_metrics, write_run_folder
 from smp_lite.train import PRESETS, TrainConfig
 
 runner = CliRunner()
@@ -406,3 +408,178 @@ def test_a_full_disk_ends_in_one_line_and_keeps_the_saves_before(ucf_tiny, tmp_p
     assert "MiB free" in line
     assert not list(out.glob("*.tmp")) and not (out / "run.lock").exists()
     assert load_checkpoint(out / "last.pt")["step"] == 1  # the save before is intact
+
+
+# ---------------------------------------------------------------------------------------------
+# The newcomer's path: pretrain, then evaluate what was pretrained (no --init)
+
+
+def write_run(folder, task: str, arch: str = "r3d10", saved: float = 0.0, files=("best.pt",)):
+    """A run folder by hand: config.json as runs write it and tiny checkpoints `files`, saved
+    at `saved` seconds after 1e9 (their modification time)."""
+    folder.mkdir(parents=True)
+    write_run_folder(folder, {"arch": arch, "task": task, "init": "random", "resume": False}, 0)
+    for name in files:
+        save_checkpoint(folder / name, {"format": CHECKPOINT_FORMAT, "arch": arch, "task": task})
+        os.utime(folder / name, (1e9 + saved, 1e9 + saved))
+    return folder
+
+
+def record_evaluations(monkeypatch) -> list:
+    """Replace probe, fine-tuning and retrieval by a stand-in that records its config and
+    returns a result: what the command line chose, without running anything."""
+    configs = []
+
+    def evaluation(cfg, progress=True):
+        configs.append(cfg)
+        return {"accuracy": 0.5, "accuracy_std": 0.1, "items": 8}
+
+    monkeypatch.setattr(linear_probe, "probe", evaluation)
+    monkeypatch.setattr(evaluate, "finetune", evaluation)
+    monkeypatch.setattr(evaluate, "retrieve", evaluation)
+    return configs
+
+
+@pytest.fixture
+def pretrainings(tmp_path, monkeypatch):
+    """runs/ with two r3d10 pretrainings (the newer one nested, as make reproduce keeps them)
+    and newer best.pt files that are no r3d10 pretraining: another arch's, an evaluation's, and
+    the run an --overwrite set aside."""
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs"
+    write_run(runs / "smp-r3d10-synth", "smp", saved=10)
+    write_run(runs / "reproduce-synth" / "pretrain-prp-r3d10", "prp", saved=20)
+    write_run(runs / "smp-c3d-synth", "smp", arch="c3d", saved=30)
+    write_run(runs / "finetune-r3d10-x", "finetune", saved=40)
+    write_run(runs / "smp-r3d10-synth" / ".previous", "smp", saved=50)
+    return runs
+
+
+@pytest.mark.parametrize("command", ["probe", "finetune", "retrieve"])
+def test_evaluations_default_to_the_latest_pretraining_of_their_arch(
+    command, pretrainings, monkeypatch
+) -> None:
+    configs = record_evaluations(monkeypatch)
+    result = runner.invoke(app, [command, "--arch", "r3d10"])
+    assert result.exit_code == 0, result.output
+    latest = "runs/reproduce-synth/pretrain-prp-r3d10/best.pt"
+    assert [cfg.init for cfg in configs] == [latest]
+    kind = "probe-speed" if command == "probe" else command
+    assert result.output.splitlines() == [
+        f"init: {latest} (the latest r3d10 pretraining; --init random for random weights)",
+        f"done: runs/{kind}-r3d10-pretrain-prp-r3d10 (accuracy 50.0% +- 10.0 over 8 test items)",
+    ]
+    # c3d's own pretraining is its latest, though an r3d10 one was saved since
+    write_run(pretrainings / "smp-r3d10-later", "smp", saved=35)
+    assert runner.invoke(app, [command, "--arch", "c3d"]).exit_code == 0
+    assert configs[-1].init == "runs/smp-c3d-synth/best.pt"
+
+
+def test_init_random_is_honoured_silently(pretrainings, monkeypatch) -> None:
+    configs = record_evaluations(monkeypatch)
+    result = runner.invoke(app, ["probe", "--arch", "r3d10", "--init", "random"])
+    assert result.exit_code == 0, result.output
+    assert configs[0].init == "random"
+    assert result.output.splitlines() == [
+        "done: runs/probe-speed-r3d10-random (accuracy 50.0% +- 10.0 over 8 test items)"
+    ]
+
+
+def test_no_pretraining_to_evaluate_is_one_line(tmp_path, monkeypatch) -> None:
+    """Refused before any work (the default dataset is not generated): random weights are
+    evaluated only when asked for."""
+    monkeypatch.chdir(tmp_path)
+    write_run(tmp_path / "runs" / "smp-c3d-synth", "smp", arch="c3d")
+    result = runner.invoke(app, ["probe", "--arch", "r3d10"])
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        "error: no r3d10 pretraining in runs/: run smp-lite pretrain --arch r3d10 first, or "
+        "pass --init random for random weights (or --init PATH, a checkpoint or run folder)\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+
+
+def test_the_resume_command_names_the_init_it_chose(pretrainings, monkeypatch) -> None:
+    """A resume evaluates the same backbone, whatever has been pretrained in between."""
+
+    def stopped(cfg, progress=True):
+        raise RunInterrupted(evaluate.eval_out(cfg) / "last.pt")
+
+    monkeypatch.setattr(evaluate, "finetune", stopped)
+    result = runner.invoke(app, ["finetune", "--arch", "r3d10", "--epochs", "3"])
+    assert result.exit_code == 130, result.output
+    command = shlex.split(result.output.strip().splitlines()[-1])
+    latest = "runs/reproduce-synth/pretrain-prp-r3d10/best.pt"
+    assert command[:4] == ["smp-lite", "finetune", "--init", latest]
+    assert command[-3:] == ["--resume", "--out", "runs/finetune-r3d10-pretrain-prp-r3d10"]
+    assert "--epochs" in command
+
+
+def test_a_probe_on_cached_features_defaults_to_their_init(pretrainings, monkeypatch) -> None:
+    """Not the latest pretraining: the features are checked to be of their run's init."""
+    configs = record_evaluations(monkeypatch)
+    write_run(pretrainings / "probe-speed-r3d10-random", "probe-speed", files=("features.pt",))
+    args = ["probe", "--arch", "r3d10", "--features", "runs/probe-speed-r3d10-random"]
+    result = runner.invoke(app, [*args, "--standardize", "--out", "runs/std"])
+    assert result.exit_code == 0, result.output
+    assert configs[0].init == "random" and not result.output.startswith("init:")
+
+
+@pytest.mark.parametrize(
+    "files, chosen",
+    [(("best.pt", "last.pt"), "best.pt"), (("last.pt",), "last.pt")],
+)
+def test_a_run_folder_as_init_means_its_best_then_its_last_checkpoint(
+    files, chosen, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    configs = record_evaluations(monkeypatch)
+    write_run(tmp_path / "old" / "sup-r3d10", "supervised", files=files)
+    result = runner.invoke(app, ["probe", "--arch", "r3d10", "--init", "old/sup-r3d10"])
+    assert result.exit_code == 0, result.output
+    assert configs[0].init == f"old/sup-r3d10/{chosen}"
+    assert result.output.splitlines()[0] == f"init: old/sup-r3d10/{chosen}"
+    assert "done: runs/probe-speed-r3d10-sup-r3d10 (" in result.output  # named after the run
+
+
+@pytest.mark.parametrize(
+    "task, message",
+    [
+        ("", "a folder without best.pt or last.pt, so no backbone to start from: give a "),
+        ("retrieve", "a folder without best.pt or last.pt, so no backbone to start from: give "),
+        ("probe-speed", "a probe-speed run holds a linear layer, not a backbone: give a "),
+    ],
+)
+def test_a_folder_without_a_backbone_as_init_is_one_line(task, message, tmp_path) -> None:
+    folder = tmp_path / "run"
+    if task:  # a retrieval saves no checkpoint; a probe's last.pt is its linear layer
+        write_run(folder, task, files=("last.pt",) if task == "probe-speed" else ())
+    else:
+        folder.mkdir()
+    for command in ("probe", "finetune", "retrieve"):
+        result = runner.invoke(app, [command, "--init", str(folder), "--out", str(tmp_path / "x")])
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(f"error: --init {folder}: {message}")
+        assert len(result.output.splitlines()) == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_pretrain_then_retrieve_just_works(pretrained, ucf_tiny, tmp_path, monkeypatch) -> None:
+    """The newcomer's path for real: a pretraining in runs/, then `retrieve` and `report`
+    with no more than the clip settings."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(pretrained.parent, tmp_path / "runs" / "smp-r3d10-tiny")
+    clips = ["--clip-len", "8", "--resize", "32x40", "--crop", "32", "--test-views", "1"]
+    args = ["retrieve", "--arch", "r3d10", "--data", str(ucf_tiny), *clips, "--no-progress"]
+    result = runner.invoke(app, [*args, "--workers", "0", "--precision", "fp32"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("init: runs/smp-r3d10-tiny/best.pt (the latest r3d10 ")
+    out = tmp_path / "runs" / "retrieve-r3d10-smp-r3d10-tiny"
+    assert json.loads((out / "config.json").read_text())["init"] == ("runs/smp-r3d10-tiny/best.pt")
+    report = runner.invoke(app, ["report", "runs/smp-r3d10-tiny", str(out)])
+    assert report.exit_code == 0, report.output
+    assert "| smp-r3d10-tiny | `r3d10` | smp | 1 |" in report.output
+    assert (
+        "| retrieve-r3d10-smp-r3d10-tiny | `r3d10` | retrieve | smp-r3d10-tiny/best.pt | - |"
+        in (report.output)
+    )

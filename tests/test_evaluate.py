@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
+from test_cli import write_run
 from torchmetrics.retrieval import RetrievalHitRate
 from typer.testing import CliRunner
 
@@ -13,9 +15,11 @@ from smp_lite.errors import ConfigError
 from smp_lite.evaluate import (
     TOP_K,
     bootstrap_std,
+    eval_out,
     finetune,
     first_of_each,
     json_text,
+    latest_pretraining,
     make_eval_config,
     neighbours,
     paired_bootstrap_std,
@@ -173,7 +177,8 @@ def test_finetuning_gives_the_same_numbers_whatever_ran_before(ucf_tiny, tmp_pat
         (["probe", "--precise-bn", "2"], "--precise-bn is for fine-tuning"),
     ],
 )
-def test_bad_evaluation_input_is_one_line(args, message, tmp_path) -> None:
+def test_bad_evaluation_input_is_one_line(args, message, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no runs/: a bad option is reported before the init is sought
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "x")])
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
@@ -199,3 +204,19 @@ def test_presets_of_evaluations() -> None:
     assert (tuned.epochs, tuned.lr_step_epoch, tuned.batch_size, tuned.lr) == (160, 100, 8, 0.001)
     with pytest.raises(ConfigError, match="unknown settings for retrieve: epochs"):
         make_eval_config("retrieve", epochs=3)
+
+
+def test_the_python_api_keeps_random_and_takes_a_run_folder(tmp_path, monkeypatch) -> None:
+    """Only the command line looks for the latest pretraining: make reproduce and the
+    notebooks evaluate what they name."""
+    monkeypatch.chdir(tmp_path)
+    assert latest_pretraining("r3d10") is None  # no runs/ at all
+    run = write_run(tmp_path / "runs" / "smp-r3d10-synth", "smp", files=("best.pt", "last.pt"))
+    assert latest_pretraining("r3d10") == Path("runs/smp-r3d10-synth/best.pt")
+    assert latest_pretraining("r3d10", tmp_path / "runs") == run / "best.pt"
+    assert make_eval_config("probe").init == "random"
+    tuned = make_eval_config("finetune", init=run)
+    assert tuned.init == str(run / "best.pt")
+    assert eval_out(tuned) == Path("runs/finetune-r3d18-smp-r3d10-synth")
+    with pytest.raises(ConfigError, match="a folder without best.pt or last.pt"):
+        make_eval_config("retrieve", init=tmp_path / "runs")

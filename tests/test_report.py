@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 
 from smp_lite.cli import app
 from smp_lite.errors import TrainError
-from smp_lite.evaluate import paired_bootstrap_std
-from smp_lite.folders import read_metrics
+from smp_lite.evaluate import paired_bootstrap_std, write_results
+from smp_lite.folders import append_metrics, read_metrics, write_run_folder
 from smp_lite.report import (
     plot_curves,
     plot_speed_confusions,
@@ -87,6 +87,115 @@ def test_report_of_a_killed_run_and_of_torn_files(two_runs, tmp_path) -> None:
     bad = runner.invoke(app, ["report", str(run)])
     assert bad.exit_code == 1 and len(bad.output.strip().splitlines()) == 1
     assert bad.output.startswith(f"error: {run / 'config.json'} is not readable JSON: ")
+
+
+def hand_run(folder, task: str, rows=(), results=None, init="random"):
+    """A run folder as smp-lite writes one, by hand: config.json, metrics rows, results.json."""
+    folder.mkdir(parents=True)
+    write_run_folder(folder, {"arch": "r3d10", "task": task, "init": init, "resume": False}, 0)
+    for row in rows:
+        append_metrics(folder, row)
+    if results is not None:
+        write_results(folder, results)
+    return folder
+
+
+def evaluation_runs(root) -> list:
+    """A finished speed probe, fine-tuning and retrieval, and an action probe still running,
+    with the rows and results.json each writes."""
+    init = "runs/smp-r3d10-synth/best.pt"
+    probe_rows = [
+        {"epoch": e, "train_loss": 1.0, "train_acc_speed": t, "val_loss": 1.1, "val_acc_speed": v}
+        for e, t, v in ((1, 0.4, 0.35), (2, 0.5, 0.45))
+    ]
+    tune_rows = [
+        {"epoch": e, "train_loss": 2.0, "train_acc_action": t} for e, t in ((1, 0.2), (2, 0.3))
+    ]
+    accuracy = {"accuracy": 0.45, "accuracy_std": 0.031, "items": 96, "per_class": {}}
+    top_k = {"top_k": {"1": 0.25, "5": 0.5}, "top_k_std": {"1": 0.03, "5": 0.04}, "queries": 12}
+    return [
+        hand_run(
+            root / "probe", "probe-speed", probe_rows, {"kind": "probe-speed", **accuracy}, init
+        ),
+        hand_run(
+            root / "tune",
+            "finetune",
+            tune_rows,
+            {"kind": "finetune", **accuracy, "accuracy": 0.25, "accuracy_std": 0.05, "items": 12},
+            init,
+        ),  # fmt: skip
+        hand_run(root / "retrieval", "retrieve", results={"kind": "retrieve", **top_k}),
+        hand_run(root / "running", "probe-action", tune_rows[:1]),
+    ]
+
+
+def test_report_of_every_kind_of_run(two_runs, tmp_path) -> None:
+    """Pretraining and evaluation runs in one report: a table each, a note for what a run
+    cannot show, the curves of every run with epochs."""
+    runs = [two_runs[0], *evaluation_runs(tmp_path / "runs")]
+    table, png = tmp_path / "t.md", tmp_path / "curves.png"
+    args = ["report", *map(str, runs), "--table", str(table), "--figure", str(png)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    tables = pretrain_table(two_runs[:1]) + "\n\n" + "\n".join([
+        "| run | arch | kind | init | epochs | last train acc | last test-clip acc | result (%) |",
+        "|---|---|---|---|---|---|---|---|",
+        "| probe | `r3d10` | probe-speed | smp-r3d10-synth/best.pt | 2 | 50.0% | 45.0% | "
+        "45.0 ± 3.1 (96 test items) |",
+        "| tune | `r3d10` | finetune | smp-r3d10-synth/best.pt | 2 | 30.0% | - | "
+        "25.0 ± 5.0 (12 test items) |",
+        "| retrieval | `r3d10` | retrieve | random | - | - | - | "
+        "top-1 25.0 ± 3.0, top-5 50.0 ± 4.0 |",
+        "| running | `r3d10` | probe-action | random | 1 | 20.0% | - | not finished |",
+    ])  # fmt: skip
+    assert result.output == tables + "\n" + "\n".join([
+        "note: tune: fine-tuning validates on nothing: per epoch, training accuracy only; the "
+        "test videos' is the result",
+        "note: retrieval: retrieval trains nothing: no epochs, no curve",
+        "note: running: no results.json yet (running, stopped or failed)",
+        f"figure: {png}",
+    ]) + "\n"  # fmt: skip
+    assert table.read_text() == tables + "\n"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_of_evaluations_alone_and_of_a_pretraining_without_validation(tmp_path) -> None:
+    runs = evaluation_runs(tmp_path / "runs")
+    only = CliRunner().invoke(app, ["report", str(runs[2])])
+    assert only.exit_code == 0, only.output
+    assert only.output.splitlines()[0].startswith("| run | arch | kind | init |")
+    rows = [{"epoch": 1, "train_loss": 1.5, "train_acc_rate_c5": 0.3, "lr": 0.1}]
+    blind = hand_run(tmp_path / "blind", "smp", rows)
+    result = CliRunner().invoke(app, ["report", str(blind), "--figure", str(tmp_path / "c.png")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[2] == "| blind | `r3d10` | smp | 1 | 1: - | - | - | - | - | 30.0% |"
+    assert lines[3] == "note: blind: no held-out accuracy (run with --val-fraction 0)"
+
+
+NOT_SMP_LITE = "config.json is not a smp-lite run's: it names no arch and task"
+RETRIEVAL = '{"arch": "c3d", "task": "retrieve"}'
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({"config.json": '{"epochs": 3}', "metrics.jsonl": ""}, NOT_SMP_LITE),
+        ({"metrics.jsonl": '{"epoch": 1}'}, "is not a run folder: it has no metrics.jsonl and "),
+        ({"config.json": '{"arch": "c3d", "task": "finetune"}'}, "has no finished epoch yet"),
+        ({"config.json": RETRIEVAL}, "has no results.json yet"),
+        ({"config.json": RETRIEVAL, "results.json": "[1]"}, "no accuracy or top_k"),
+    ],
+)
+def test_report_of_a_broken_run_is_one_line(files, message, tmp_path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    for name, text in files.items():
+        (run / name).write_text(text)
+    result = CliRunner().invoke(app, ["report", str(run)])
+    assert result.exit_code == 1, result.output
+    assert len(result.output.splitlines()) == 1 and message in result.output, result.output
+    assert result.output.startswith("error: ") and "Traceback" not in result.output
 
 
 def probe_numbers(accuracy: float, std: float) -> dict:
