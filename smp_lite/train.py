@@ -104,8 +104,7 @@ class TrainConfig:
 
 
 # Presets, (motion tasks, supervised) each: "paper" is method.md; "quick" keeps a pretraining run
-# on the generated dataset to minutes on 2 CPU cores (48x48 crops, 10 epochs: R3D-18 needs 5-7
-# to start learning the rate, README results).
+# on the generated dataset to minutes on 2 CPU cores (48x48 crops, 10 epochs).
 PAPER = TrainConfig()
 QUICK = replace(PAPER, preset="quick", epochs=10, resize=(48, 64), crop=48)
 PRESETS: dict[str, tuple[TrainConfig, TrainConfig]] = {
