@@ -15,21 +15,33 @@ from typing import Annotated
 
 import typer
 
-from . import __version__, evaluate
-from . import probe as linear_probe
-from .bench import BenchConfig, bench, bench_config, format_report, write_section
+# Module level: what --help shows (the settings, their defaults and choices) and nothing else;
+# what a run needs is imported in its command. The settings still live in modules that import
+# torch, torchmetrics (and through it torchvision) and decord, which make --help take seconds.
+from . import __version__
+from .bench import BenchConfig
 from .errors import DataError, RunInterrupted, TrainError
-from .evaluate import EvalConfig
+from .evaluate import (
+    EVAL_PRESETS,
+    TARGETS,
+    EvalConfig,
+    FinetuneConfig,
+    ProbeConfig,
+    RetrieveConfig,
+)
+from .masks import LAMBDA_SCHEDULES
 from .models import ARCHS
 from .synth import DEFAULT_DATA
-from .train import PRESETS, TrainConfig, make_config, train
+from .train import PRESETS, TASK_CROPS, TASKS, TrainConfig
 
 app = typer.Typer(
     help="Self-supervised motion perception (SMP) and playback-rate perception (PRP) for video.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode=None,  # help texts hold brackets ("[kind:]PATH"), not markup
+    # rich's help draws option panels; markdown, not rich markup, keeps the help texts'
+    # brackets ("[kind:]PATH", "[default: ...]")
+    rich_markup_mode="markdown",
 )
 data_app = typer.Typer(help="Create and inspect datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -221,6 +233,43 @@ PROBE_HELP = HELP | {
 }
 
 
+# The --help panels, in order, and the settings each shows (of the commands that have them);
+# the commands' own options (--progress) go to Run.
+PANELS = {
+    "Task": "arch task target init init_from preset".split(),
+    "Data": "data split val_fraction".split(),
+    "Clips": "clip_len resize crop train_crop clips_per_video train_views test_views".split(),
+    "Optimisation": "epochs batch_size lr head_lr_scale momentum weight_decay schedule "
+    "warmup_epochs plateau_patience lr_step_epoch precise_bn".split(),
+    "SMP": "lam_schedule mg".split(),
+    "Probe": "features standardize refit_bn".split(),
+    "Hardware": "workers device precision channels_last compile".split(),
+    "Run": "out seed resume overwrite save_every limit_batches".split(),
+}
+# The settings that take one of a fixed set of values: --help shows them as the metavar. The
+# values are checked by the configs' validation (train.validate, evaluate.validate_eval), which
+# spells the schedules and precisions out itself; tests/test_cli.py holds the two in step.
+CHOICES = {
+    "arch": ARCHS,
+    "task": TASKS,
+    "target": TARGETS,
+    "preset": tuple(PRESETS),
+    "train_crop": tuple(dict.fromkeys(TASK_CROPS.values())),
+    "schedule": ("plateau", "cosine"),
+    "lam_schedule": LAMBDA_SCHEDULES,
+    "precision": ("auto", "bf16", "fp16", "fp32"),
+    "device": ("auto", "cpu", "cuda", "cuda:N"),
+}
+# The other text settings: files, folders and datasets
+METAVARS = {
+    "data": "[KIND:]PATH",
+    "out": "PATH",
+    "init": "random|PATH",
+    "init_from": "PATH",
+    "features": "PATH",
+}
+
+
 def shown_default(name: str, presets: dict[str, tuple], help: str, sep: str = "x") -> str:
     """A setting's default as --help shows it: one value, or the value of each preset (and of
     supervised runs, a preset's second config, where it differs); empty where `help` says it.
@@ -280,10 +329,15 @@ def parse_option(value: object, hint: object) -> object:
 
 
 def with_config_options(
-    command: Callable, config: type, presets: dict[str, tuple], help: dict[str, str]
+    command: Callable,
+    config: type,
+    presets: dict[str, tuple],
+    help: dict[str, str],
+    panels: dict[str, list[str]] | None = None,
 ) -> Callable:
     """Give `command` (which takes **settings) one option per field of the dataclass `config`,
-    defaulting to None so that the config decides, with `help` and the presets' defaults."""
+    defaulting to None so that the config decides, with `help` and the presets' defaults, in
+    the --help panels of `panels` (in their order; none: one list)."""
     hints = typing.get_type_hints(config)
     own_hints = typing.get_type_hints(command, include_extras=True)
     own = [
@@ -292,15 +346,15 @@ def with_config_options(
         if p.kind is not p.VAR_KEYWORD
     ]
     params = [p for p in own if p.kind is not p.KEYWORD_ONLY]
-    for f in fields(config):
+    panel_of = {name: panel for panel, names in (panels or {}).items() for name in names}
+    order = list(panel_of)  # typer shows the panels in the order of their first option
+    for f in sorted(fields(config), key=lambda f: order.index(f.name) if f.name in order else -1):
         kind, sep = option_type(hints[f.name]), "," if is_list(hints[f.name]) else "x"
-        metavar = kind.__name__.upper()
-        if typing.get_origin(without_none(hints[f.name])) is tuple:
-            metavar = "A,B,..." if sep == "," else "HxW"
         option = typer.Option(
             help=help[f.name] + shown_default(f.name, presets, help[f.name], sep),
             show_default=False,
-            metavar=None if kind is bool else metavar,
+            metavar=None if kind is bool else metavar(f.name, hints[f.name]),
+            rich_help_panel=panel_of.get(f.name),
         )
         params.append(
             inspect.Parameter(
@@ -315,13 +369,37 @@ def with_config_options(
     return command
 
 
+def metavar(name: str, hint: object) -> str:
+    """What --help shows after a setting's option: its choices, [KIND:]PATH and the like, HxW
+    for a size, A,B,... for a list, else its type (INT, FLOAT, TEXT)."""
+    if name in CHOICES:
+        return f"[{'|'.join(CHOICES[name])}]"
+    if name in METAVARS:
+        return METAVARS[name]
+    if typing.get_origin(without_none(hint)) is tuple:
+        return "A,B,..." if is_list(hint) else "HxW"
+    kind = option_type(hint)
+    return "TEXT" if kind is str else kind.__name__.upper()
+
+
+# --progress of the runs' commands: bars only, a log without them still gets the numbers
+ShowProgress = Annotated[
+    bool,
+    typer.Option(
+        help="Show progress bars (the epoch rows print either way).", rich_help_panel="Run"
+    ),
+]
+
+
 def pretrain(
     ctx: typer.Context,
     *,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: ShowProgress = True,
     **settings,
 ) -> None:
     """Pretrain a backbone by motion perception (SMP), playback rate (PRP) or action labels."""
+    from .train import make_config, train
+
     if settings["resize"] is not None:
         settings["resize"] = parse_size(settings["resize"])
     result = interruptible(ctx, train, make_config(**settings), progress)
@@ -332,37 +410,45 @@ def pretrain(
 def probe(
     ctx: typer.Context,
     *,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: ShowProgress = True,
     **settings,
 ) -> None:
     """Linear probe on a frozen backbone: the playback rate (speed; the seed's Table 1) or the
     action. Features are computed once and cached in the run folder."""
+    from . import probe as linear_probe
+
     evaluation(ctx, "probe", linear_probe.probe, settings, progress)
 
 
 def finetune(
     ctx: typer.Context,
     *,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: ShowProgress = True,
     **settings,
 ) -> None:
     """Fine-tune a backbone on action labels; test with 10 clips per test video."""
+    from . import evaluate
+
     evaluation(ctx, "finetune", evaluate.finetune, settings, progress)
 
 
 def retrieve(
     ctx: typer.Context,
     *,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: ShowProgress = True,
     **settings,
 ) -> None:
     """Video retrieval: test videos query the training videos; top-1/5/10/20/50 hit rates."""
+    from . import evaluate
+
     evaluation(ctx, "retrieve", evaluate.retrieve, settings, progress)
 
 
 def evaluation(
     ctx: typer.Context, kind: str, run: Callable, settings: dict, progress: bool
 ) -> None:
+    from . import evaluate
+
     if settings["resize"] is not None:
         settings["resize"] = parse_size(settings["resize"])
     cfg = evaluate.make_eval_config(kind, **settings)  # the other settings checked first
@@ -382,6 +468,8 @@ def default_init(cfg: EvalConfig) -> str:
     features, that probe's (the features must be of it); else the latest pretraining of the
     arch under runs/ (the newcomer's path: pretrain, then probe), said in one line. With none,
     an error: an evaluation of random weights should be asked for, not stumbled into."""
+    from . import evaluate
+
     if getattr(cfg, "features", ""):
         source = Path(cfg.features)
         return evaluate.run_config(source if source.is_dir() else source.parent).get(
@@ -418,15 +506,15 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 speaks for all
 
 
-app.command()(friendly_errors(with_config_options(pretrain, TrainConfig, PRESETS, HELP)))
+app.command()(friendly_errors(with_config_options(pretrain, TrainConfig, PRESETS, HELP, PANELS)))
 for command, config, helps in (
-    (probe, evaluate.ProbeConfig, PROBE_HELP),
-    (finetune, evaluate.FinetuneConfig, HELP),
-    (retrieve, evaluate.RetrieveConfig, HELP),
+    (probe, ProbeConfig, PROBE_HELP),
+    (finetune, FinetuneConfig, HELP),
+    (retrieve, RetrieveConfig, HELP),
 ):
     kind = command.__name__
-    presets = {name: (configs[kind],) for name, configs in evaluate.EVAL_PRESETS.items()}
-    app.command()(friendly_errors(with_config_options(command, config, presets, helps)))
+    presets = {name: (configs[kind],) for name, configs in EVAL_PRESETS.items()}
+    app.command()(friendly_errors(with_config_options(command, config, presets, helps, PANELS)))
 
 
 @app.command()
@@ -543,6 +631,8 @@ def bench_command(
     """Time each part of a pretraining step alone: matmul peak, compute (with FLOPs and the
     share of the peak), the loader per rate and worker count, the original code's loading
     style on the same files, and train() end to end."""
+    from .bench import bench, bench_config, format_report, write_section
+
     hints = typing.get_type_hints(BenchConfig)
     parsed = {k: parse_option(v, hints[k]) for k, v in settings.items() if v is not None}
     options = [f"--{k.replace('_', '-')} {v}" for k, v in settings.items() if v is not None]

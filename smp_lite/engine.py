@@ -7,7 +7,8 @@ training loop (where it computes is `runtime.py`).
   function plugged in and its metrics (a torchmetrics MetricCollection) updated;
 - `precise_bn`: BatchNorm statistics recomputed at the current weights, averaged over ranks;
 - `fit(run)`: epochs of training, precise BatchNorm and validation, with metrics.jsonl, best.pt
-  and last.pt written, resumable mid-epoch. A new loop builds a `Run` and calls `fit`.
+  and last.pt written, resumable mid-epoch; on stdout the run's `opening_line` and a
+  `format_row` per epoch, bars or not. A new loop builds a `Run` and calls `fit`.
 
 A step function maps (model, batch on the device) to a `StepOutput`: the loss, the loss terms
 to average (each needs a metric of its name: `loss_metrics`) and, per head, (logits, labels) for its
@@ -38,7 +39,7 @@ from torchmetrics.wrappers.abstract import WrapperMetric
 from tqdm import tqdm  # text bars: the same in a terminal and a notebook
 
 from .checkpoint import Progress, load_run, save_run
-from .data import to_float
+from .data import RATES, to_float
 from .errors import DataError, RunInterrupted, TrainError
 from .folders import append_metrics, run_folder
 from .runtime import Runtime, unwrap
@@ -418,17 +419,21 @@ class Run:
 def fit(run: Run, progress: bool = True) -> dict:
     """Train `run` from where it stands to its last epoch; returns the last epoch's row.
 
-    After each epoch: precise BatchNorm, validation, metrics.jsonl, best.pt (lowest validation
-    loss) and last.pt. Ctrl-C or SIGTERM stops between two steps, after saving last.pt, by
-    raising RunInterrupted (a KeyboardInterrupt).
+    Prints the run's opening line, then after each epoch its row (with or without `progress`,
+    which shows the bars: a log without bars still needs the numbers). After each epoch:
+    precise BatchNorm, validation, metrics.jsonl, best.pt (lowest validation loss) and
+    last.pt. Ctrl-C or SIGTERM stops between two steps, after saving last.pt, by raising
+    RunInterrupted (a KeyboardInterrupt).
     """
     row: dict = {}
+    if run.rt.is_main:
+        say(opening_line(run.config, run.rt, run.out, run.at))
     with stop_on_signals() as stop:
         for epoch in range(run.at.epoch, run.settings.epochs):
             row = train_epoch(run, epoch, stop, progress)
             row = end_epoch(run, epoch, row, stop)
-            if run.rt.is_main and progress:
-                tqdm.write(format_row(row))
+            if run.rt.is_main:
+                say(format_row(row, len(run.classes)))
     return row
 
 
@@ -439,15 +444,7 @@ def train_epoch(run: Run, epoch: int, stop: threading.Event, progress: bool) -> 
     run.loaders["train"].sampler.set_epoch(epoch, skip=at.batches_done * cfg.batch_size)
     metrics = run.metrics.clone(prefix="train_")
     load_metrics_state(metrics, at.metric_state, rt)
-    bar = tqdm(
-        itertools.islice(run.loaders["train"], run.epoch_batches - at.batches_done),
-        desc=f"epoch {epoch + 1}/{cfg.epochs}",
-        total=run.epoch_batches,
-        initial=at.batches_done,
-        disable=not (progress and rt.is_main),
-        leave=False,
-        dynamic_ncols=True,
-    )
+    bar = epoch_bar(run, epoch, progress)
     steps = train_steps(
         run.model,
         bar,
@@ -477,12 +474,16 @@ def train_epoch(run: Run, epoch: int, stop: threading.Event, progress: bool) -> 
             ):
                 save_mid_epoch(run, metrics)
     except NonFiniteLoss as err:
+        end_bar_line(bar)
         last = run.out / "last.pt"
         saved = f"last good checkpoint: {last}" if last.is_file() else "nothing saved"
         raise TrainError(
             f"{err} at step {at.step + 1} (epoch {epoch + 1}, batch {at.batches_done + 1}): "
             f"stopped; {saved}"
         ) from None
+    except BaseException:  # a stop (RunInterrupted), a second Ctrl-C, any other error
+        end_bar_line(bar)
+        raise
     elapsed = time.perf_counter() - t0
     run.at.metric_state = metrics_state(metrics, rt)  # kept until the epoch is saved whole
     return {
@@ -492,6 +493,28 @@ def train_epoch(run: Run, epoch: int, stop: threading.Event, progress: bool) -> 
         "clips_per_s": clips / max(elapsed, 1e-9),
         **metrics_row(metrics),
     }
+
+
+def epoch_bar(run: Run, epoch: int, progress: bool) -> tqdm:
+    """The epoch's training batches (what is left of them when resumed) under a progress bar,
+    on the main process only and with `progress` only."""
+    at = run.at
+    return tqdm(
+        itertools.islice(run.loaders["train"], run.epoch_batches - at.batches_done),
+        desc=f"epoch {epoch + 1}/{run.settings.epochs}",
+        total=run.epoch_batches,
+        initial=at.batches_done,
+        disable=not (progress and run.rt.is_main),
+        leave=False,
+        dynamic_ncols=True,
+    )
+
+
+def end_bar_line(bar: tqdm) -> None:
+    """Leave the bar where the run stopped and end its line: the message that follows (how to
+    resume, the error) then starts on a line of its own, not glued to the bar's end."""
+    bar.leave = True
+    bar.close()  # a disabled bar writes nothing
 
 
 def save_mid_epoch(run: Run, metrics: MetricCollection) -> None:
@@ -540,12 +563,48 @@ def training_clips(loader: DataLoader, batches: int, rt: Runtime, at: Progress):
         yield to_float(batch["clip"])
 
 
-def format_row(row: dict) -> str:
+def say(line: str) -> None:
+    """A line on stdout, clear of the bars (on stderr) and flushed: a log file gets it at once
+    and in order with the bars and messages, though a redirected stdout is block-buffered."""
+    tqdm.write(line)
+    sys.stdout.flush()
+
+
+def opening_line(config: dict, rt: Runtime, out: Path, at: Progress | None = None) -> str:
+    """What a run does, in the one line it starts with: the command, task and backbone (and its
+    init), the data and preset, clips and steps, where it computes and where it writes, e.g.
+    "pretrain smp r3d18 on data/synth (quick preset): 16x48x48 clips, batch 8, 10 epochs,
+    cpu bf16 -> runs/smp-r3d18-synth". `config` is the run's config.json."""
+    if "init_from" in config:  # a pretraining's; an evaluation's task is its kind
+        what, init = f"pretrain {config['task']}", config["init_from"]
+    else:
+        what, init = config["task"].replace("-", " "), config.get("init", "")
+    source = {"": "", "random": " with random weights"}.get(init, f" from {init}")
+    size = f"{config['clip_len']}x{config['crop']}x{config['crop']} clips"
+    steps = [f"batch {config['batch_size']}"] if "batch_size" in config else []
+    epochs = config.get("epochs")
+    steps += [f"{epochs} epoch{'s' * (epochs != 1)}"] if epochs else []
+    device = f"{rt.world}x {rt.device.type}" if rt.world > 1 else str(rt.device)
+    compiled = " compiled" if rt.compile else ""
+    resumed = f" (resumed at step {at.step})" if at is not None and at.step else ""
+    return (
+        f"{what} {config['arch']}{source} on {config['data']} ({config['preset']} preset): "
+        f"{', '.join([size, *steps])}, {device} {rt.precision}{compiled} -> {out}{resumed}"
+    )
+
+
+def format_row(row: dict, classes: int = 0) -> str:
+    """An epoch's row in one line. The last accuracy shown of each head (validation, else
+    training) says its chance level, so that 0.3 reads right at a glance: 1/4 for a playback
+    rate head (rate_*, speed), 1/classes for the action."""
     keys = ["epoch", "train_loss", "val_loss", "train_acc_rate_c5", "val_acc_rate_c5"]
     keys += ["train_acc_speed", "val_acc_speed", "train_acc_action", "val_acc_action"]
     keys += ["clips_per_s"]
-    return "  ".join(
-        f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}"
-        for k in keys
-        if k in row
-    )
+    keys = [k for k in keys if k in row]
+    texts = [f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in keys]
+    last = {k.partition("_acc_")[2]: k for k in keys if "_acc_" in k}  # val after train
+    for head, k in last.items():
+        n = classes if head == "action" else len(RATES)
+        if n:
+            texts[keys.index(k)] += f" (chance {1 / n:.2g})"
+    return "  ".join(texts)

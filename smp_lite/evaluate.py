@@ -46,6 +46,8 @@ from .engine import (
     hold_run_folder,
     loss_metrics,
     make_loader,
+    opening_line,
+    say,
 )
 from .errors import ConfigError
 from .folders import write_run_folder
@@ -546,6 +548,8 @@ def retrieve(cfg: RetrieveConfig, progress: bool = True) -> dict:
         if rt.is_main:
             write_run_folder(out, eval_config_dict(cfg), 0)
         index = load_index(cfg.data, cfg.split)
+        if rt.is_main:  # no training loop to open with it
+            say(opening_line(eval_config_dict(cfg), rt, out))
         videos = retrieval_videos(cfg, rt, index, progress)
         hits = retrieval_hits(videos["queries"][:2], videos["gallery"][:2], TOP_K)  # (Q, K)
         results = {

@@ -15,19 +15,32 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from smp_lite import evaluate
+from smp_lite import engine, evaluate
 from smp_lite import probe as linear_probe
 from smp_lite.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
-from smp_lite.cli import app
+from smp_lite.cli import CHOICES, PANELS, app
 from smp_lite.errors import ConfigError, RunInterrupted
 from smp_lite.folders import read_metrics, write_run_folder
-from smp_lite.train import PRESETS, TrainConfig
+from smp_lite.train import PRESETS, TrainConfig, make_config
 
 runner = CliRunner()
 
 
 def plain(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)  # rich may colour the help
+
+
+def words(text: str) -> str:
+    """The help's words in one line: the wrapping and the panels' borders undone."""
+    return " ".join(re.sub("[│╭╮╰╯]", " ", plain(text)).split())
+
+
+def help_panels(command: str) -> dict[str, str]:
+    """A command's --help, panel by panel: title -> its options' text."""
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    parts = re.split(r"╭─ (\w+) ─+╮", plain(result.output))
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
 
 
 def test_top_level_help_lists_commands() -> None:
@@ -356,7 +369,7 @@ def test_ctrl_c_saves_and_prints_the_resume_command(ucf_tiny, tmp_path, uninterr
 
 def test_help_shows_every_setting_with_its_default_from_the_config() -> None:
     result = runner.invoke(app, ["pretrain", "--help"])
-    text = " ".join(plain(result.output).split())  # undo the wrapping
+    text = words(result.output)
     for f in fields(TrainConfig):
         assert f"--{f.name.replace('_', '-')} " in text, f.name
     (paper, paper_sup), quick = PRESETS["paper"], PRESETS["quick"][0]
@@ -364,6 +377,82 @@ def test_help_shows_every_setting_with_its_default_from_the_config() -> None:
     assert f"[default: paper {paper.lr} (supervised {paper_sup.lr}), quick {quick.lr}" in text
     assert f"[default: {paper.save_every}]" in text and f"[default: {paper.precise_bn}]" in text
     assert "[kind:]PATH" in text  # help text is not read as markup
+
+
+def test_help_groups_the_options_in_panels_and_shows_the_choices() -> None:
+    panels = help_panels("pretrain")
+    titles = ["Options", "Task", "Data", "Clips", "Optimisation", "SMP", "Hardware", "Run"]
+    assert list(panels) == titles
+    assert "--arch" in panels["Task"] and f"[{'|'.join(CHOICES['arch'])}]" in panels["Task"]
+    assert "[smp|prp|supervised]" in panels["Task"] and "[paper|quick]" in panels["Task"]
+    assert "--lam-schedule" in panels["SMP"] and "--mg" in panels["SMP"]
+    assert "[exp|log|sigmoid|plinear|linear|dpau|cam]" in panels["SMP"]
+    assert "[plateau|cosine]" in panels["Optimisation"] and "--lr " in panels["Optimisation"]
+    assert "[random|center]" in panels["Clips"]
+    assert "[auto|bf16|fp16|fp32]" in panels["Hardware"]
+    assert "[auto|cpu|cuda|cuda:N]" in panels["Hardware"]
+    assert "--no-progress" in panels["Run"] and "--resume" in panels["Run"]
+    assert "STR " not in "".join(panels.values())  # every text setting says what it takes
+    probe = help_panels("probe")
+    assert "SMP" not in probe and "[speed|action]" in probe["Task"]
+    for option in ("--features", "--standardize", "--refit-bn"):
+        assert option in probe["Probe"], option
+
+
+@pytest.mark.parametrize(
+    "config",
+    [TrainConfig, evaluate.ProbeConfig, evaluate.FinetuneConfig, evaluate.RetrieveConfig],
+)
+def test_every_setting_has_a_help_panel(config) -> None:
+    shown = {name for names in PANELS.values() for name in names}
+    assert {f.name for f in fields(config)} - shown == set()
+
+
+def test_the_choices_help_shows_are_those_the_configs_take() -> None:
+    """CHOICES repeats the schedules and precisions that validation spells out: in step."""
+    for name, values in CHOICES.items():
+        if name in ("device", "target"):  # checked by the runtime; the probe's
+            continue
+        for value in values:
+            make_config(**{name: value})
+        with pytest.raises(ConfigError):
+            make_config(**{name: "other"})
+    for value in CHOICES["target"]:
+        evaluate.make_eval_config("probe", target=value)
+    with pytest.raises(ConfigError):
+        evaluate.make_eval_config("probe", target="other")
+
+
+def test_a_run_opens_with_one_line_and_prints_its_rows_without_bars(ucf_tiny, tmp_path) -> None:
+    """--no-progress hides the bars only: a cluster log keeps the opening line and the rows."""
+    out = tmp_path / "run"
+    args = ["pretrain", "--data", str(ucf_tiny), "--out", str(out), *TINY, "--device", "cpu"]
+    result = runner.invoke(app, [*args, "--epochs", "2", "--limit-batches", "1"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == (
+        f"pretrain smp r3d10 on {ucf_tiny} (paper preset): 8x32x32 clips, batch 2, 2 epochs, "
+        f"cpu fp32 -> {out}"
+    )
+    assert sum(line.startswith("pretrain ") for line in lines) == 1
+    rows = [line for line in lines if line.startswith("epoch=")]
+    assert [row.split()[0] for row in rows] == ["epoch=1", "epoch=2"]
+    for row in rows:
+        assert re.search(r"  val_acc_rate_c5=[0-9.]+ \(chance 0\.25\)  ", row), row
+    assert lines[-1].startswith(f"done: {out} ")
+
+
+def test_the_stop_message_starts_on_a_line_of_its_own(ucf_tiny, tmp_path, monkeypatch) -> None:
+    """Not glued to the progress bar: the bar stays as it stopped and its line ends."""
+    monkeypatch.setattr(engine, "stop_requested", lambda stop, rt: True)  # Ctrl-C at step 1
+    out = tmp_path / "run"
+    args = ["pretrain", "--data", str(ucf_tiny), "--out", str(out), *TINY, "--progress"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 130, result.output
+    lines = result.output.split("\n")
+    bar = [line for line in lines if "epoch 1/1" in line]
+    assert bar and "interrupted" not in bar[-1]  # the bar was shown, and its line ended
+    assert lines[lines.index(bar[-1]) + 1].startswith(f"interrupted: saved {out / 'last.pt'}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,7 +492,8 @@ def test_a_full_disk_ends_in_one_line_and_keeps_the_saves_before(ucf_tiny, tmp_p
     args = ["pretrain", "--data", str(ucf_tiny), "--out", str(out), *TINY, "--save-every", "1"]
     result = runner.invoke(app, args)
     assert result.exit_code == 1, result.output
-    [line] = result.output.strip().splitlines()
+    opening, line = result.output.strip().splitlines()  # the run started, then stopped
+    assert opening.startswith("pretrain smp r3d10 on ")
     assert line.startswith(f"error: no space left in {out} to save last.pt: it needs about ")
     assert "MiB free" in line
     assert not list(out.glob("*.tmp")) and not (out / "run.lock").exists()

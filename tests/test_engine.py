@@ -4,15 +4,23 @@ import math
 import os
 import signal
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 from test_train import tiny_config, torchrun
 from torchmetrics import MeanMetric, MetricCollection
 
-from smp_lite.checkpoint import load_checkpoint
+from smp_lite.checkpoint import Progress, load_checkpoint
 from smp_lite.data import EpochSampler
-from smp_lite.engine import load_metrics_state, loss_metrics, make_loader, precise_bn
+from smp_lite.engine import (
+    format_row,
+    load_metrics_state,
+    loss_metrics,
+    make_loader,
+    opening_line,
+    precise_bn,
+)
 from smp_lite.folders import read_metrics
 from smp_lite.runtime import Runtime
 from smp_lite.train import train
@@ -144,3 +152,36 @@ def test_a_metric_state_saved_by_another_version_counts_from_the_resume(capsys) 
     assert metrics["ce"].metric_state["weight"] == 0  # starts at zero
     out = capsys.readouterr().out
     assert "ce counts from here" in out and "gone counts from here" in out
+
+
+def test_an_epoch_row_gives_the_chance_level_of_each_heads_last_accuracy() -> None:
+    row = {"epoch": 3, "train_loss": 1.3, "val_loss": 1.25, "train_acc_rate_c5": 0.3}
+    row |= {"val_acc_rate_c5": 0.41, "clips_per_s": 12.5, "lr": 0.01}
+    assert format_row(row, classes=12) == (
+        "epoch=3  train_loss=1.3  val_loss=1.25  train_acc_rate_c5=0.3  "
+        "val_acc_rate_c5=0.41 (chance 0.25)  clips_per_s=12.5"
+    )
+    # no validation (fine-tuning): the training accuracy; an action head: 1 / classes
+    finetune = {"epoch": 1, "train_loss": 4.1, "train_acc_action": 0.05}
+    assert format_row(finetune, classes=101).endswith("train_acc_action=0.05 (chance 0.0099)")
+    assert (
+        format_row({"epoch": 1, "val_acc_speed": 0.5}) == "epoch=1  val_acc_speed=0.5 (chance 0.25)"
+    )
+
+
+def test_the_opening_line_says_what_where_and_how() -> None:
+    probe = {"task": "probe-speed", "arch": "r3d18", "init": "runs/smp/best.pt"}
+    probe |= {"data": "data/synth", "preset": "quick", "clip_len": 16, "crop": 48}
+    probe |= {"batch_size": 32, "epochs": 30}
+    ranks = Runtime(torch.device("cuda", 0), "bf16", True, rank=0, world=2, compile=True)
+    assert opening_line(probe, ranks, Path("runs/p"), Progress(epoch=2, step=40)) == (
+        "probe speed r3d18 from runs/smp/best.pt on data/synth (quick preset): 16x48x48 clips, "
+        "batch 32, 30 epochs, 2x cuda bf16 compiled -> runs/p (resumed at step 40)"
+    )
+    retrieve = {**probe, "task": "retrieve", "init": "random"}
+    del retrieve["batch_size"], retrieve["epochs"]
+    cpu = Runtime(torch.device("cpu"), "fp32", False)
+    assert opening_line(retrieve, cpu, Path("runs/r")) == (
+        "retrieve r3d18 with random weights on data/synth (quick preset): 16x48x48 clips, "
+        "cpu fp32 -> runs/r"
+    )
