@@ -76,7 +76,6 @@ FIGURE = 0.65
 HEAD, NECK, TORSO, UPPER_ARM, FOREARM, THIGH, SHIN = 0.09, 0.03, 0.32, 0.18, 0.17, 0.22, 0.22
 LIMB, SHOULDER, HIP = 0.045, 0.07, 0.05  # limb half-thickness, shoulder and hip half-widths
 BALL = 0.1  # ball radius
-LIMBS = ("arm_l", "fore_l", "arm_r", "fore_r", "thigh_l", "shin_l", "thigh_r", "shin_r")
 
 
 # -----------------------------------------------------------------------------
