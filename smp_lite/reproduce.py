@@ -302,10 +302,15 @@ def read_records(runs: Path) -> dict:
 
 
 def is_done(step: Step, records: dict, runs: Path) -> bool:
-    """Recorded with the settings it has now, and its output is there."""
+    """Recorded with the settings it has now, its output is there, and newer than the checkpoint
+    or features it read (a pretraining run again since makes its evaluations stale)."""
     record = records.get(step.name)
     output = runs / step.name / (BEST if step.kind == "pretrain" else RESULTS)
-    return record is not None and record["settings"] == jsonable(step.settings) and output.is_file()
+    if record is None or record["settings"] != jsonable(step.settings) or not output.is_file():
+        return False
+    inputs = [Path(step.settings[k]) for k in ("init", "features") if k in step.settings]
+    made = output.stat().st_mtime
+    return all(made >= path.stat().st_mtime for path in inputs if path.is_file())
 
 
 def jsonable(value: object) -> object:

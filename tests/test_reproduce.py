@@ -3,11 +3,13 @@ from __future__ import annotations
 import dataclasses
 import filecmp
 import json
+import os
 import shutil
 
 import pytest
 from typer.testing import CliRunner
 
+from smp_lite.checkpoint import BEST, RESULTS
 from smp_lite.cli import app
 from smp_lite.errors import ConfigError, DataError
 from smp_lite.reproduce import (
@@ -16,6 +18,8 @@ from smp_lite.reproduce import (
     PROFILES,
     REFIT_BN,
     duration,
+    is_done,
+    jsonable,
     plan_steps,
     reproduce,
     seconds_per_unit,
@@ -111,6 +115,22 @@ def test_a_rerun_reuses_what_finished_and_resumes_or_redoes_the_rest(tiny_reprod
         again["finetune"]["r3d10"]["smp"]["accuracy"]
         == summary["finetune"]["r3d10"]["smp"]["accuracy"]
     )  # a finished fine-tuning resumed: the same weights, the same test
+
+
+def test_an_evaluation_is_redone_when_the_pretraining_it_read_was_run_again(tmp_path) -> None:
+    steps = {s.name: s for s in plan_steps(PROFILES["synth"], "data/synth", tmp_path)}
+    pretrain, probe = steps["pretrain-smp-c3d"], steps["probe-speed-c3d-smp"]
+    records = {s.name: {"settings": jsonable(s.settings)} for s in (pretrain, probe)}
+    for path in (tmp_path / pretrain.name / BEST, tmp_path / probe.name / RESULTS):
+        path.parent.mkdir()
+        path.write_text("{}")
+    os.utime(tmp_path / pretrain.name / BEST, (1_000, 1_000))
+    assert is_done(pretrain, records, tmp_path) and is_done(probe, records, tmp_path)
+    os.utime(tmp_path / probe.name / RESULTS, (500, 500))  # the weights it read came later
+    assert is_done(pretrain, records, tmp_path) and not is_done(probe, records, tmp_path)
+    records[probe.name]["settings"]["epochs"] = 99
+    os.utime(tmp_path / probe.name / RESULTS, (2_000, 2_000))
+    assert not is_done(probe, records, tmp_path)  # settings changed
 
 
 def test_the_time_left_is_estimated_from_the_steps_done(tmp_path) -> None:
