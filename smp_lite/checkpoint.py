@@ -349,10 +349,14 @@ def original_names(arch: str) -> dict[str, str]:
     return names
 
 
-# settings that make a run what it is: resuming with other values would not continue it
+# Settings a resume must keep: they make the run what it is, or live on in the optimizer's and
+# scheduler's saved state (lr, momentum, milestones...), where a new value would be silently
+# overridden. The others a resume applies: epochs, warm-up, precise BatchNorm, test views,
+# hardware, saving and logging.
 RUN_SETTINGS = (
     "arch task split batch_size clip_len resize crop train_crop clips_per_video val_fraction "
-    "lam_schedule mg schedule seed"
+    "lam_schedule mg schedule seed lr head_lr_scale momentum weight_decay plateau_patience "
+    "lr_step_epoch init init_from target train_views standardize refit_bn features"
 ).split()
 SETTINGS_BEFORE = {"clips_per_video": 1}  # its value in runs saved before it existed
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 from threading import Event
 
 import pytest
@@ -18,7 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 import smp_lite.engine
 import smp_lite.train
-from smp_lite.checkpoint import load_checkpoint, save_checkpoint
+from smp_lite.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from smp_lite.data import RATES, VideoDataset
 from smp_lite.engine import evaluate, metrics_row
 from smp_lite.errors import ConfigError, DataError, RunInterrupted, TrainError
@@ -325,6 +326,24 @@ def test_sigterm_stops_after_the_step_with_last_pt_saved(ucf_tiny, tmp_path, mon
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again
 
 
+@pytest.mark.parametrize(
+    "setting, changed",
+    [("lr", 0.1), ("weight_decay", 0.0), ("momentum", 0.5), ("head_lr_scale", 1.0),
+     ("plateau_patience", 3), ("lr_step_epoch", 9), ("init", "runs/other/best.pt"),
+     ("init_from", "other.pt"), ("standardize", True), ("refit_bn", 20), ("batch_size", 2)],
+)  # fmt: skip
+def test_resume_refuses_a_setting_that_the_saved_optimizer_or_run_would_override(
+    setting, changed
+) -> None:
+    saved = {"arch": "c3d", "task": "smp", setting: None}
+    state = {"arch": "c3d", "task": "smp", "config": saved, "classes": ["a"]}
+    check_compatible(state, dict(saved), ("a",), Path("last.pt"))  # unchanged: goes on
+    with pytest.raises(TrainError, match=f"was run with {setting} None, not {changed!r}"):
+        check_compatible(state, {**saved, setting: changed}, ("a",), Path("last.pt"))
+    for applied in ("epochs", "warmup_epochs", "precise_bn", "workers", "device", "save_every"):
+        check_compatible(state, {**saved, applied: 7}, ("a",), Path("last.pt"))
+
+
 def test_resume_refuses_what_would_not_continue_the_run(ucf_tiny, tmp_path) -> None:
     with pytest.raises(TrainError, match="nothing to resume"):
         train(tiny_config(ucf_tiny, tmp_path / "r", epochs=1, resume=True), progress=False)
@@ -332,6 +351,8 @@ def test_resume_refuses_what_would_not_continue_the_run(ucf_tiny, tmp_path) -> N
     train(tiny_config(ucf_tiny, tmp_path / "r", epochs=1), progress=False)
     with pytest.raises(TrainError, match="was run with batch_size 4, not 2"):
         train(tiny_config(ucf_tiny, tmp_path / "r", batch_size=2, resume=True), progress=False)
+    with pytest.raises(TrainError, match="was run with lr 0.01, not 0.1"):  # the optimizer's
+        train(tiny_config(ucf_tiny, tmp_path / "r", lr=0.1, resume=True), progress=False)
     with pytest.raises(TrainError, match="holds a smp r3d10 run, not smp c3d"):
         train(tiny_config(ucf_tiny, tmp_path / "r", arch="c3d", resume=True), progress=False)
     with pytest.raises(TrainError, match="was run with clips_per_video 1, not 2"):
