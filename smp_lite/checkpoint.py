@@ -30,8 +30,17 @@ from .errors import TrainError
 
 CHECKPOINT_FORMAT = "smp-lite/1"
 CONFIG, METRICS, BEST, LAST = "config.json", "metrics.jsonl", "best.pt", "last.pt"
+BACKBONE = "backbone.pt"  # smp-lite export: the backbone alone
 RESULTS, FEATURES = "results.json", "features.pt"  # an evaluation's numbers, a probe's cache
-RUN_FILES = (CONFIG, METRICS, BEST, LAST, RESULTS, FEATURES)  # what a run writes in its folder
+RUN_FILES = (
+    CONFIG,
+    METRICS,
+    BEST,
+    LAST,
+    RESULTS,
+    FEATURES,
+    BACKBONE,
+)  # what a run writes in its folder
 PREVIOUS = ".previous"  # the run --overwrite replaces, until the new run saves last.pt
 ORIGINAL_ARCHS = ("c3d", "r3d10", "r21d10")  # the backbones the original PRP/SMP code has
 
@@ -49,17 +58,16 @@ class Progress:
 
 
 def save_run(
-    paths: list[Path],
+    path: Path,
     config: dict,
     classes: tuple[str, ...],
     objects: dict[str, Any],
     at: Progress,
     row: dict,
 ) -> None:
-    """Save everything a resumed run needs to go on as this one would: the state of each object
-    (model, optimizer, scheduler, scaler), the progress, the random generators, and `row`, the
-    metrics of the last finished epoch. The state is written to paths[0]; the other paths, in
-    order, become hard links to that file (one write, and the disk space of one)."""
+    """Save the state of each object (model; for last.pt also optimizer, scheduler, scaler), the
+    progress, the random generators, and `row`, the metrics of the last finished epoch: with
+    all of them a resumed run goes on as this one would."""
     cuda_rng = {"rng_cuda": torch.cuda.get_rng_state()} if torch.cuda.is_initialized() else {}
     state = {
         "format": CHECKPOINT_FORMAT,
@@ -79,11 +87,9 @@ def save_run(
         "rng_cpu": torch.get_rng_state(),
         **cuda_rng,
     }
-    save_checkpoint(paths[0], state)
-    for path in paths[1:]:
-        link_atomic(paths[0], path)
-    if any(path.name == LAST for path in paths):  # this run can resume: the run it replaced goes
-        shutil.rmtree(paths[0].parent / PREVIOUS, ignore_errors=True)
+    save_checkpoint(path, state)
+    if path.name == LAST:  # this run can resume: the run it replaced goes
+        shutil.rmtree(path.parent / PREVIOUS, ignore_errors=True)
 
 
 def load_run(
@@ -130,27 +136,6 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], object], size: int) -> 
         if out_of_space(err) or 0 <= free_bytes(path.parent) < size:
             raise TrainError(no_space_message(path, size)) from None
         raise
-
-
-def link_atomic(source: Path, path: Path) -> None:
-    """Make `path` a second name of `source`'s file, replacing any old `path` in one rename. A
-    later write_atomic of `source` makes a new file and leaves `path` as it is. Where the file
-    system has no hard links, `path` becomes a copy."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError as err:
-        if err.errno not in (errno.EPERM, errno.EXDEV, errno.EOPNOTSUPP, errno.EMLINK):
-            raise
-        write_atomic(path, functools.partial(copy_file, source), source.stat().st_size)
-        return
-    os.replace(tmp, path)
-
-
-def copy_file(source: Path, f: BinaryIO) -> None:
-    with open(source, "rb") as src:
-        shutil.copyfileobj(src, f)
 
 
 def out_of_space(err: BaseException | None) -> bool:
@@ -217,6 +202,23 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise TrainError(f"{path} is not a smp-lite checkpoint (format {CHECKPOINT_FORMAT})")
     return state
+
+
+def export_backbone(source: str | Path, out: str | Path | None = None) -> Path:
+    """Write the backbone of a smp-lite checkpoint (or of a run folder's best.pt, else last.pt)
+    alone, with its arch, task and config: all that `--init` reads. Returns the file written,
+    by default backbone.pt beside the checkpoint."""
+    path = Path(source)
+    if path.is_dir():
+        path = next((path / name for name in (BEST, LAST) if (path / name).is_file()), path)
+    state = load_checkpoint(path)
+    weights = {k: v for k, v in state["model"].items() if k.startswith("backbone.")}
+    if not weights:
+        raise TrainError(f"{path} holds no backbone (a probe's is a linear layer on features)")
+    out = Path(out) if out else path.parent / BACKBONE
+    keep = ("format", "version", "arch", "task", "config", "classes", "epoch", "metrics")
+    save_checkpoint(out, {**{k: state[k] for k in keep if k in state}, "model": weights})
+    return out
 
 
 def load_backbone(model: nn.Module, path: str | Path, arch: str) -> None:

@@ -550,6 +550,27 @@ def report(
         typer.echo(f"figure: {plot_curves(runs, figure)}")
 
 
+@app.command("export")
+@friendly_errors
+def export_command(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            metavar="RUN", help="A run folder (its best.pt, else last.pt) or a checkpoint file."
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="File to write [default: backbone.pt beside the checkpoint]."),
+    ] = None,
+) -> None:
+    """Write the backbone alone (no heads, decoder or optimizer): a small file for --init."""
+    from .checkpoint import export_backbone
+
+    path = export_backbone(source, out)
+    typer.echo(f"backbone: {path} ({path.stat().st_size / 2**20:.0f} MiB)")
+
+
 @app.command("reproduce")
 @friendly_errors
 def reproduce_command(

@@ -10,11 +10,9 @@ from test_train import tiny_config
 import smp_lite.checkpoint
 from smp_lite.checkpoint import (
     CHECKPOINT_FORMAT,
-    Progress,
     load_backbone,
     load_checkpoint,
     save_checkpoint,
-    save_run,
 )
 from smp_lite.errors import TrainError
 from smp_lite.models import ActionNet, MotionNet, build_backbone
@@ -50,24 +48,6 @@ def test_a_save_interrupted_before_the_rename_keeps_the_previous_file(tmp_path, 
     with pytest.raises(OSError, match="killed"):
         save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "step": 2})
     assert load_checkpoint(path)["step"] == 1
-
-
-@pytest.mark.parametrize("links", [True, False])
-def test_best_and_last_share_one_file_until_last_moves_on(links, tmp_path, monkeypatch):
-    if not links:  # a file system without hard links gets a copy
-
-        def no_links(*args):
-            raise OSError(errno.EPERM, "Operation not permitted")
-
-        monkeypatch.setattr(smp_lite.checkpoint.os, "link", no_links)
-    best, last = tmp_path / "best.pt", tmp_path / "last.pt"
-    config = {"arch": "c3d", "task": "prp"}
-    save_run([best, last], config, (), {}, Progress(epoch=1), {"epoch": 0})
-    assert (best.stat().st_ino == last.stat().st_ino) is links
-    assert load_checkpoint(last)["epoch"] == load_checkpoint(best)["epoch"] == 1
-    save_run([last], config, (), {}, Progress(epoch=2), {"epoch": 1})  # not a better epoch
-    assert load_checkpoint(last)["epoch"] == 2 and load_checkpoint(best)["epoch"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
 
 
 def test_init_from_a_smp_lite_checkpoint_loads_the_backbone(ucf_tiny, tmp_path) -> None:

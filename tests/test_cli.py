@@ -17,10 +17,11 @@ from typer.testing import CliRunner
 
 from smp_lite import engine, evaluate
 from smp_lite import probe as linear_probe
-from smp_lite.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from smp_lite.checkpoint import CHECKPOINT_FORMAT, load_backbone, load_checkpoint, save_checkpoint
 from smp_lite.cli import CHOICES, PANELS, app
 from smp_lite.errors import ConfigError, RunInterrupted
 from smp_lite.folders import read_metrics, write_run_folder
+from smp_lite.models import MotionNet
 from smp_lite.train import PRESETS, TrainConfig, make_config
 
 runner = CliRunner()
@@ -77,6 +78,7 @@ def test_top_level_help_lists_commands() -> None:
         ),
         (["data", "synth"], ["--out", "--preset", "--seed", "--workers", "--figure"]),
         (["report"], ["RUN", "--figure", "--table"]),
+        (["export"], ["RUN", "--out"]),
     ],
 )
 def test_every_option_is_explained(command, options) -> None:
@@ -135,6 +137,17 @@ def test_pretrain_end_to_end(ucf_tiny, tmp_path) -> None:
     assert "done:" in result.output
     assert len(read_metrics(out)) == 2
     assert load_checkpoint(out / "best.pt")["arch"] == "c3d"
+    result = runner.invoke(app, ["export", str(out)])
+    assert result.exit_code == 0 and result.output.startswith(f"backbone: {out / 'backbone.pt'}")
+    sizes = [(out / name).stat().st_size for name in ("backbone.pt", "best.pt", "last.pt")]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[2] / 2  # no decoder, heads, optimizer
+    model, exported = MotionNet("c3d"), load_checkpoint(out / "backbone.pt")
+    load_backbone(model, out / "backbone.pt", "c3d")
+    for key, value in model.backbone.state_dict().items():
+        assert torch.equal(value, exported["model"][f"backbone.{key}"])
+    for bad in (out / "metrics.jsonl", tmp_path / "none"):
+        result = runner.invoke(app, ["export", str(bad)])
+        assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(

@@ -143,6 +143,7 @@ def test_smp_run_writes_the_run_and_its_loss_goes_down(ucf_tiny, tmp_path) -> No
     assert state["epoch"] == 5 and state["arch"] == "r3d10" and state["task"] == "smp"
     best = load_checkpoint(tmp_path / "run" / "best.pt")
     assert best["best_val"] == pytest.approx(min(r["val_loss"] for r in rows))
+    assert "optimizer" in state and "optimizer" not in best  # best.pt: what evaluation reads
     assert result["best_val"] == pytest.approx(best["best_val"])
 
 
