@@ -189,7 +189,7 @@ def legs(side: float) -> tuple[str, str]:
 
 def wave(phase, side):
     pose = idle_pose(phase, side)
-    limb_pose(pose, arms(side), side, 2.5 + 0 * phase, 2.9 + 0.7 * np.sin(phase))
+    limb_pose(pose, arms(side), side, np.full_like(phase, 2.5), 2.9 + 0.7 * np.sin(phase))
     return pose
 
 
@@ -239,13 +239,15 @@ def box(phase, side):
 def juggle(phase, side):
     pose = idle_pose(phase, side)
     for s in (-1, 1):  # hands wide at chest height, bobbing with the throws
-        limb_pose(pose, arms(s), s, 0.5 + 0 * phase, 1.5 + 0.3 * np.sin(2 * phase + s))
+        limb_pose(pose, arms(s), s, np.full_like(phase, 0.5), 1.5 + 0.3 * np.sin(2 * phase + s))
     return pose
 
 
 def dribble(phase, side):
     pose = idle_pose(phase, side)
-    limb_pose(pose, arms(side), side, 0.5 + 0 * phase, 0.4 + 0.8 * np.abs(np.cos(phase / 2)))
+    limb_pose(
+        pose, arms(side), side, np.full_like(phase, 0.5), 0.4 + 0.8 * np.abs(np.cos(phase / 2))
+    )
     return pose
 
 
