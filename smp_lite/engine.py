@@ -345,7 +345,8 @@ def precise_bn(model: nn.Module, clips: Iterable[torch.Tensor], rt: Runtime) -> 
     input over `clips` at the current weights (torch's update_bn), averaged over DDP ranks.
 
     The running averages mix batches seen under many past weights; while the weights change
-    fast, evaluation with them can cost 20-30 points of validation accuracy (README, results).
+    fast, evaluation with them can cost 20-30 points of validation accuracy (docs/usage.md,
+    "Precise BatchNorm").
     Weights are untouched. Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021.
     """
     with rt.autocast():
