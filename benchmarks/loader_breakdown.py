@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 import time
 
-import decord
+import torch  # noqa: F401  (loaded before decord, below)
+
+# isort: split
+import decord  # after torch: decord's CUDA NVBLAS would take over torch's CPU BLAS and crash
 
 from smp_lite.data import VideoDataset, open_video, read_frames, sample_dilated_clip
 from smp_lite.index import load_index

@@ -26,60 +26,32 @@ import os
 import platform
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-import decord
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from .data import RATES, EpochSampler, VideoDataset, sample_dilated_clip
+# isort: split
+import decord  # after torch: decord's CUDA NVBLAS would take over torch's CPU BLAS and crash
+
+from .config import RATES, BenchConfig, TrainConfig
+from .data import EpochSampler, VideoDataset, sample_dilated_clip
 from .engine import ensure_default_dataset, make_loader, train_steps
 from .errors import ConfigError
 from .index import load_index
 from .masks import rescale_per_map
 from .models import NUM_RATES
 from .runtime import Runtime, loader_workers, make_runtime
-from .synth import DEFAULT_DATA
-from .train import (
-    TrainConfig,
-    build_model,
-    make_config,
-    make_optimizer,
-    make_step,
-    task_metrics,
-    train,
-)
+from .train import build_model, make_config, make_optimizer, make_step, task_metrics, train
 
 SECTION_START = "<!-- smp-lite bench: start -->"  # `--write` replaces what lies between these
 SECTION_END = "<!-- smp-lite bench: end -->"
 VARIANTS = ("fused", "eager", "compiled")  # compute also timed with fused SGD, without or with
 # torch.compile (the device's default: Runtime.compile)
-
-
-@dataclass
-class BenchConfig:
-    data: str = DEFAULT_DATA
-    device: str = "auto"
-    preset: str = ""  # clip sizes of a pretraining preset; empty: paper on a GPU, quick on a CPU
-    archs: tuple[str, ...] = ("r3d18",)
-    tasks: tuple[str, ...] = ("smp", "supervised")
-    clip_len: int = 0  # 0: the preset's (so for resize and crop)
-    resize: tuple[int, int] | None = None
-    crop: int = 0
-    batch_size: int = 8
-    original_batch: int = 8  # the original code's: its loading and fp32 compute are timed at it
-    steps: int = 5  # timed compute steps per setting, after 2 warm-up steps
-    rates: tuple[int, ...] = RATES
-    workers: tuple[int, ...] = (0, 2)
-    clips_per_video: tuple[int, ...] = (1, 4)  # the loader timed with each (repeated sampling)
-    loader_batches: int = 6  # timed loader batches per setting, after the workers' first round
-    step_batches: int = 20  # batches of the long end-to-end epoch (0: skip it)
-    step_workers: int | None = None  # loader workers of the end-to-end run; None: training's
-    variants: tuple[str, ...] = ()  # compute also timed with: fused (SGD), eager, compiled
 
 
 def bench(cfg: BenchConfig, progress: bool = True) -> dict:

@@ -12,10 +12,14 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import decord
+import torch  # noqa: F401  (loaded before decord, below)
 from tqdm import tqdm
 
-from .data import RATES, allowed_rates
+# isort: split
+import decord  # after torch: decord's CUDA NVBLAS would take over torch's CPU BLAS and crash
+
+from .config import RATES
+from .data import allowed_rates
 from .index import DatasetIndex, load_index
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov")

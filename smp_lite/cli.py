@@ -15,24 +15,27 @@ from typing import Annotated
 
 import typer
 
-# Module level: what --help shows (the settings, their defaults and choices) and nothing else;
-# what a run needs is imported in its command. The settings still live in modules that import
-# torch, torchmetrics (and through it torchvision) and decord, which make --help take seconds.
+# Module level: what --help shows (the settings, their defaults and choices, all in the
+# torch-free config.py) and nothing else; what a run needs is imported in its command, so that
+# --help does not wait for torch, torchmetrics and decord.
 from . import __version__
-from .bench import BenchConfig
-from .errors import DataError, RunInterrupted, TrainError
-from .evaluate import (
+from .config import (
+    ARCHS,
+    DEFAULT_DATA,
     EVAL_PRESETS,
+    LAMBDA_SCHEDULES,
+    PRESETS,
     TARGETS,
+    TASK_CROPS,
+    TASKS,
+    BenchConfig,
     EvalConfig,
     FinetuneConfig,
     ProbeConfig,
     RetrieveConfig,
+    TrainConfig,
 )
-from .masks import LAMBDA_SCHEDULES
-from .models import ARCHS
-from .synth import DEFAULT_DATA
-from .train import PRESETS, TASK_CROPS, TASKS, TrainConfig
+from .errors import DataError, RunInterrupted, TrainError
 
 app = typer.Typer(
     help="Self-supervised motion perception (SMP) and playback-rate perception (PRP) for video.",

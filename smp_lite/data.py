@@ -29,17 +29,18 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import decord
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
+# isort: split
+import decord  # after torch: decord's CUDA NVBLAS would take over torch's CPU BLAS and crash
+
+from .config import RATES
 from .errors import DataError
 from .index import Video
 from .masks import motion_mask_dpau
-
-RATES = (1, 2, 4, 8)
 
 # ---------------------------------------------------------------------------------------------
 # Sampling: which frame indices a sample needs

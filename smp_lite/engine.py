@@ -39,11 +39,12 @@ from torchmetrics.wrappers.abstract import WrapperMetric
 from tqdm import tqdm  # text bars: the same in a terminal and a notebook
 
 from .checkpoint import Progress, load_run, save_run
-from .data import RATES, to_float
+from .config import DEFAULT_DATA, RATES
+from .data import to_float
 from .errors import DataError, RunInterrupted, TrainError
 from .folders import append_metrics, run_folder
 from .runtime import Runtime, unwrap
-from .synth import DEFAULT_DATA, synthesize
+from .synth import synthesize
 
 StepOutput = tuple[
     torch.Tensor, dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor]]

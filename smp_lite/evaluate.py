@@ -26,7 +26,7 @@ import json
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -38,6 +38,18 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from tqdm import tqdm  # text bars: the same in a terminal and a notebook
 
 from .checkpoint import BEST, CONFIG, LAST, RESULTS, load_backbone
+from .config import (
+    ARCHS,
+    DEFAULT_DATA,
+    EVAL_PRESETS,
+    MOTION_ENERGY,
+    TARGETS,
+    TASKS,
+    EvalConfig,
+    FinetuneConfig,
+    ProbeConfig,
+    RetrieveConfig,
+)
 from .data import EpochSampler, VideoDataset, to_float
 from .engine import (
     Run,
@@ -52,99 +64,14 @@ from .engine import (
 from .errors import ConfigError
 from .folders import write_run_folder
 from .index import load_index
-from .models import ARCHS, ActionNet, build_backbone, pooled_feature, retrieval_feature
+from .models import ActionNet, build_backbone, pooled_feature, retrieval_feature
 from .runtime import Runtime, loader_workers, make_runtime, unwrap
-from .synth import DEFAULT_DATA
-from .train import TASKS, accuracy_at_rate, as_settings, is_generated, supervised_step
+from .train import accuracy_at_rate, as_settings, is_generated, supervised_step
 
-TARGETS = ("speed", "action")
 TOP_K = (1, 5, 10, 20, 50)
-# the speed probe's baseline with no network: a clip's log mean squared frame difference
-MOTION_ENERGY = "motion-energy"
 
 # ---------------------------------------------------------------------------------------------
 # Configuration
-
-
-@dataclass
-class EvalConfig:
-    """What every evaluation shares; defaults are method.md's (UCF101 clips)."""
-
-    arch: str = "r3d18"
-    # "random", a checkpoint (smp-lite, or original PRP/SMP weights; make_eval_config takes a
-    # run folder for its checkpoint), or for the speed probe MOTION_ENERGY (no network: `arch`
-    # is unused)
-    init: str = "random"
-    data: str = DEFAULT_DATA
-    split: int = 1
-    out: str = ""  # empty: runs/<kind>-<arch>-<init name>
-    preset: str = "paper"
-    clip_len: int = 16
-    resize: tuple[int, int] = (128, 171)
-    crop: int = 112
-    test_views: int = 10  # clips per test video, logits or features averaged
-    workers: int | None = None  # loader processes; None: runtime.loader_workers' default
-    device: str = "auto"
-    precision: str = "auto"
-    channels_last: bool | None = None
-    compile: bool | None = None  # torch.compile the trained model; None: on a GPU
-    seed: int = 0
-    resume: bool = False
-    overwrite: bool = False
-
-
-@dataclass
-class ProbeConfig(EvalConfig):
-    """Linear probe on a frozen backbone (the seed: SGD, batch 32, cosine from 0.0075 to 0)."""
-
-    target: str = "speed"
-    train_views: int = 2  # cached training clips per video (and per rate for speed)
-    standardize: bool = False  # features less the training mean, over its std, per dimension
-    # >0: before caching, the frozen backbone's BatchNorm statistics re-estimated over this
-    # many batches of the probe's training clips (at most one pass); 0: the init's kept
-    refit_bn: int = 0
-    features: str = ""  # another probe run's features.pt to train on (the same clips: checked)
-    epochs: int = 150
-    batch_size: int = 32
-    lr: float = 0.0075
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    limit_batches: int = 0
-    save_every: int = 0
-    precise_bn: int = 0  # the linear layer has no BatchNorm (refit_bn is the backbone's)
-    compile: bool | None = False  # one Linear layer on cached features: nothing to gain
-
-
-@dataclass
-class FinetuneConfig(EvalConfig):
-    """Fine-tuning (PRP/VCOP): SGD lr 0.001, momentum 0.9, wd 5e-4, batch 8, 160 epochs, x0.1
-    at epoch 100, random crops; tested with `test_views` clips per video."""
-
-    epochs: int = 160
-    lr_step_epoch: int = 100
-    batch_size: int = 8
-    lr: float = 0.001
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    limit_batches: int = 0
-    save_every: int = 100
-    precise_bn: int = 20
-
-
-@dataclass
-class RetrieveConfig(EvalConfig):
-    """Nearest-neighbour retrieval (VCOP): `test_views` clips per video, features averaged."""
-
-
-QUICK_CLIPS = dict(preset="quick", resize=(48, 64), crop=48)  # as pretraining's quick preset
-EVAL_PRESETS: dict[str, dict[str, EvalConfig]] = {
-    "paper": {"probe": ProbeConfig(), "finetune": FinetuneConfig(), "retrieve": RetrieveConfig()},
-    "quick": {
-        "probe": ProbeConfig(**QUICK_CLIPS, epochs=30),
-        "finetune": FinetuneConfig(**QUICK_CLIPS, epochs=10, lr_step_epoch=7, lr=0.01),
-        "retrieve": RetrieveConfig(**QUICK_CLIPS),
-    },
-}
 
 
 def make_eval_config(kind: str, preset: str | None = None, **overrides) -> EvalConfig:

@@ -16,7 +16,6 @@ import torch.nn.functional as F
 
 MASK_LOW, MASK_HIGH = 0.8, 2.0  # motion masks are rescaled into this range
 DPAU_GRID = 13  # the pooled difference map is 13x13 at any clip size (28/112 window, 7/112 stride)
-LAMBDA_SCHEDULES = ("exp", "log", "sigmoid", "plinear", "linear", "dpau", "cam")
 
 
 def motion_mask_dpau(chunks: torch.Tensor) -> torch.Tensor:

@@ -17,9 +17,9 @@ from torchvision.models.video.resnet import (
     VideoResNet,
 )
 
+from .config import ARCHS
 from .masks import motion_mask_cam, upsample_mask
 
-ARCHS: tuple[str, ...] = ("c3d", "r3d10", "r21d10", "r3d18", "r21d18")
 NUM_RATES = 4  # playback rates 1, 2, 4, 8
 
 

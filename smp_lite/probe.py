@@ -36,7 +36,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .checkpoint import CONFIG, FEATURES, Progress
-from .data import RATES, EpochSampler, VideoDataset
+from .config import MOTION_ENERGY, RATES, ProbeConfig
+from .data import EpochSampler, VideoDataset
 from .engine import (
     Run,
     StepOutput,
@@ -49,10 +50,8 @@ from .engine import (
 )
 from .errors import ConfigError, DataError
 from .evaluate import (
-    MOTION_ENERGY,
     BackboneFeature,
     FeatureSet,
-    ProbeConfig,
     accuracy_report,
     classifier_metrics,
     clip_dataset,

@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CONFIG, METRICS, RESULTS
+from .config import MOTION_ENERGY, TASKS
 from .data import open_video, read_frames
 from .errors import TrainError
-from .evaluate import MOTION_ENERGY, json_text, paired_bootstrap_std
+from .evaluate import json_text, paired_bootstrap_std
 from .folders import read_metrics
 from .index import load_index
-from .train import TASKS
 
 
 def report_text(runs: list[str | Path]) -> tuple[str, list[str]]:

@@ -32,14 +32,15 @@ from pathlib import Path
 import torch
 
 from .checkpoint import BEST, FEATURES, LAST, RESULTS
+from .config import DEFAULT_DATA, MOTION_ENERGY
 from .errors import ConfigError, DataError
-from .evaluate import MOTION_ENERGY, finetune, make_eval_config, retrieve
+from .evaluate import finetune, make_eval_config, retrieve
 from .folders import read_metrics, write_text
 from .index import load_index
 from .probe import probe
 from .report import ENERGY, main_head, write_reproduce_report
-from .synth import DEFAULT_DATA, synthesize
 from .synth import PRESETS as SYNTH_PRESETS
+from .synth import synthesize
 from .train import make_config, train
 
 ARCHS_REPRODUCED = ("c3d", "r3d10", "r21d10")  # C3D, "3D-R18" and R(2+1)D of the seed

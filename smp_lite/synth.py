@@ -35,7 +35,6 @@ from tqdm import tqdm
 
 from smp_lite import __version__
 
-DEFAULT_DATA = "data/synth"  # where `smp-lite data synth` writes and training reads by default
 CLASSES: tuple[str, ...] = (
     "Wave", "Clap", "JumpingJack", "Squat", "Walk", "Box",
     "Juggle", "Dribble", "Throw", "Kick", "Roll", "Collide",

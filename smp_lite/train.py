@@ -1,4 +1,4 @@
-"""Pretraining: its configuration and presets, the task losses, the optimiser and `train()`.
+"""Pretraining: the task losses, the optimiser and `train()`; its config is config.py's.
 
 Tasks (method.md sections 2-4):
 - "prp": playback-rate perception: rate head on c5 + decoder reconstructing the 32-frame target,
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch
@@ -31,7 +31,17 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.wrappers import ClasswiseWrapper
 
 from .checkpoint import load_backbone
-from .data import RATES, EpochSampler, VideoDataset, to_float
+from .config import (
+    ARCHS,
+    DEFAULT_DATA,
+    LAMBDA_SCHEDULES,
+    PRESETS,
+    RATES,
+    TASK_CROPS,
+    TASKS,
+    TrainConfig,
+)
+from .data import EpochSampler, VideoDataset, to_float
 from .engine import (
     Run,
     StepFn,
@@ -45,13 +55,10 @@ from .engine import (
 from .errors import ConfigError, DataError
 from .folders import write_run_folder
 from .index import load_index, split_by_group
-from .masks import LAMBDA_SCHEDULES, blend_lambda
-from .models import ARCHS, NUM_RATES, ActionNet, MotionNet, build_backbone
+from .masks import blend_lambda
+from .models import NUM_RATES, ActionNet, MotionNet, build_backbone
 from .runtime import Runtime, loader_workers, make_runtime
-from .synth import DEFAULT_DATA
 
-TASKS = ("smp", "prp", "supervised")
-TASK_CROPS = {"smp": "random", "prp": "center", "supervised": "random"}  # the original codes'
 # best.pt and the plateau schedule follow the validation loss; for SMP it is taken under the
 # DPAU mask alone, so that it means the same at every epoch (the training mask moves to CAM)
 BEST_BY = "val_loss (SMP: under the DPAU mask alone, the same definition at every epoch)"
@@ -59,60 +66,6 @@ HEAD_NAMES = ("rate_c5", "rate_c4", "rate_c3", "rate_c2")
 
 # ---------------------------------------------------------------------------------------------
 # Configuration
-
-
-@dataclass
-class TrainConfig:
-    """One pretraining run. The defaults are the papers' PRP/SMP protocol (method.md 2-3);
-    the other presets below are instances derived from it."""
-
-    arch: str = "r3d18"
-    task: str = "smp"
-    data: str = DEFAULT_DATA
-    split: int = 1
-    out: str = ""  # empty: runs/<task>-<arch>-<dataset folder>
-    preset: str = "paper"
-    epochs: int = 300
-    batch_size: int = 8
-    lr: float = 0.01
-    head_lr_scale: float = 10.0  # the rate heads' final Linear ("fc8") learns this much faster
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "plateau"  # plateau (PRP/SMP) or cosine with warm-up (supervised)
-    warmup_epochs: int = 0
-    plateau_patience: int = 50
-    clip_len: int = 16
-    resize: tuple[int, int] = (128, 171)
-    crop: int = 112
-    train_crop: str = ""  # random or center; empty: the task's original (TASK_CROPS)
-    clips_per_video: int = 1  # >1: training clips per decoded video (repeated sampling)
-    val_fraction: float = 0.1  # of the training groups, held out to pick best.pt
-    precise_bn: int = 20  # training batches that recompute BatchNorm statistics each epoch end
-    lam_schedule: str = "exp"
-    mg: bool = True  # multiple-granularity rate heads (SMP)
-    workers: int | None = None  # loader processes; None: runtime.loader_workers' default
-    device: str = "auto"
-    precision: str = "auto"  # auto, bf16, fp16, fp32
-    channels_last: bool | None = None  # None: on where it pays (GPU, CPU with bf16)
-    compile: bool | None = None  # torch.compile the training model; None: on a GPU
-    seed: int = 0
-    limit_batches: int = 0  # >0: stop each epoch after this many batches (smoke runs)
-    save_every: int = 100  # steps between mid-epoch saves of last.pt (0: at epoch ends only)
-    init_from: str = ""  # checkpoint to initialise the backbone from (smp-lite or original code)
-    resume: bool = False
-    overwrite: bool = False
-
-
-# Presets, (motion tasks, supervised) each: "paper" is method.md; "quick" keeps a pretraining run
-# on the generated dataset to minutes on 2 CPU cores (48x48 crops, 10 epochs). Its supervised lr
-# is the motion tasks' 0.01: at batch 8, 0.05 left R(2+1)D-10 and 3D-R18 at chance
-# (docs/arch_sweep.md).
-PAPER = TrainConfig()
-QUICK = replace(PAPER, preset="quick", epochs=10, resize=(48, 64), crop=48)
-PRESETS: dict[str, tuple[TrainConfig, TrainConfig]] = {
-    "paper": (PAPER, replace(PAPER, batch_size=32, lr=0.1, schedule="cosine", warmup_epochs=5)),
-    "quick": (QUICK, replace(QUICK, lr=0.01, schedule="cosine", warmup_epochs=1)),
-}
 
 
 def make_config(task: str | None = None, preset: str | None = None, **overrides) -> TrainConfig:

@@ -3,15 +3,9 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from smp_lite.bench import (
-    SECTION_END,
-    SECTION_START,
-    BenchConfig,
-    bench,
-    format_report,
-    write_section,
-)
+from smp_lite.bench import SECTION_END, SECTION_START, bench, format_report, write_section
 from smp_lite.cli import app
+from smp_lite.config import BenchConfig
 from smp_lite.errors import ConfigError
 
 

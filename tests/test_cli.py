@@ -19,10 +19,11 @@ from smp_lite import engine, evaluate
 from smp_lite import probe as linear_probe
 from smp_lite.checkpoint import CHECKPOINT_FORMAT, load_backbone, load_checkpoint, save_checkpoint
 from smp_lite.cli import CHOICES, PANELS, app
+from smp_lite.config import PRESETS, TrainConfig
 from smp_lite.errors import ConfigError, RunInterrupted
 from smp_lite.folders import read_metrics, write_run_folder
 from smp_lite.models import MotionNet
-from smp_lite.train import PRESETS, TrainConfig, make_config
+from smp_lite.train import make_config
 
 runner = CliRunner()
 
@@ -48,6 +49,15 @@ def test_top_level_help_lists_commands() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
     assert "pretrain" in result.output and "data" in result.output
+
+
+def test_help_imports_neither_torch_nor_decord() -> None:
+    """--help reads the settings from the torch-free config.py: it starts in a fraction of a
+    second instead of the seconds torch, torchmetrics and decord take to import."""
+    heavy = "{'torch', 'decord', 'torchmetrics'}"
+    code = f"import sys, smp_lite.cli; print(sorted({heavy} & set(sys.modules)))"
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize(

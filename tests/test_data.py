@@ -14,8 +14,8 @@ from video_files import distinct_frames, write_ucf_layout
 
 from smp_lite import data as data_module
 from smp_lite.checkpoint import load_checkpoint
+from smp_lite.config import RATES
 from smp_lite.data import (
-    RATES,
     EpochSampler,
     VideoDataset,
     allowed_rates,

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+from smp_lite.config import ARCHS
 from smp_lite.masks import motion_mask_cam
 from smp_lite.models import (
-    ARCHS,
     NUM_RATES,
     ActionNet,
     Decoder,

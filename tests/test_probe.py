@@ -12,7 +12,8 @@ import pytest
 import torch
 from test_evaluate import TINY
 
-from smp_lite.data import RATES, VideoDataset
+from smp_lite.config import RATES
+from smp_lite.data import VideoDataset
 from smp_lite.engine import fit
 from smp_lite.errors import ConfigError, DataError
 from smp_lite.evaluate import (

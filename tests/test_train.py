@@ -20,14 +20,15 @@ from torchmetrics.classification import MulticlassAccuracy
 import smp_lite.engine
 import smp_lite.train
 from smp_lite.checkpoint import check_compatible, load_checkpoint, save_checkpoint
-from smp_lite.data import RATES, VideoDataset
+from smp_lite.config import DEFAULT_DATA, RATES
+from smp_lite.data import VideoDataset
 from smp_lite.engine import evaluate, metrics_row
 from smp_lite.errors import ConfigError, DataError, RunInterrupted, TrainError
 from smp_lite.folders import read_metrics
 from smp_lite.index import load_index, split_by_group
 from smp_lite.models import MotionNet
 from smp_lite.runtime import Runtime
-from smp_lite.synth import DEFAULT_DATA, synthesize
+from smp_lite.synth import synthesize
 from smp_lite.train import (
     AccuracyPerClass,
     build_model,
