@@ -245,9 +245,10 @@ def eval_settings(prof: Profile, kind: str, data: str) -> dict:
 
 
 def run_step(step: Step, out: Path, progress: bool) -> bool:
-    """The step's run: resumed from its last.pt if it has one, else (re)started afresh;
-    returns whether it was resumed."""
-    resume = (out / LAST).is_file()
+    """The step's run: resumed from its last.pt if it has one made after the step's inputs,
+    else (re)started afresh (a probe would otherwise reuse features of older weights); returns
+    whether it was resumed."""
+    resume = (out / LAST).is_file() and newer_than_inputs(step, out / LAST)
     settings = {
         **step.settings,
         "out": str(out),
@@ -309,9 +310,14 @@ def is_done(step: Step, records: dict, runs: Path) -> bool:
     output = runs / step.name / (BEST if step.kind == "pretrain" else RESULTS)
     if record is None or record["settings"] != jsonable(step.settings) or not output.is_file():
         return False
+    return newer_than_inputs(step, output)
+
+
+def newer_than_inputs(step: Step, path: Path) -> bool:
+    """Whether `path` was written after the checkpoint or features the step reads."""
     inputs = [Path(step.settings[k]) for k in ("init", "features") if k in step.settings]
-    made = output.stat().st_mtime
-    return all(made >= path.stat().st_mtime for path in inputs if path.is_file())
+    made = path.stat().st_mtime
+    return all(made >= source.stat().st_mtime for source in inputs if source.is_file())
 
 
 def jsonable(value: object) -> object:

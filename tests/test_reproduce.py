@@ -5,11 +5,13 @@ import filecmp
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from smp_lite.checkpoint import BEST, RESULTS
+import smp_lite.reproduce
+from smp_lite.checkpoint import BEST, LAST, RESULTS
 from smp_lite.cli import app
 from smp_lite.errors import ConfigError, DataError
 from smp_lite.reproduce import (
@@ -22,6 +24,7 @@ from smp_lite.reproduce import (
     jsonable,
     plan_steps,
     reproduce,
+    run_step,
     seconds_per_unit,
     step_units,
 )
@@ -131,6 +134,30 @@ def test_an_evaluation_is_redone_when_the_pretraining_it_read_was_run_again(tmp_
     records[probe.name]["settings"]["epochs"] = 99
     os.utime(tmp_path / probe.name / RESULTS, (2_000, 2_000))
     assert not is_done(probe, records, tmp_path)  # settings changed
+
+
+def test_a_step_resumes_only_from_a_last_pt_made_after_its_weights(tmp_path, monkeypatch):
+    """A probe resumed over newer weights would reuse the features of the old ones."""
+    step = next(
+        s
+        for s in plan_steps(PROFILES["synth"], "data/synth", tmp_path)
+        if s.kind == "probe-speed" and s.init == "smp"
+    )
+    weights, last = Path(step.settings["init"]), tmp_path / step.name / LAST
+    for path in (weights, last):
+        path.parent.mkdir(parents=True)
+        path.write_text("{}")
+    started = {}
+    monkeypatch.setattr(smp_lite.reproduce, "make_eval_config", lambda kind, **settings: settings)
+    monkeypatch.setattr(
+        smp_lite.reproduce, "probe", lambda settings, progress: started.update(settings)
+    )
+    os.utime(weights, (1_000, 1_000))
+    os.utime(last, (500, 500))  # the pretraining ran again after this probe started
+    assert not run_step(step, last.parent, progress=False)
+    assert (started["resume"], started["overwrite"]) == (False, True)
+    os.utime(last, (2_000, 2_000))  # an interrupted probe of these weights
+    assert run_step(step, last.parent, progress=False) and started["resume"]
 
 
 def test_the_time_left_is_estimated_from_the_steps_done(tmp_path) -> None:
