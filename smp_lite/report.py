@@ -407,7 +407,8 @@ def retrieval_table(summary: dict) -> str:
         "",
         "Top-k hit rate (%): a test video hits when one of its k most similar training videos",
         "(cosine similarity of the clip-averaged 9216-d retrieval feature) has its class; ±",
-        "bootstrap std over test videos.",
+        "bootstrap std over test videos; (+x ± s) the difference to Random and its std over",
+        "draws of the same test videos for both rows (paired).",
         "",
     ]
     for arch in summary["archs"]:
@@ -419,17 +420,23 @@ def retrieval_table(summary: dict) -> str:
         ks = next(iter(by_init.values()))["top_k"]
         lines += ["| Initialisation | " + " | ".join(f"top-{k}" for k in ks) + " |"]
         lines += ["|---" * (len(ks) + 1) + "|"]
+        random = by_init.get("random")
         for init, name in INIT_NAMES.items():
             numbers = by_init.get(init)
-            cells = [
-                f"{100 * numbers['top_k'][k]:.1f} ± {100 * numbers['top_k_std'][k]:.1f}"
-                if numbers
-                else "not run yet"
-                for k in ks
-            ]
+            base = None if init == "random" else random
+            cells = [accuracy_cell(at_k(numbers, k), at_k(base, k)) for k in ks]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def at_k(numbers: dict | None, k: str) -> dict | None:
+    """A retrieval result at top-k in the form of an accuracy: hit rate, its std, and each
+    query's hit and video where results.json has them."""
+    if not numbers:
+        return None
+    hits = {"correct": numbers["hits"][k], "video": numbers["video"]} if "hits" in numbers else {}
+    return {"accuracy": numbers["top_k"][k], "accuracy_std": numbers["top_k_std"][k], **hits}
 
 
 def new_figure(width: float, height: float):

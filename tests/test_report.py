@@ -283,5 +283,14 @@ def test_differences_to_random_get_a_paired_spread(tmp_path) -> None:
         assert f"({100 * (energy['accuracy'] - base['accuracy']):+.1f} ± " in cell
     refit = text.split("BatchNorm statistics re-estimated on training clips (weights frozen)")[1]
     assert f"| SMP | {100 * random['accuracy']:.1f} ± 2.0 ({-diff:+.1f} ± {spread:.1f}) |" in refit
+    # retrieval: each query's hit at k, paired over the same queries
+    as_retrieval = {
+        init: {"top_k": {"1": r["accuracy"]}, "top_k_std": {"1": 0.02}, "hits": {"1": r["correct"]},
+               "video": r["video"]}
+        for init, r in (("random", random), ("smp", smp))
+    }  # fmt: skip
+    retrieval = retrieval_table(summary | {"retrieve": {"c3d": as_retrieval}})
+    assert f"| Random | {100 * random['accuracy']:.1f} ± 2.0 |" in retrieval
+    assert f"| SMP | {100 * smp['accuracy']:.1f} ± 2.0 ({diff:+.1f} ± {spread:.1f}) |" in retrieval
     plot_table1(summary, tmp_path / "t1.png")
     assert (tmp_path / "t1.png").read_bytes()[:4] == b"\x89PNG"
