@@ -581,7 +581,7 @@ def reproduce_command(
         str,
         typer.Option(
             help="tiny: every step in about 2 minutes (a smoke test); synth: the generated "
-            "dataset, sized for ~2 hours on 2 CPU cores (make reproduce); paper: method.md's "
+            "dataset, about 2.5 hours on 2 CPU cores (make reproduce); paper: method.md's "
             "protocol on --data, for GPUs."
         ),
     ] = "synth",

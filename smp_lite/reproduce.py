@@ -102,7 +102,7 @@ PROFILES: dict[str, Profile] = {
         },
         seconds_per_unit=0.05,
     ),
-    # make reproduce: the default generated dataset, 48x48 clips, sized for ~2 hours on 2 CPU cores
+    # make reproduce: the default generated dataset, 48x48 clips, about 2.5 h on 2 CPU cores
     "synth": Profile(
         data=DEFAULT_DATA,
         synth="default",
