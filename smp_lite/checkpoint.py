@@ -32,15 +32,8 @@ CHECKPOINT_FORMAT = "smp-lite/1"
 CONFIG, METRICS, BEST, LAST = "config.json", "metrics.jsonl", "best.pt", "last.pt"
 BACKBONE = "backbone.pt"  # smp-lite export: the backbone alone
 RESULTS, FEATURES = "results.json", "features.pt"  # an evaluation's numbers, a probe's cache
-RUN_FILES = (
-    CONFIG,
-    METRICS,
-    BEST,
-    LAST,
-    RESULTS,
-    FEATURES,
-    BACKBONE,
-)  # what a run writes in its folder
+# what a run writes in its folder
+RUN_FILES = (CONFIG, METRICS, BEST, LAST, RESULTS, FEATURES, BACKBONE)
 PREVIOUS = ".previous"  # the run --overwrite replaces, until the new run saves last.pt
 ORIGINAL_ARCHS = ("c3d", "r3d10", "r21d10")  # the backbones the original PRP/SMP code has
 
