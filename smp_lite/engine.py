@@ -413,9 +413,9 @@ class Run:
         self.at = load_run(self.out / "last.pt", self.config, self.classes, self.objects())
 
     def save(self, names: list[str], row: dict) -> None:
-        """Save the run as each of `names` (save_run): last.pt whole, to resume from; best.pt
-        the model alone, what evaluation reads (half the size without the optimizer)."""
-        for name in sorted(names, reverse=True):  # last.pt first: resuming needs it most
+        """Save the run as each of `names` in order (save_run): last.pt whole, to resume from;
+        best.pt the model alone, what evaluation reads (half the size without the optimizer)."""
+        for name in names:
             objects = self.objects() if name == "last.pt" else {"model": unwrap(self.model)}
             save_run(self.out / name, self.config, self.classes, objects, self.at, row)
 
