@@ -15,8 +15,8 @@ command line evaluates when given no --init. Each writes a run folder: config.js
 results.json (every number, each test item's correctness for paired comparisons, the time it
 took, the device), and for the trained ones metrics.jsonl and last.pt, resumable like
 pretraining (they run on the engine's loop).
-Here: their configs (`make_eval_config`), the start of a run, frozen features (`outputs`), and
-the reports.
+Here: their configs (`make_eval_config`), the start of a run, a frozen model's outputs over a
+dataset (`frozen_outputs`), and the reports.
 """
 
 from __future__ import annotations
@@ -259,7 +259,7 @@ def json_text(value: object, indent: int) -> str:
 
 
 @torch.no_grad()
-def outputs(
+def frozen_outputs(
     fn: nn.Module, dataset: VideoDataset, rt: Runtime, desc: str, workers: int, progress: bool
 ) -> dict[str, torch.Tensor]:
     """`fn` (a model or `backbone_feature`) on every item of `dataset` (views of its videos):
@@ -410,7 +410,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
             write_run_folder(out, run.config, run.at.epoch)
         fit(run, progress)
         test_set = clip_dataset(cfg, index.test, "clip", cfg.test_views, train=False)
-        clips = outputs(unwrap(run.model), test_set, rt, "testing", cfg.workers, progress)
+        clips = frozen_outputs(unwrap(run.model), test_set, rt, "testing", cfg.workers, progress)
         logits, ids = video_mean(clips["output"], clips["video"])
         labels = clips["label"][first_of_each(clips["video"], ids)]
         results = {
@@ -506,7 +506,7 @@ def retrieval_videos(cfg: RetrieveConfig, rt: Runtime, index, progress: bool) ->
     videos = {}
     for name, split in (("gallery", index.train), ("queries", index.test)):
         ds = clip_dataset(cfg, split, "clip", cfg.test_views, train=False)
-        clips = outputs(backbone, ds, rt, f"features of the {name}", cfg.workers, progress)
+        clips = frozen_outputs(backbone, ds, rt, f"features of the {name}", cfg.workers, progress)
         features, ids = video_mean(clips["output"], clips["video"])
         videos[name] = (features, clips["label"][first_of_each(clips["video"], ids)], ids)
     return videos

@@ -58,8 +58,8 @@ from .evaluate import (
     eval_config_dict,
     eval_kind,
     first_of_each,
+    frozen_outputs,
     initial_backbone,
-    outputs,
     same_step,
     start_eval,
     video_mean,
@@ -170,7 +170,7 @@ def probe_features(cfg: ProbeConfig, rt: Runtime, index, progress: bool) -> dict
     if cfg.refit_bn:
         refit_batchnorm(feature, sets["train"], cfg, rt, progress)
     cached = {
-        name: outputs(feature, ds, rt, f"features of {name} clips", cfg.workers, progress)
+        name: frozen_outputs(feature, ds, rt, f"features of {name} clips", cfg.workers, progress)
         for name, ds in sets.items()
     }
     cached["views_dropped"] = {name: ds.views_dropped for name, ds in sets.items()}

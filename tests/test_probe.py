@@ -20,9 +20,9 @@ from smp_lite.evaluate import (
     BackboneFeature,
     clip_dataset,
     eval_out,
+    frozen_outputs,
     initial_backbone,
     make_eval_config,
-    outputs,
 )
 from smp_lite.folders import read_metrics
 from smp_lite.index import Video, load_index
@@ -160,7 +160,7 @@ def test_motion_energy_grows_with_the_playback_rate(tmp_path) -> None:
     clips = VideoDataset(
         (video,), mode="prp", clip_len=8, resize=(32, 40), crop=32, train=False, views=len(RATES)
     )
-    energy = outputs(MotionEnergy(), clips, make_runtime("cpu", "fp32"), "", 0, False)
+    energy = frozen_outputs(MotionEnergy(), clips, make_runtime("cpu", "fp32"), "", 0, False)
     assert energy["output"].shape == (len(RATES), 1)
     assert energy["rate"].tolist() == [0, 1, 2, 3]  # rates 1, 2, 4, 8: the same video
     assert energy["output"][:, 0].diff().min() > 0.5  # log energy: each rate's well above
