@@ -269,11 +269,11 @@ def paired_spread(a: dict, b: dict) -> float | None:
 
 
 def init_rows(summary: dict, kind: str) -> list[str]:
-    """Markdown rows, one per initialisation, one column per backbone."""
+    """Markdown rows, one per initialisation, one column per backbone evaluated so."""
     rows = []
     for init, name in INIT_NAMES.items():
         cells = []
-        for arch in summary["archs"]:
+        for arch in archs_of(summary, kind):
             by_init = summary.get(kind, {}).get(arch, {})  # older summaries lack newer probes
             cells.append(accuracy_cell(by_init.get(init), by_init.get("random")))
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -287,8 +287,15 @@ def energy_row(summary: dict) -> str:
     return f"| {ENERGY_NAME} | " + " | ".join(accuracy_cell(energy, r) for r in randoms) + " |"
 
 
-def arch_header(summary: dict, first: str) -> list[str]:
-    names = [f"{FAMILY.get(a, a)} (`{a}`)" for a in summary["archs"]]
+def archs_of(summary: dict, kind: str) -> list[str]:
+    """The backbones an evaluation ran on: all, or for the BatchNorm-refit probe the profile's."""
+    if kind == "probe-speed-bn":
+        return summary.get("refit_bn_archs", summary["archs"])
+    return summary["archs"]
+
+
+def arch_header(summary: dict, first: str, kind: str = "") -> list[str]:
+    names = [f"{FAMILY.get(a, a)} (`{a}`)" for a in archs_of(summary, kind)]
     return [f"| {first} | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
 
 
@@ -332,7 +339,7 @@ def table1(summary: dict) -> str:
         "otherwise keep BatchNorm's initial statistics (0 and 1), under which their features",
         "barely vary; the seed's Random row (41-42%) most likely saw normalised activations:",
         "",
-        *arch_header(summary, "Initialisation"),
+        *arch_header(summary, "Initialisation", "probe-speed-bn"),
         *init_rows(summary, "probe-speed-bn"),
         "",
         *per_rate_lines(summary),
@@ -460,9 +467,9 @@ def plot_table1(summary: dict, png: Path) -> None:
         "probe-speed-std": "standardised",
         "probe-speed-bn": "BatchNorm re-estimated",
     }
-    archs, width = summary["archs"], 0.8 / len(INIT_NAMES)
-    energy = summary.get(ENERGY)
+    width, energy = 0.8 / len(INIT_NAMES), summary.get(ENERGY)
     for ax, (kind, how) in zip(fig.subplots(1, 3, sharey=True), panels.items(), strict=True):
+        archs = archs_of(summary, kind)
         for i, (init, name) in enumerate(INIT_NAMES.items()):
             numbers = [summary.get(kind, {}).get(a, {}).get(init) for a in archs]
             xs = [j + (i - 1.5) * width for j, n in enumerate(numbers) if n]

@@ -283,6 +283,10 @@ def test_differences_to_random_get_a_paired_spread(tmp_path) -> None:
         assert f"({100 * (energy['accuracy'] - base['accuracy']):+.1f} ± " in cell
     refit = text.split("BatchNorm statistics re-estimated on training clips (weights frozen)")[1]
     assert f"| SMP | {100 * random['accuracy']:.1f} ± 2.0 ({-diff:+.1f} ± {spread:.1f}) |" in refit
+    assert "| Initialisation | C3D (`c3d`) | 3D-R18 (`r3d10`) |" in refit
+    # a profile that re-estimates BatchNorm on some backbones only: their columns alone
+    only_c3d = table1(summary | {"refit_bn_archs": ["c3d"]}).split("(weights frozen)")[1]
+    assert "| Initialisation | C3D (`c3d`) |\n|---|---|\n" in only_c3d
     # retrieval: each query's hit at k, paired over the same queries
     as_retrieval = {
         init: {"top_k": {"1": r["accuracy"]}, "top_k_std": {"1": 0.02}, "hits": {"1": r["correct"]},

@@ -199,7 +199,7 @@ def test_bad_profiles_and_data_are_refused_in_one_line(tmp_path, synth_tiny) -> 
     ]
 
 
-def test_the_plan_has_motion_energy_first_and_a_batchnorm_probe_per_backbone(tmp_path) -> None:
+def test_the_plan_has_motion_energy_first_and_the_profiles_batchnorm_probes(tmp_path) -> None:
     steps = plan_steps(PROFILES["tiny"], "data/synth-tiny", tmp_path)
     evaluations = [s for s in steps if s.kind != "pretrain"]
     assert evaluations[0].name == "probe-speed-energy" and evaluations[0].arch == ""
@@ -213,3 +213,7 @@ def test_the_plan_has_motion_energy_first_and_a_batchnorm_probe_per_backbone(tmp
     by_name = {s.name: s for s in steps}
     speed, refit = by_name["probe-speed-c3d-prp"], by_name["probe-speed-bn-c3d-prp"]
     assert refit.settings == speed.settings | {"refit_bn": REFIT_BN}
+    # the synth profile re-estimates BatchNorm on C3D only; every other evaluation on all three
+    synth = plan_steps(PROFILES["synth"], "data/synth", tmp_path)
+    assert {s.arch for s in synth if s.kind == "probe-speed-bn"} == {"c3d"}
+    assert {s.arch for s in synth if s.kind == "probe-speed-std"} == {"c3d", "r3d10", "r21d10"}
