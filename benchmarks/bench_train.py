@@ -15,8 +15,8 @@ import time
 import torch
 from torch import nn
 
+from smp_lite.harness.runtime import guard_cpu_bf16_conv3d
 from smp_lite.models import MotionNet
-from smp_lite.runtime import guard_cpu_bf16_conv3d
 
 
 def step_throughput(arch: str, size: int, batch: int, bf16: bool, steps: int) -> float:

@@ -30,7 +30,7 @@ from torch import nn
 
 from smp_lite.data import RATES, VideoDataset, to_float
 from smp_lite.index import load_index
-from smp_lite.synth import PRESETS, act, video_rng
+from smp_lite.tools.synth import PRESETS, act, video_rng
 
 SIZE = (48, 64)  # the quick preset's resize: what make reproduce trains on
 CROP = 48

@@ -18,9 +18,9 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from smp_lite.bench import bare_step, matmul_peak, synchronize, synthetic_batch, timed
+from smp_lite.harness.runtime import Runtime, make_runtime
 from smp_lite.models import upsample_then_conv
-from smp_lite.runtime import Runtime, make_runtime
+from smp_lite.tools.bench import bare_step, matmul_peak, synchronize, synthetic_batch, timed
 from smp_lite.train import build_model, make_config, make_optimizer, make_step
 
 KINDS = (  # first match wins; lower-case substrings of kernel names
@@ -40,39 +40,41 @@ def kind_of(name: str) -> str:
 def profile_step(task: str, args: argparse.Namespace, peak: float) -> None:
     batch_size, steps = args.batch_size, args.steps
     cfg = make_config(task, args.preset, arch="r3d18", batch_size=batch_size)
-    rt = make_runtime("auto")
+    runtime = make_runtime("auto")
     torch.manual_seed(0)
     model = build_model(cfg, 101)
     if args.forms:  # with the forms of the convs cuDNN runs slowly, as training prepares it
-        model = rt.prepare(model)
+        model = runtime.prepare(model)
     else:
-        model = model.to(rt.device, memory_format=torch.channels_last_3d)
+        model = model.to(runtime.device, memory_format=torch.channels_last_3d)
     optimizer, step = make_optimizer(model, cfg), make_step(cfg, epoch=0)
-    batch = rt.to_device(synthetic_batch(cfg, 101))
+    batch = runtime.to_device(synthetic_batch(cfg, 101))
     with FlopCounterMode(display=False) as counter:
-        bare_step(model, batch, step, optimizer, rt)
-    wrapped = rt.wrap(model)
+        bare_step(model, batch, step, optimizer, runtime)
+    wrapped = runtime.wrap(model)
     # after 3 calls that compile and autotune cuDNN
-    wall_ms = timed(lambda: bare_step(wrapped, batch, step, optimizer, rt), steps, rt, 3) * 1e3
-    cuda = [ProfilerActivity.CUDA] if rt.device.type == "cuda" else []
+    wall_ms = (
+        timed(lambda: bare_step(wrapped, batch, step, optimizer, runtime), steps, runtime, 3) * 1e3
+    )
+    cuda = [ProfilerActivity.CUDA] if runtime.device.type == "cuda" else []
     activities = [ProfilerActivity.CPU, *cuda]
     with profile(activities=activities) as prof:
         for _ in range(steps):
-            bare_step(wrapped, batch, step, optimizer, rt)
-        synchronize(rt)
+            bare_step(wrapped, batch, step, optimizer, runtime)
+        synchronize(runtime)
     flops_per_s = counter.get_total_flops() / wall_ms * 1e3
     print(
         f"\n== {task} r3d18, batch {batch_size}, {cfg.clip_len}x{cfg.crop}x{cfg.crop}, "
-        f"compile={rt.compile}: {wall_ms:.1f} ms a step, {batch_size / wall_ms * 1e3:.1f} "
+        f"compile={runtime.compile}: {wall_ms:.1f} ms a step, {batch_size / wall_ms * 1e3:.1f} "
         f"clips/s, {flops_per_s / 1e12:.1f} TFLOP/s = {100 * flops_per_s / peak:.1f}% of peak"
     )
-    print_kernels(prof, rt, steps, wall_ms, args.top)
+    print_kernels(prof, runtime, steps, wall_ms, args.top)
     if args.layers:
-        print_conv_layers(model, batch, step, rt)
+        print_conv_layers(model, batch, step, runtime)
 
 
-def print_kernels(prof, rt: Runtime, steps: int, wall_ms: float, top: int) -> None:
-    cuda = rt.device.type == "cuda"
+def print_kernels(prof, runtime: Runtime, steps: int, wall_ms: float, top: int) -> None:
+    cuda = runtime.device.type == "cuda"
     events = [e for e in prof.key_averages() if (e.device_type.name == "CUDA") == cuda]
     if not cuda:  # on a CPU the top-level aten ops stand in for kernels
         events = [e for e in events if e.key.startswith("aten::")]
@@ -89,7 +91,7 @@ def print_kernels(prof, rt: Runtime, steps: int, wall_ms: float, top: int) -> No
         print(f"  {us / steps / 1e3:8.2f}  {kind_of(name)[:6]:6s}  {name[:110]}")
 
 
-def print_conv_layers(model: nn.Module, batch: dict, step, rt: Runtime) -> None:
+def print_conv_layers(model: nn.Module, batch: dict, step, runtime: Runtime) -> None:
     """Each convolution of the model timed alone, fwd + bwd (input gradient too, except the
     stem's), on its input shape in the step: which layers run far from the peak."""
     inputs: dict[str, torch.Size] = {}
@@ -105,7 +107,7 @@ def print_conv_layers(model: nn.Module, batch: dict, step, rt: Runtime) -> None:
         for name, m in model.named_modules()
         if isinstance(m, nn.Conv3d | nn.ConvTranspose3d)
     ]
-    with rt.autocast():
+    with runtime.autocast():
         step(model, batch)
     for h in hooks:
         h.remove()
@@ -113,7 +115,7 @@ def print_conv_layers(model: nn.Module, batch: dict, step, rt: Runtime) -> None:
     total_ms = 0.0
     print("each convolution alone, fwd+bwd: ms, GFLOP, TFLOP/s, input shape")
     for name, shape in inputs.items():
-        ms, flops = time_conv(modules[name], shape, rt, input_grad=shape[1] != 3)
+        ms, flops = time_conv(modules[name], shape, runtime, input_grad=shape[1] != 3)
         total_ms += ms
         conv = modules[name]
         print(
@@ -125,24 +127,26 @@ def print_conv_layers(model: nn.Module, batch: dict, step, rt: Runtime) -> None:
 
 
 def time_conv(
-    conv: nn.Module, shape: tuple, rt: Runtime, input_grad: bool, reps: int = 5, layout=None
+    conv: nn.Module, shape: tuple, runtime: Runtime, input_grad: bool, reps: int = 5, layout=None
 ) -> tuple[float, int]:
     """(ms, FLOPs) of `conv` forward and backward on a random input of `shape`."""
-    layout = layout or (torch.channels_last_3d if rt.channels_last else torch.contiguous_format)
-    x = torch.randn(shape, device=rt.device).contiguous(memory_format=layout)
+    layout = layout or (
+        torch.channels_last_3d if runtime.channels_last else torch.contiguous_format
+    )
+    x = torch.randn(shape, device=runtime.device).contiguous(memory_format=layout)
     x.requires_grad_(input_grad)
 
     def run() -> None:
-        with rt.autocast():
+        with runtime.autocast():
             y = conv(x)
         y.backward(torch.ones_like(y))
 
     with FlopCounterMode(display=False) as counter:
         run()  # torch.compile's first call compiles here
-    return timed(run, reps, rt) * 1e3, counter.get_total_flops()
+    return timed(run, reps, runtime) * 1e3, counter.get_total_flops()
 
 
-def decoder_alternatives(batch_size: int, clip_len: int, crop: int, rt: Runtime) -> None:
+def decoder_alternatives(batch_size: int, clip_len: int, crop: int, runtime: Runtime) -> None:
     """The decoder's last two linear layers, ConvTranspose3d(64, 64, 2, stride 2) and
     Conv3d(64, 3, 3) at full size, where the SMP step lost most (docs/benchmarks.md, "On a
     GPU"): one after the other (in channels_last and in NCDHW) against the one composed
@@ -151,7 +155,7 @@ def decoder_alternatives(batch_size: int, clip_len: int, crop: int, rt: Runtime)
     matmul and a copy; the 3-channel conv as a sum of taps.)"""
     shape = (batch_size, 64, clip_len, crop // 2, crop // 2)
     pair = nn.Sequential(nn.ConvTranspose3d(64, 64, 2, stride=2), nn.Conv3d(64, 3, 3, padding=1))
-    pair = pair.to(rt.device)
+    pair = pair.to(runtime.device)
     composed = UpsampleThenConv(pair[0], pair[1])
     print(f"decoder alternatives, fwd+bwd ms, on {shape}:")
     rows = [
@@ -162,7 +166,7 @@ def decoder_alternatives(batch_size: int, clip_len: int, crop: int, rt: Runtime)
         ("composed, compiled", torch.compile(composed), None),
     ]
     for name, module, layout in rows:
-        print(f"  {time_conv(module, shape, rt, True, layout=layout)[0]:7.2f}  {name}")
+        print(f"  {time_conv(module, shape, runtime, True, layout=layout)[0]:7.2f}  {name}")
 
 
 class UpsampleThenConv(nn.Module):

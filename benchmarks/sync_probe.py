@@ -15,26 +15,26 @@ import warnings
 import torch
 from torch._dynamo.utils import counters
 
-from smp_lite.bench import synthetic_batch
-from smp_lite.engine import train_steps
-from smp_lite.runtime import make_runtime
+from smp_lite.harness.engine import train_steps
+from smp_lite.harness.runtime import make_runtime
+from smp_lite.tools.bench import synthetic_batch
 from smp_lite.train import build_model, make_config, make_optimizer, make_step, task_metrics
 
 
 def sync_sites(task: str, steps: int = 3, batch_size: int = 8) -> collections.Counter:
     """(file:line in smp_lite, file:line of the call) -> synchronisations over `steps` steps."""
     cfg = make_config(task, "paper", arch="r3d18", batch_size=batch_size)
-    rt = make_runtime("auto", compile=False)
-    model = rt.wrap(rt.prepare(build_model(cfg, 101)))
+    runtime = make_runtime("auto", compile=False)
+    model = runtime.wrap(runtime.prepare(build_model(cfg, 101)))
     optimizer, step = make_optimizer(model, cfg), make_step(cfg, epoch=0)
-    metrics = task_metrics(cfg, 101).to(rt.device)
+    metrics = task_metrics(cfg, 101).to(runtime.device)
     batch = synthetic_batch(cfg, 101)
-    if rt.device.type == "cuda":
+    if runtime.device.type == "cuda":
         batch = {k: v.pin_memory() for k, v in batch.items()}
-    scaler = torch.amp.GradScaler(rt.device.type, enabled=False)
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=False)
 
     def run(n: int) -> None:
-        for _ in train_steps(model, [batch] * n, step, optimizer, scaler, metrics, rt, set()):
+        for _ in train_steps(model, [batch] * n, step, optimizer, scaler, metrics, runtime, set()):
             pass
 
     run(2)  # warm-up: cuDNN's autotuning synchronises
@@ -46,13 +46,13 @@ def sync_sites(task: str, steps: int = 3, batch_size: int = 8) -> collections.Co
         where = f"{ours[-1].filename.split('smp_lite/')[-1]}:{ours[-1].lineno}" if ours else "?"
         sites[(where, f"{filename.split('site-packages/')[-1]}:{lineno}")] += 1
 
-    if rt.device.type == "cuda":
+    if runtime.device.type == "cuda":
         torch.cuda.set_sync_debug_mode("warn")
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = record
         run(steps)
-    if rt.device.type == "cuda":
+    if runtime.device.type == "cuda":
         torch.cuda.set_sync_debug_mode(0)
     return sites
 

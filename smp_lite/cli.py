@@ -9,7 +9,7 @@ import shlex
 import sys
 import typing
 from collections.abc import Callable
-from dataclasses import fields, replace
+from dataclasses import Field, fields, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -20,14 +20,9 @@ import typer
 # --help does not wait for torch, torchmetrics and decord.
 from . import __version__
 from .config import (
-    ARCHS,
     DEFAULT_DATA,
     EVAL_PRESETS,
-    LAMBDA_SCHEDULES,
     PRESETS,
-    TARGETS,
-    TASK_CROPS,
-    TASKS,
     BenchConfig,
     EvalConfig,
     FinetuneConfig,
@@ -35,7 +30,7 @@ from .config import (
     RetrieveConfig,
     TrainConfig,
 )
-from .errors import DataError, RunInterrupted, TrainError
+from .harness.errors import DataError, RunInterrupted, TrainError
 
 app = typer.Typer(
     help="Self-supervised motion perception (SMP) and playback-rate perception (PRP) for video.",
@@ -113,7 +108,7 @@ def data_synth(
     ] = None,
 ) -> None:
     """Generate the motion-video dataset: real H.264 videos in the UCF101 layout."""
-    from .synth import plot_class_grid, synthesize
+    from .tools.synth import plot_class_grid, synthesize
 
     root = synthesize(out, preset=preset, seed=seed, workers=workers, overwrite=overwrite)
     typer.echo(f"dataset ready: {root}")
@@ -141,7 +136,7 @@ def data_check(
     """Report classes, videos per split, and missing, unlisted, undecodable or short videos."""
     import json
 
-    from .check import check_dataset, format_report
+    from .tools.check import check_dataset, format_report
 
     report = check_dataset(root, split=split, workers=workers)
     typer.echo(format_report(report))
@@ -152,88 +147,6 @@ def data_check(
     if not report["usable"]:
         train = report["videos"]["train"]
         raise DataError(f"{root}: none of the {train} training videos can be sampled")
-
-
-# The help of each setting of a config (TrainConfig, the evaluation configs); its default comes
-# from the config and its presets.
-HELP = {
-    "arch": f"Backbone: {', '.join(ARCHS)}.",
-    "task": "smp (motion perception), prp (playback rate) or supervised.",
-    "data": "Dataset as [kind:]PATH, kind synth, ucf101, hmdb51 or csv. The default generated "
-    "dataset is created if absent.",
-    "split": "Official train/test split (1, 2 or 3).",
-    "out": "Run folder [default: runs/TASK-ARCH-DATASET, plus -lrLR and -seedN where they "
-    "differ from the preset; evaluations: runs/KIND-ARCH-INIT].",
-    "preset": "quick (a few CPU minutes) or paper (method.md) [default: quick on generated "
-    "data, paper on real data]. The options below override it.",
-    "epochs": "Epochs.",
-    "batch_size": "Clips per batch (per process under torchrun).",
-    "lr": "Learning rate.",
-    "head_lr_scale": "Learning-rate factor of the rate heads' last layer (10 in PRP).",
-    "momentum": "SGD momentum.",
-    "weight_decay": "SGD weight decay.",
-    "schedule": "Learning-rate schedule: plateau (on the validation loss) or cosine (warm-up).",
-    "warmup_epochs": "Linear warm-up epochs of the cosine schedule.",
-    "plateau_patience": "Epochs without a lower validation loss before the plateau schedule "
-    "divides the learning rate by 10.",
-    "clip_len": "Frames per input clip.",
-    "resize": "Decode frames at HxW before cropping, e.g. 128x171.",
-    "crop": "Square crop side, divisible by 16.",
-    "train_crop": "Where training crops: random or center [default: the task's original: "
-    "random for smp and supervised, center for prp]. Evaluation crops the centre.",
-    "clips_per_video": "Training clips drawn from each video per epoch, decoded in one pass "
-    "(repeated sampling): each clip is drawn as if alone, but a batch holds fewer videos and an "
-    "epoch is this many times as long. With 4 a loader process made 2.2-2.3x the clips a second, "
-    "but at batch 8 learning per step was slower (docs/benchmarks.md).",
-    "val_fraction": "Share of training groups held out to pick best.pt.",
-    "precise_bn": "Training batches that recompute BatchNorm statistics at each epoch end, "
-    "before validation and saving (0 = keep the running averages).",
-    "lam_schedule": "SMP mask blend over the epochs, each taken at its place in a 300-epoch run: "
-    "exp, log, sigmoid, plinear, linear, dpau (lambda=0) or cam (lambda=1).",
-    "mg": "SMP multiple-granularity rate heads on c4, c3, c2.",
-    "workers": "Data loading processes (auto: none on a CPU, where the step already uses every "
-    "core; on a GPU, all the rank's cores but one, at most 16).",
-    "device": "auto (a GPU if there is one), cpu, cuda (under torchrun: the rank's own), cuda:N.",
-    "precision": "auto (bf16 on GPUs and CPUs with native bf16, else fp16 on a GPU, fp32 on a "
-    "CPU), bf16, fp16 (GPUs only) or fp32.",
-    "channels_last": "channels_last_3d memory layout (auto: on with a GPU or bf16).",
-    "compile": "Run the trained model through torch.compile (auto: on with a GPU; compiling "
-    "takes a minute or two there, and much longer on a CPU).",
-    "seed": "Random seed: the same seed gives the same numbers on a CPU.",
-    "limit_batches": "Stop each epoch after N batches (0 = all; for smoke tests).",
-    "save_every": "Also save last.pt every N steps within an epoch (0 = at epoch ends only).",
-    "init_from": "Initialise the backbone from this checkpoint: a smp-lite one of the same "
-    "architecture, or one of the original PRP/SMP code (c3d, r3d10, r21d10).",
-    "resume": "Continue the run in OUT from last.pt, mid-epoch too.",
-    "overwrite": "Replace the run in OUT (kept until the new run saves its first last.pt).",
-    "init": "The backbone to evaluate: random, a checkpoint (smp-lite of any task, or the "
-    "original PRP/SMP code's c3d, r3d10, r21d10), or a run folder (its best.pt, else last.pt) "
-    "[default: the latest pretraining of --arch under runs/, the best.pt saved last].",
-    "target": "What the linear layer learns: speed (the 4 playback rates) or action.",
-    "train_views": "Cached training clips per video (and per rate for speed).",
-    "standardize": "Standardise each feature dimension with the training clips' mean and std "
-    "before the linear layer (not in the seed's protocol: without it, SGD favours features of "
-    "large scale).",
-    "refit_bn": "Before caching features, re-estimate the frozen backbone's BatchNorm statistics "
-    "over N batches of the probe's training clips (at most one pass; weights unchanged), then "
-    "take eval-mode features as usual (0 = keep the init's statistics). Random weights keep "
-    "BatchNorm's initial mean 0 and variance 1, under which their features barely vary.",
-    "features": "Train on the features another probe run cached (its folder or features.pt) "
-    "instead of computing them: to try --standardize, --lr or --epochs in seconds. Its clips "
-    "must be this run's (same arch, init, data, clips, views, seed, refit-bn): checked.",
-    "test_views": "Clips per test video; their logits or features are averaged.",
-    "lr_step_epoch": "Epoch at which the learning rate drops 10x.",
-}
-PROBE_HELP = HELP | {
-    "init": "The backbone to evaluate: random, a checkpoint (smp-lite of any task, or the "
-    "original PRP/SMP code's c3d, r3d10, r21d10), a run folder (its best.pt, else last.pt), or "
-    "motion-energy (speed target only): no network, one number per clip, the log mean squared "
-    "difference between its consecutive frames; a baseline (its scale is arbitrary: reproduce "
-    "adds --standardize) [default: with --features, that run's; else the latest pretraining "
-    "of --arch under runs/, the best.pt saved last].",
-    "precise_bn": "Fine-tuning's: must stay 0 here, the linear layer has no BatchNorm (--refit-bn "
-    "re-estimates the frozen backbone's).",
-}
 
 
 # The --help panels, in order, and the settings each shows (of the commands that have them);
@@ -248,28 +161,6 @@ PANELS = {
     "Probe": "features standardize refit_bn".split(),
     "Hardware": "workers device precision channels_last compile".split(),
     "Run": "out seed resume overwrite save_every limit_batches".split(),
-}
-# The settings that take one of a fixed set of values: --help shows them as the metavar. The
-# values are checked by the configs' validation (train.validate, evaluate.validate_eval), which
-# spells the schedules and precisions out itself; tests/test_cli.py holds the two in step.
-CHOICES = {
-    "arch": ARCHS,
-    "task": TASKS,
-    "target": TARGETS,
-    "preset": tuple(PRESETS),
-    "train_crop": tuple(dict.fromkeys(TASK_CROPS.values())),
-    "schedule": ("plateau", "cosine"),
-    "lam_schedule": LAMBDA_SCHEDULES,
-    "precision": ("auto", "bf16", "fp16", "fp32"),
-    "device": ("auto", "cpu", "cuda", "cuda:N"),
-}
-# The other text settings: files, folders and datasets
-METAVARS = {
-    "data": "[KIND:]PATH",
-    "out": "PATH",
-    "init": "random|PATH",
-    "init_from": "PATH",
-    "features": "PATH",
 }
 
 
@@ -335,12 +226,11 @@ def with_config_options(
     command: Callable,
     config: type,
     presets: dict[str, tuple],
-    help: dict[str, str],
     panels: dict[str, list[str]] | None = None,
 ) -> Callable:
     """Give `command` (which takes **settings) one option per field of the dataclass `config`,
-    defaulting to None so that the config decides, with `help` and the presets' defaults, in
-    the --help panels of `panels` (in their order; none: one list)."""
+    defaulting to None so that the config decides, with the field's help (config.setting) and
+    the presets' defaults, in the --help panels of `panels` (in their order; none: one list)."""
     hints = typing.get_type_hints(config)
     own_hints = typing.get_type_hints(command, include_extras=True)
     own = [
@@ -353,10 +243,11 @@ def with_config_options(
     order = list(panel_of)  # typer shows the panels in the order of their first option
     for f in sorted(fields(config), key=lambda f: order.index(f.name) if f.name in order else -1):
         kind, sep = option_type(hints[f.name]), "," if is_list(hints[f.name]) else "x"
+        help = f.metadata["help"]
         option = typer.Option(
-            help=help[f.name] + shown_default(f.name, presets, help[f.name], sep),
+            help=help + shown_default(f.name, presets, help, sep),
             show_default=False,
-            metavar=None if kind is bool else metavar(f.name, hints[f.name]),
+            metavar=None if kind is bool else metavar(f, hints[f.name]),
             rich_help_panel=panel_of.get(f.name),
         )
         params.append(
@@ -372,13 +263,14 @@ def with_config_options(
     return command
 
 
-def metavar(name: str, hint: object) -> str:
+def metavar(setting: Field, hint: object) -> str:
     """What --help shows after a setting's option: its choices, [KIND:]PATH and the like, HxW
     for a size, A,B,... for a list, else its type (INT, FLOAT, TEXT)."""
-    if name in CHOICES:
-        return f"[{'|'.join(CHOICES[name])}]"
-    if name in METAVARS:
-        return METAVARS[name]
+    choices = [c for c in setting.metadata["choices"] if c]  # "": a default the help explains
+    if choices:
+        return f"[{'|'.join(choices)}]"
+    if setting.metadata["metavar"]:
+        return setting.metadata["metavar"]
     if typing.get_origin(without_none(hint)) is tuple:
         return "A,B,..." if is_list(hint) else "HxW"
     kind = option_type(hint)
@@ -394,7 +286,7 @@ ShowProgress = Annotated[
 ]
 
 
-def pretrain(
+def pretrain_command(
     ctx: typer.Context,
     *,
     progress: ShowProgress = True,
@@ -410,7 +302,7 @@ def pretrain(
         typer.echo(f"done: {result['out']} (best validation loss {result['best_val']:.4f})")
 
 
-def probe(
+def probe_command(
     ctx: typer.Context,
     *,
     progress: ShowProgress = True,
@@ -418,12 +310,12 @@ def probe(
 ) -> None:
     """Linear probe on a frozen backbone: the playback rate (speed; the seed's Table 1) or the
     action. Features are computed once and cached in the run folder."""
-    from . import probe as linear_probe
+    from .probe import probe
 
-    evaluation(ctx, "probe", linear_probe.probe, settings, progress)
+    evaluation(ctx, "probe", probe, settings, progress)
 
 
-def finetune(
+def finetune_command(
     ctx: typer.Context,
     *,
     progress: ShowProgress = True,
@@ -435,7 +327,7 @@ def finetune(
     evaluation(ctx, "finetune", evaluate.finetune, settings, progress)
 
 
-def retrieve(
+def retrieve_command(
     ctx: typer.Context,
     *,
     progress: ShowProgress = True,
@@ -509,20 +401,21 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 speaks for all
 
 
-app.command()(friendly_errors(with_config_options(pretrain, TrainConfig, PRESETS, HELP, PANELS)))
-for command, config, helps in (
-    (probe, ProbeConfig, PROBE_HELP),
-    (finetune, FinetuneConfig, HELP),
-    (retrieve, RetrieveConfig, HELP),
+app.command("pretrain")(
+    friendly_errors(with_config_options(pretrain_command, TrainConfig, PRESETS, PANELS))
+)
+for kind, command, config in (
+    ("probe", probe_command, ProbeConfig),
+    ("finetune", finetune_command, FinetuneConfig),
+    ("retrieve", retrieve_command, RetrieveConfig),
 ):
-    kind = command.__name__
     presets = {name: (configs[kind],) for name, configs in EVAL_PRESETS.items()}
-    app.command()(friendly_errors(with_config_options(command, config, presets, helps, PANELS)))
+    app.command(kind)(friendly_errors(with_config_options(command, config, presets, PANELS)))
 
 
-@app.command()
+@app.command("report")
 @friendly_errors
-def report(
+def report_command(
     runs: Annotated[
         list[Path],
         typer.Argument(
@@ -540,7 +433,7 @@ def report(
 ) -> None:
     """Print markdown tables of the runs: pretrainings' held-out accuracy, evaluations' results
     and last epoch; a note for what a run cannot show; optionally plot their curves."""
-    from .report import plot_curves, report_text
+    from .tools.report import plot_curves, report_text
 
     text, notes = report_text(runs)
     typer.echo(text)
@@ -568,7 +461,7 @@ def export_command(
     ] = None,
 ) -> None:
     """Write the backbone alone (no heads, decoder or optimizer): a small file for --init."""
-    from .checkpoint import export_backbone
+    from .harness.checkpoint import export_backbone
 
     path = export_backbone(source, out)
     typer.echo(f"backbone: {path} ({path.stat().st_size / 2**20:.0f} MiB)")
@@ -605,7 +498,7 @@ def reproduce_command(
     """Pretrain (supervised, PRP, SMP) and evaluate (speed and action probes, fine-tuning,
     retrieval) three backbones, then write Table 1, Table 2, retrieval and their pictures. A
     rerun reuses the finished steps and resumes an interrupted one."""
-    from .reproduce import reproduce
+    from .tools.reproduce import reproduce
 
     try:
         summary = reproduce(profile, data, runs, results, progress, report_only)
@@ -614,30 +507,6 @@ def reproduce_command(
         raise typer.Exit(130) from None
     where = results or Path("results") / profile
     typer.echo(f"done in {summary['seconds'] / 60:.0f} min of steps: {where}/table1.md, ...")
-
-
-# The help of each BenchConfig setting; defaults come from BenchConfig itself.
-BENCH_HELP = {
-    **{k: HELP[k] for k in ("data", "device", "batch_size")},
-    "preset": "Clip sizes of this pretraining preset [default: paper on a GPU, quick on a CPU].",
-    "archs": "Backbones, comma-separated.",
-    "tasks": "Tasks, comma-separated.",
-    "clip_len": "Frames per clip [default: the preset's].",
-    "resize": "Decode frames at HxW [default: the preset's].",
-    "crop": "Crop side [default: the preset's].",
-    "original_batch": "Batch of the original code's style.",
-    "steps": "Timed compute steps per setting.",
-    "rates": "Playback rates of the loader, comma-separated.",
-    "workers": "Loader worker counts, comma-separated.",
-    "clips_per_video": "Training clips per decoded video the loader is timed with (repeated "
-    "sampling, pretrain --clips-per-video), comma-separated.",
-    "loader_batches": "Timed loader batches per setting, after each worker's first batch.",
-    "step_batches": "Batches of the long end-to-end epoch (0: skip).",
-    "step_workers": "Loader workers of the end-to-end run [default: pretrain's: none on a CPU, "
-    "the cores but one on a GPU].",
-    "variants": "Also time the compute with: fused (SGD), eager (no torch.compile), compiled "
-    "(torch.compile), comma-separated.",
-}
 
 
 def bench_command(
@@ -655,7 +524,7 @@ def bench_command(
     """Time each part of a pretraining step alone: matmul peak, compute (with FLOPs and the
     share of the peak), the loader per rate and worker count, the original code's loading
     style on the same files, and train() end to end."""
-    from .bench import bench, bench_config, format_report, write_section
+    from .tools.bench import bench, bench_config, format_report, write_section
 
     hints = typing.get_type_hints(BenchConfig)
     parsed = {k: parse_option(v, hints[k]) for k, v in settings.items() if v is not None}
@@ -670,9 +539,7 @@ def bench_command(
 
 
 app.command("bench")(
-    friendly_errors(
-        with_config_options(bench_command, BenchConfig, {"": (BenchConfig(),)}, BENCH_HELP)
-    )
+    friendly_errors(with_config_options(bench_command, BenchConfig, {"": (BenchConfig(),)}))
 )
 
 

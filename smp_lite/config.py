@@ -1,16 +1,171 @@
-"""Every run's settings, torch-free so that `smp-lite --help` starts in a fraction of a second:
-the dataclass configs of pretraining (train.py), evaluation (evaluate.py, probe.py) and the
-benchmark (bench.py), their presets, and the names a setting chooses from. Each default is
-written here once; the command line reads them (and the help texts in cli.py) from here."""
+"""Every run's settings, each declared once: its type and default, the help `--help` shows, its
+check, the values it chooses from, and whether a resume keeps it. Torch-free, so that
+`smp-lite --help` starts in a fraction of a second.
+
+The dataclass configs of pretraining (train.py), evaluation (evaluate.py, probe.py) and the
+benchmark (tools/bench.py), and their presets. The command line builds one option per field
+from here (cli.py); `check_settings` applies each field's check; a resume refuses a change to a
+field declared `keep` (harness/checkpoint.py) and applies the others.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from .harness.errors import ConfigError
 
 ARCHS: tuple[str, ...] = ("c3d", "r3d10", "r21d10", "r3d18", "r21d18")  # models.build_backbone
 RATES = (1, 2, 4, 8)  # playback rates: frame steps of a sampled clip (data.sample_dilated_clip)
 LAMBDA_SCHEDULES = ("exp", "log", "sigmoid", "plinear", "linear", "dpau", "cam")  # masks.py
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DEFAULT_DATA = "data/synth"  # where `smp-lite data synth` writes and training reads by default
+
+Check = tuple[Callable[[Any], bool], str]  # (is the value usable, what it must be)
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    keep: bool = False,
+    check: Check | None = None,
+    choices: tuple[str, ...] = (),
+    label: str = "",
+    metavar: str = "",
+) -> Any:
+    """A config field declared once. `keep`: a resume must keep the value the run started
+    with (it makes the run what it is, or lives on in the optimiser's or scheduler's saved
+    state, where a new value would be silently overridden); a new one is refused. Otherwise a
+    resume applies the new value. `choices`: the values it takes (checked, and shown by
+    --help), `label` naming it in the refusal; `metavar`: what --help shows after the option."""
+    meta = dict(help=help, keep=keep, check=check, choices=choices, label=label, metavar=metavar)
+    return field(default=default, metadata=meta)
+
+
+def positive(label: str) -> Check:
+    return (lambda v: 0 < v < math.inf, f"{label} must be positive")  # NaN fails too
+
+
+def at_least(n: int, label: str) -> Check:
+    return (lambda v: v is None or v >= n, f"{label} must be {n} or more")
+
+
+def check_settings(cfg: object) -> None:
+    """Refuse the first field of `cfg` whose value fails its check or is not among its choices:
+    ConfigError (exit code 2), before anything is read."""
+    for f in fields(cfg):
+        value, meta = getattr(cfg, f.name), f.metadata
+        if meta.get("choices") and value not in meta["choices"]:
+            name = meta["label"] or f.name.replace("_", " ")
+            raise ConfigError(
+                f"unknown {name} {value!r}: choose one of {', '.join(meta['choices'])}"
+            )
+        if meta.get("check") and not meta["check"][0](value):
+            raise ConfigError(f"{meta['check'][1]}, got {show(value, str(f.type))}")
+
+
+def show(value: object, hint: str) -> str:
+    """A value as the command line writes it: HxW for a size, A,B for a list."""
+    if not isinstance(value, tuple):
+        return str(value)
+    return ("," if "..." in hint else "x").join(map(str, value))
+
+
+def kept_on_resume(*configs: type) -> tuple[str, ...]:
+    """The fields of `configs` declared `keep`: those a resume refuses to change."""
+    names = [f.name for c in configs for f in fields(c) if f.metadata.get("keep")]
+    return tuple(dict.fromkeys(names))
+
+
+# ---------------------------------------------------------------------------------------------
+# What every run shares
+
+
+@dataclass
+class RunConfig:
+    """The settings of every run: backbone, data, clips, hardware, folder."""
+
+    arch: str = setting(
+        "r3d18", f"Backbone: {', '.join(ARCHS)}.", keep=True, choices=ARCHS, label="architecture"
+    )
+    data: str = setting(
+        DEFAULT_DATA,
+        "Dataset as [kind:]PATH, kind synth, ucf101, hmdb51 or csv. The default generated "
+        "dataset is created if absent.",
+        metavar="[KIND:]PATH",
+    )
+    split: int = setting(
+        1, "Official train/test split (1, 2 or 3).", keep=True, check=positive("split")
+    )
+    out: str = setting(
+        "",
+        "Run folder [default: runs/TASK-ARCH-DATASET, plus -lrLR and -seedN where they "
+        "differ from the preset; evaluations: runs/KIND-ARCH-INIT].",
+        metavar="PATH",
+    )
+    preset: str = setting(
+        "paper",
+        "quick (a few CPU minutes) or paper (method.md) [default: quick on generated data, "
+        "paper on real data]. The options below override it.",
+        choices=("paper", "quick"),
+    )
+    clip_len: int = setting(
+        16,
+        "Frames per input clip.",
+        keep=True,
+        check=(lambda v: v >= 8 and v % 8 == 0, "clip length must be a multiple of 8"),
+    )
+    resize: tuple[int, int] = setting(
+        (128, 171),
+        "Decode frames at HxW before cropping, e.g. 128x171.",
+        keep=True,
+        check=(lambda v: min(v) > 0, "resize must be positive"),
+    )
+    crop: int = setting(
+        112,
+        "Square crop side, divisible by 16.",
+        keep=True,
+        check=(lambda v: v > 0 and v % 16 == 0, "crop must be positive and divisible by 16"),
+    )
+    workers: int | None = setting(
+        None,  # None: runtime.loader_workers' default
+        "Data loading processes (auto: none on a CPU, where the step already uses every core; "
+        "on a GPU, all the rank's cores but one, at most 16).",
+        check=at_least(0, "workers"),
+    )
+    device: str = setting(
+        "auto",
+        "auto (a GPU if there is one), cpu, cuda (under torchrun: the rank's own), cuda:N.",
+        metavar="[auto|cpu|cuda|cuda:N]",  # checked by runtime.pick_device
+    )
+    precision: str = setting(
+        "auto",
+        "auto (bf16 on GPUs and CPUs with native bf16, else fp16 on a GPU, fp32 on a CPU), "
+        "bf16, fp16 (GPUs only) or fp32.",
+        choices=PRECISIONS,
+    )
+    channels_last: bool | None = setting(
+        None, "channels_last_3d memory layout (auto: on with a GPU or bf16)."
+    )
+    compile: bool | None = setting(
+        None,
+        "Run the trained model through torch.compile (auto: on with a GPU; compiling takes a "
+        "minute or two there, and much longer on a CPU).",
+    )
+    seed: int = setting(
+        0,
+        "Random seed: the same seed gives the same numbers on a CPU.",
+        keep=True,
+        check=(lambda v: 0 <= v < 2**32, f"seed must be in 0..{2**32 - 1}"),
+    )
+    resume: bool = setting(False, "Continue the run in OUT from last.pt, mid-epoch too.")
+    overwrite: bool = setting(
+        False, "Replace the run in OUT (kept until the new run saves its first last.pt)."
+    )
+
 
 # ---------------------------------------------------------------------------------------------
 # Pretraining (train.py)
@@ -20,45 +175,100 @@ TASK_CROPS = {"smp": "random", "prp": "center", "supervised": "random"}  # the o
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RunConfig):
     """One pretraining run. The defaults are the papers' PRP/SMP protocol (method.md 2-3);
     the other presets below are instances derived from it."""
 
-    arch: str = "r3d18"
-    task: str = "smp"
-    data: str = DEFAULT_DATA
-    split: int = 1
-    out: str = ""  # empty: runs/<task>-<arch>-<dataset folder>
-    preset: str = "paper"
-    epochs: int = 300
-    batch_size: int = 8
-    lr: float = 0.01
-    head_lr_scale: float = 10.0  # the rate heads' final Linear ("fc8") learns this much faster
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "plateau"  # plateau (PRP/SMP) or cosine with warm-up (supervised)
-    warmup_epochs: int = 0
-    plateau_patience: int = 50
-    clip_len: int = 16
-    resize: tuple[int, int] = (128, 171)
-    crop: int = 112
-    train_crop: str = ""  # random or center; empty: the task's original (TASK_CROPS)
-    clips_per_video: int = 1  # >1: training clips per decoded video (repeated sampling)
-    val_fraction: float = 0.1  # of the training groups, held out to pick best.pt
-    precise_bn: int = 20  # training batches that recompute BatchNorm statistics each epoch end
-    lam_schedule: str = "exp"
-    mg: bool = True  # multiple-granularity rate heads (SMP)
-    workers: int | None = None  # loader processes; None: runtime.loader_workers' default
-    device: str = "auto"
-    precision: str = "auto"  # auto, bf16, fp16, fp32
-    channels_last: bool | None = None  # None: on where it pays (GPU, CPU with bf16)
-    compile: bool | None = None  # torch.compile the training model; None: on a GPU
-    seed: int = 0
-    limit_batches: int = 0  # >0: stop each epoch after this many batches (smoke runs)
-    save_every: int = 100  # steps between mid-epoch saves of last.pt (0: at epoch ends only)
-    init_from: str = ""  # checkpoint to initialise the backbone from (smp-lite or original code)
-    resume: bool = False
-    overwrite: bool = False
+    task: str = setting(
+        "smp", "smp (motion perception), prp (playback rate) or supervised.", keep=True,
+        choices=TASKS,
+    )  # fmt: skip
+    epochs: int = setting(300, "Epochs.", check=positive("epochs"))
+    batch_size: int = setting(
+        8, "Clips per batch (per process under torchrun).", keep=True,
+        check=positive("batch size"),
+    )  # fmt: skip
+    lr: float = setting(0.01, "Learning rate.", keep=True, check=positive("learning rate"))
+    head_lr_scale: float = setting(
+        10.0,  # the rate heads' final Linear ("fc8") learns this much faster
+        "Learning-rate factor of the rate heads' last layer (10 in PRP).",
+        keep=True,
+        check=positive("head lr scale"),
+    )
+    momentum: float = setting(
+        0.9, "SGD momentum.", keep=True, check=(lambda v: 0 <= v < 1, "momentum must be in [0, 1)")
+    )
+    weight_decay: float = setting(
+        5e-4, "SGD weight decay.", keep=True,
+        check=(lambda v: 0 <= v < math.inf, "weight decay must be 0 or more"),
+    )  # fmt: skip
+    schedule: str = setting(
+        "plateau",  # plateau (PRP/SMP) or cosine with warm-up (supervised)
+        "Learning-rate schedule: plateau (on the validation loss) or cosine (warm-up).",
+        keep=True,
+        choices=("plateau", "cosine"),
+        label="lr schedule",
+    )
+    warmup_epochs: int = setting(
+        0, "Linear warm-up epochs of the cosine schedule.", check=at_least(0, "warm-up epochs")
+    )
+    plateau_patience: int = setting(
+        50,
+        "Epochs without a lower validation loss before the plateau schedule divides the "
+        "learning rate by 10.",
+        keep=True,
+        check=at_least(0, "plateau patience"),
+    )
+    train_crop: str = setting(
+        "",  # empty: the task's original (TASK_CROPS)
+        "Where training crops: random or center [default: the task's original: random for smp "
+        "and supervised, center for prp]. Evaluation crops the centre.",
+        keep=True,
+        choices=("", "random", "center"),
+        label="crop",
+    )
+    clips_per_video: int = setting(
+        1,
+        "Training clips drawn from each video per epoch, decoded in one pass (repeated "
+        "sampling): each clip is drawn as if alone, but a batch holds fewer videos and an epoch "
+        "is this many times as long (docs/benchmarks.md).",
+        keep=True,
+        check=at_least(1, "clips per video"),
+    )
+    val_fraction: float = setting(
+        0.1, "Share of training groups held out to pick best.pt.", keep=True,
+        check=(lambda v: 0 <= v < 1, "val fraction must be in [0, 1)"),
+    )  # fmt: skip
+    precise_bn: int = setting(
+        20,
+        "Training batches that recompute BatchNorm statistics at each epoch end, before "
+        "validation and saving (0 = keep the running averages).",
+        check=at_least(0, "precise BN batches"),
+    )
+    lam_schedule: str = setting(
+        "exp",
+        "SMP mask blend over the epochs, each taken at its place in a 300-epoch run: exp, log, "
+        "sigmoid, plinear, linear, dpau (lambda=0) or cam (lambda=1).",
+        keep=True,
+        choices=LAMBDA_SCHEDULES,
+        label="lambda schedule",
+    )
+    mg: bool = setting(True, "SMP multiple-granularity rate heads on c4, c3, c2.", keep=True)
+    limit_batches: int = setting(
+        0, "Stop each epoch after N batches (0 = all; for smoke tests).",
+        check=at_least(0, "limit batches"),
+    )  # fmt: skip
+    save_every: int = setting(
+        100, "Also save last.pt every N steps within an epoch (0 = at epoch ends only).",
+        check=at_least(0, "save every"),
+    )  # fmt: skip
+    init_from: str = setting(
+        "",
+        "Initialise the backbone from this checkpoint: a smp-lite one of the same architecture, "
+        "or one of the original PRP/SMP code (c3d, r3d10, r21d10).",
+        keep=True,
+        metavar="PATH",
+    )
 
 
 # Presets, (motion tasks, supervised) each: "paper" is method.md; "quick" keeps a pretraining run
@@ -78,55 +288,105 @@ PRESETS: dict[str, tuple[TrainConfig, TrainConfig]] = {
 TARGETS = ("speed", "action")
 # the speed probe's baseline with no network: a clip's log mean squared frame difference
 MOTION_ENERGY = "motion-energy"
+INIT_HELP = (
+    "The backbone to evaluate: random, a checkpoint (smp-lite of any task, or the original "
+    "PRP/SMP code's c3d, r3d10, r21d10), or a run folder (its best.pt, else last.pt)"
+)
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(RunConfig):
     """What every evaluation shares; defaults are method.md's (UCF101 clips)."""
 
-    arch: str = "r3d18"
-    # "random", a checkpoint (smp-lite, or original PRP/SMP weights; make_eval_config takes a
-    # run folder for its checkpoint), or for the speed probe MOTION_ENERGY (no network: `arch`
-    # is unused)
-    init: str = "random"
-    data: str = DEFAULT_DATA
-    split: int = 1
-    out: str = ""  # empty: runs/<kind>-<arch>-<init name>
-    preset: str = "paper"
-    clip_len: int = 16
-    resize: tuple[int, int] = (128, 171)
-    crop: int = 112
-    test_views: int = 10  # clips per test video, logits or features averaged
-    workers: int | None = None  # loader processes; None: runtime.loader_workers' default
-    device: str = "auto"
-    precision: str = "auto"
-    channels_last: bool | None = None
-    compile: bool | None = None  # torch.compile the trained model; None: on a GPU
-    seed: int = 0
-    resume: bool = False
-    overwrite: bool = False
+    init: str = setting(
+        "random",  # make_eval_config takes a run folder for its checkpoint
+        INIT_HELP + " [default: the latest pretraining of --arch under runs/, the best.pt saved "
+        "last].",
+        keep=True,
+        metavar="random|PATH",
+    )
+    test_views: int = setting(
+        10, "Clips per test video; their logits or features are averaged.",
+        check=at_least(1, "test views"),
+    )  # fmt: skip
 
 
 @dataclass
 class ProbeConfig(EvalConfig):
     """Linear probe on a frozen backbone (the seed: SGD, batch 32, cosine from 0.0075 to 0)."""
 
-    target: str = "speed"
-    train_views: int = 2  # cached training clips per video (and per rate for speed)
-    standardize: bool = False  # features less the training mean, over its std, per dimension
-    # >0: before caching, the frozen backbone's BatchNorm statistics re-estimated over this
-    # many batches of the probe's training clips (at most one pass); 0: the init's kept
-    refit_bn: int = 0
-    features: str = ""  # another probe run's features.pt to train on (the same clips: checked)
-    epochs: int = 150
-    batch_size: int = 32
-    lr: float = 0.0075
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    limit_batches: int = 0
-    save_every: int = 0
-    precise_bn: int = 0  # the linear layer has no BatchNorm (refit_bn is the backbone's)
-    compile: bool | None = False  # one Linear layer on cached features: nothing to gain
+    init: str = setting(
+        "random",
+        INIT_HELP + ", or motion-energy (speed target only): no network, one number per clip, "
+        "the log mean squared difference between its consecutive frames; a baseline (its scale "
+        "is arbitrary: reproduce adds --standardize) [default: with --features, that run's; "
+        "else the latest pretraining of --arch under runs/, the best.pt saved last].",
+        keep=True,
+        metavar="random|PATH",
+    )
+    target: str = setting(
+        "speed", "What the linear layer learns: speed (the 4 playback rates) or action.",
+        keep=True, choices=TARGETS, label="probe target",
+    )  # fmt: skip
+    train_views: int = setting(
+        2, "Cached training clips per video (and per rate for speed).", keep=True,
+        check=at_least(1, "train views"),
+    )  # fmt: skip
+    standardize: bool = setting(
+        False,
+        "Standardise each feature dimension with the training clips' mean and std before the "
+        "linear layer (not in the seed's protocol: without it, SGD favours features of large "
+        "scale).",
+        keep=True,
+    )
+    refit_bn: int = setting(
+        0,
+        "Before caching features, re-estimate the frozen backbone's BatchNorm statistics over "
+        "N batches of the probe's training clips (at most one pass; weights unchanged), then "
+        "take eval-mode features as usual (0 = keep the init's statistics). Random weights keep "
+        "BatchNorm's initial mean 0 and variance 1, under which their features barely vary.",
+        keep=True,
+        check=at_least(0, "refit-bn"),
+    )
+    features: str = setting(
+        "",
+        "Train on the features another probe run cached (its folder or features.pt) instead "
+        "of computing them: to try --standardize, --lr or --epochs in seconds. Its clips must "
+        "be this run's (same arch, init, data, clips, views, seed, refit-bn): checked.",
+        keep=True,
+        metavar="PATH",
+    )
+    epochs: int = setting(150, "Epochs.", check=positive("epochs"))
+    batch_size: int = setting(
+        32, "Clips per batch (per process under torchrun).", keep=True,
+        check=positive("batch size"),
+    )  # fmt: skip
+    lr: float = setting(0.0075, "Learning rate.", keep=True, check=positive("learning rate"))
+    momentum: float = setting(0.9, "SGD momentum.", keep=True)
+    weight_decay: float = setting(0.0, "SGD weight decay.", keep=True)
+    limit_batches: int = setting(
+        0, "Stop each epoch after N batches (0 = all; for smoke tests).",
+        check=at_least(0, "limit batches"),
+    )  # fmt: skip
+    save_every: int = setting(
+        0, "Also save last.pt every N steps within an epoch (0 = at epoch ends only).",
+        check=at_least(0, "save every"),
+    )  # fmt: skip
+    # the engine would look for a BatchNorm loader the probe does not have
+    precise_bn: int = setting(
+        0,
+        "Fine-tuning's: must stay 0 here, the linear layer has no BatchNorm (--refit-bn "
+        "re-estimates the frozen backbone's).",
+        check=(
+            lambda v: v == 0,
+            "--precise-bn is for fine-tuning: the probe's BatchNorm is the frozen backbone's "
+            "(--refit-bn)",
+        ),
+    )
+    compile: bool | None = setting(
+        False,  # one Linear layer on cached features: nothing to gain
+        "Run the trained model through torch.compile (auto: on with a GPU).",
+    )
 
 
 @dataclass
@@ -134,15 +394,32 @@ class FinetuneConfig(EvalConfig):
     """Fine-tuning (PRP/VCOP): SGD lr 0.001, momentum 0.9, wd 5e-4, batch 8, 160 epochs, x0.1
     at epoch 100, random crops; tested with `test_views` clips per video."""
 
-    epochs: int = 160
-    lr_step_epoch: int = 100
-    batch_size: int = 8
-    lr: float = 0.001
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    limit_batches: int = 0
-    save_every: int = 100
-    precise_bn: int = 20
+    epochs: int = setting(160, "Epochs.", check=positive("epochs"))
+    lr_step_epoch: int = setting(
+        100, "Epoch at which the learning rate drops 10x.", keep=True,
+        check=at_least(0, "lr step epoch"),
+    )  # fmt: skip
+    batch_size: int = setting(
+        8, "Clips per batch (per process under torchrun).", keep=True,
+        check=positive("batch size"),
+    )  # fmt: skip
+    lr: float = setting(0.001, "Learning rate.", keep=True, check=positive("learning rate"))
+    momentum: float = setting(0.9, "SGD momentum.", keep=True)
+    weight_decay: float = setting(5e-4, "SGD weight decay.", keep=True)
+    limit_batches: int = setting(
+        0, "Stop each epoch after N batches (0 = all; for smoke tests).",
+        check=at_least(0, "limit batches"),
+    )  # fmt: skip
+    save_every: int = setting(
+        100, "Also save last.pt every N steps within an epoch (0 = at epoch ends only).",
+        check=at_least(0, "save every"),
+    )  # fmt: skip
+    precise_bn: int = setting(
+        20,
+        "Training batches that recompute BatchNorm statistics at each epoch end, before "
+        "validation and saving (0 = keep the running averages).",
+        check=at_least(0, "precise BN batches"),
+    )
 
 
 @dataclass
@@ -159,28 +436,90 @@ EVAL_PRESETS: dict[str, dict[str, EvalConfig]] = {
         "retrieve": RetrieveConfig(**QUICK_CLIPS),
     },
 }
+KEPT_ON_RESUME = kept_on_resume(TrainConfig, ProbeConfig, FinetuneConfig)
 
 # ---------------------------------------------------------------------------------------------
-# Benchmark (bench.py)
+# Benchmark (tools/bench.py)
+
+# compute also timed with fused SGD, without or with torch.compile (the device's default:
+# Runtime.compile)
+BENCH_VARIANTS = ("fused", "eager", "compiled")
+
+
+def among(allowed: tuple, label: str) -> Check:
+    return (lambda v: bool(v) and set(v) <= set(allowed), f"{label} must be among {allowed}")
 
 
 @dataclass
 class BenchConfig:
-    data: str = DEFAULT_DATA
-    device: str = "auto"
-    preset: str = ""  # clip sizes of a pretraining preset; empty: paper on a GPU, quick on a CPU
-    archs: tuple[str, ...] = ("r3d18",)
-    tasks: tuple[str, ...] = ("smp", "supervised")
-    clip_len: int = 0  # 0: the preset's (so for resize and crop)
-    resize: tuple[int, int] | None = None
-    crop: int = 0
-    batch_size: int = 8
-    original_batch: int = 8  # the original code's: its loading and fp32 compute are timed at it
-    steps: int = 5  # timed compute steps per setting, after 2 warm-up steps
-    rates: tuple[int, ...] = RATES
-    workers: tuple[int, ...] = (0, 2)
-    clips_per_video: tuple[int, ...] = (1, 4)  # the loader timed with each (repeated sampling)
-    loader_batches: int = 6  # timed loader batches per setting, after the workers' first round
-    step_batches: int = 20  # batches of the long end-to-end epoch (0: skip it)
-    step_workers: int | None = None  # loader workers of the end-to-end run; None: training's
-    variants: tuple[str, ...] = ()  # compute also timed with: fused (SGD), eager, compiled
+    data: str = setting(
+        DEFAULT_DATA,
+        "Dataset as [kind:]PATH, kind synth, ucf101, hmdb51 or csv. The default generated "
+        "dataset is created if absent.",
+        metavar="[KIND:]PATH",
+    )
+    device: str = setting(
+        "auto",
+        "auto (a GPU if there is one), cpu, cuda, cuda:N.",
+        metavar="[auto|cpu|cuda|cuda:N]",
+    )
+    preset: str = setting(
+        "",  # clip sizes of a pretraining preset; empty: paper on a GPU, quick on a CPU
+        "Clip sizes of this pretraining preset [default: paper on a GPU, quick on a CPU].",
+        choices=("", "paper", "quick"),
+    )
+    # each checked by train.make_config
+    archs: tuple[str, ...] = setting(("r3d18",), "Backbones, comma-separated.")
+    tasks: tuple[str, ...] = setting(("smp", "supervised"), "Tasks, comma-separated.")
+    clip_len: int = setting(0, "Frames per clip [default: the preset's].")  # 0: the preset's
+    resize: tuple[int, int] | None = setting(None, "Decode frames at HxW [default: the preset's].")
+    crop: int = setting(0, "Crop side [default: the preset's].")
+    batch_size: int = setting(
+        8, "Clips per batch (per process under torchrun).", check=positive("batch size")
+    )
+    original_batch: int = setting(
+        8,  # the original code's: its loading and fp32 compute are timed at it
+        "Batch of the original code's style.",
+        check=positive("original batch"),
+    )
+    steps: int = setting(
+        5,  # after 2 warm-up steps
+        "Timed compute steps per setting.",
+        check=positive("steps"),
+    )
+    rates: tuple[int, ...] = setting(
+        RATES, "Playback rates of the loader, comma-separated.", check=among(RATES, "rates")
+    )
+    workers: tuple[int, ...] = setting(
+        (0, 2),
+        "Loader worker counts, comma-separated.",
+        check=(lambda v: bool(v) and min(v) >= 0, "worker counts must be 0 or more"),
+    )
+    clips_per_video: tuple[int, ...] = setting(
+        (1, 4),
+        "Training clips per decoded video the loader is timed with (repeated sampling, "
+        "pretrain --clips-per-video), comma-separated.",
+        check=(lambda v: bool(v) and min(v) >= 1, "clips per video must be 1 or more"),
+    )
+    loader_batches: int = setting(
+        6,
+        "Timed loader batches per setting, after each worker's first batch.",
+        check=positive("loader batches"),
+    )
+    step_batches: int = setting(
+        20,
+        "Batches of the long end-to-end epoch (0: skip).",
+        check=at_least(0, "step batches"),
+    )
+    step_workers: int | None = setting(
+        None,
+        "Loader workers of the end-to-end run [default: pretrain's: none on a CPU, the cores "
+        "but one on a GPU].",
+        check=at_least(0, "step workers"),
+    )
+    variants: tuple[str, ...] = setting(
+        (),
+        "Also time the compute with: fused (SGD), eager (no torch.compile), compiled "
+        "(torch.compile), comma-separated.",
+        check=(lambda v: set(v) <= set(BENCH_VARIANTS), f"variants must be among {BENCH_VARIANTS}"),
+    )

@@ -38,7 +38,7 @@ from torch.utils.data import Dataset, Sampler
 import decord  # after torch: decord's CUDA NVBLAS would take over torch's CPU BLAS and crash
 
 from .config import RATES
-from .errors import DataError
+from .harness.errors import DataError
 from .index import Video
 from .masks import motion_mask_dpau
 

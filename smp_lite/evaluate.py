@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -32,40 +31,31 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from tqdm import tqdm  # text bars: the same in a terminal and a notebook
 
-from .checkpoint import BEST, CONFIG, LAST, RESULTS, load_backbone
 from .config import (
-    ARCHS,
     DEFAULT_DATA,
     EVAL_PRESETS,
     MOTION_ENERGY,
-    TARGETS,
     TASKS,
     EvalConfig,
     FinetuneConfig,
     ProbeConfig,
     RetrieveConfig,
+    check_settings,
 )
 from .data import EpochSampler, VideoDataset, to_float
-from .engine import (
-    Run,
-    ensure_default_dataset,
-    fit,
-    hold_run_folder,
-    loss_metrics,
-    make_loader,
-    opening_line,
-    say,
-)
-from .errors import ConfigError
-from .folders import write_run_folder
+from .harness.checkpoint import BEST, CONFIG, LAST, load_backbone
+from .harness.engine import Run, loss_metrics, make_loader, opening_line, say
+from .harness.errors import ConfigError
+from .harness.folders import write_results, write_run_folder
+from .harness.launch import Parts, launch, started
+from .harness.runtime import Runtime, unwrap
 from .index import load_index
 from .models import ActionNet, build_backbone, pooled_feature, retrieval_feature
-from .runtime import Runtime, loader_workers, make_runtime, unwrap
 from .train import accuracy_at_rate, as_settings, is_generated, supervised_step
 
 TOP_K = (1, 5, 10, 20, 50)
@@ -139,8 +129,10 @@ def run_config(folder: Path) -> dict:
 
 
 def validate_eval(cfg: EvalConfig) -> None:
+    """Refuse a setting no evaluation can use: each field's own check (config.py), then those of
+    several fields together."""
+    check_settings(cfg)
     checks = [
-        (cfg.arch in ARCHS, f"unknown architecture {cfg.arch!r}: choose one of {', '.join(ARCHS)}"),
         (
             cfg.init in ("random", MOTION_ENERGY) or Path(cfg.init).is_file(),
             f"--init {cfg.init}: no such checkpoint file or run folder (or 'random')",
@@ -149,31 +141,12 @@ def validate_eval(cfg: EvalConfig) -> None:
             cfg.init != MOTION_ENERGY or isinstance(cfg, ProbeConfig) and cfg.target == "speed",
             f"--init {MOTION_ENERGY} (no network) is a baseline of the speed probe only",
         ),
-        (cfg.crop > 0 and cfg.crop % 16 == 0, f"crop {cfg.crop} must be divisible by 16"),
         (cfg.crop <= min(cfg.resize), f"crop {cfg.crop} is larger than resize {cfg.resize}"),
-        (cfg.test_views >= 1, f"test views must be 1 or more, got {cfg.test_views}"),
-        (cfg.workers is None or cfg.workers >= 0, f"workers must be 0 or more, got {cfg.workers}"),
-        (cfg.precision in ("auto", "bf16", "fp16", "fp32"), f"unknown precision {cfg.precision!r}"),
+        (
+            not (isinstance(cfg, ProbeConfig) and cfg.refit_bn and cfg.init == MOTION_ENERGY),
+            f"--refit-bn needs a network: --init {MOTION_ENERGY} has none",
+        ),
     ]
-    if isinstance(cfg, ProbeConfig):
-        checks += [
-            (cfg.target in TARGETS, f"unknown probe target {cfg.target!r}"),
-            (cfg.train_views >= 1, f"train views must be 1 or more: {cfg.train_views}"),
-            (cfg.refit_bn >= 0, f"refit-bn must be 0 or more, got {cfg.refit_bn}"),
-            (
-                not cfg.refit_bn or cfg.init != MOTION_ENERGY,
-                f"--refit-bn needs a network: --init {MOTION_ENERGY} has none",
-            ),
-            (  # the engine would look for a BatchNorm loader the probe does not have
-                cfg.precise_bn == 0,
-                "--precise-bn is for fine-tuning: the probe's BatchNorm is the frozen "
-                "backbone's (--refit-bn)",
-            ),
-        ]
-    if isinstance(cfg, ProbeConfig | FinetuneConfig):
-        checks.append((cfg.epochs > 0, f"epochs must be positive, got {cfg.epochs}"))
-        checks.append((cfg.batch_size > 0, f"batch size must be positive, got {cfg.batch_size}"))
-        checks.append((cfg.lr > 0, f"learning rate must be positive, got {cfg.lr}"))
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
@@ -204,14 +177,12 @@ def eval_config_dict(cfg: EvalConfig) -> dict:
 # Shared steps
 
 
-def start_eval(cfg: EvalConfig) -> tuple[EvalConfig, Runtime, Path]:
-    """The config with its loader workers settled, the runtime and the run folder, after the
-    refusals that come before any work."""
+def checked_eval(cfg: EvalConfig) -> Path:
+    """The run folder, after the refusals that come before any work (a wrong checkpoint)."""
     validate_eval(cfg)
     if cfg.init not in ("random", MOTION_ENERGY):  # refused before any data is read or made
         load_backbone(build_backbone(cfg.arch), cfg.init, cfg.arch)
-    rt = make_runtime(cfg.device, cfg.precision, cfg.channels_last, cfg.compile)
-    return replace(cfg, workers=loader_workers(cfg.workers, rt)), rt, eval_out(cfg)
+    return eval_out(cfg)
 
 
 def initial_backbone(cfg: EvalConfig) -> nn.Module:
@@ -237,43 +208,28 @@ def clip_dataset(cfg: EvalConfig, videos: tuple, mode: str, views: int, **kw) ->
     )
 
 
-def write_results(out: Path, results: dict) -> Path:
-    path = out / RESULTS
-    path.write_text(json_text(results, indent=2))
-    return path
-
-
-# a list of plain numbers as json.dumps indents it: "[" then a newline, which no string holds
-NUMBER_LIST = re.compile(r"\[\n[-+.\deE,\s]*\]")
-
-
-def json_text(value: object, indent: int) -> str:
-    """Indented JSON with each list of numbers on one line: per-item correctness holds one
-    number per test clip, which would be as many lines."""
-    text = json.dumps(value, indent=indent)
-    return NUMBER_LIST.sub(lambda m: json.dumps(json.loads(m.group())), text) + "\n"
-
-
 # ---------------------------------------------------------------------------------------------
 # Frozen features
 
 
 @torch.no_grad()
 def frozen_outputs(
-    fn: nn.Module, dataset: VideoDataset, rt: Runtime, desc: str, workers: int, progress: bool
+    fn: nn.Module, dataset: VideoDataset, runtime: Runtime, desc: str, workers: int, progress: bool
 ) -> dict[str, torch.Tensor]:
     """`fn` (a model or `backbone_feature`) on every item of `dataset` (views of its videos):
     "output" (N, D) float32, "label", "rate" (rate index in prp mode, else the label) and
     "video" (the index of the video the item was read from)."""
     fn.eval()
-    loader = make_loader(dataset, EpochSampler(len(dataset), shuffle=False), 16, workers, rt, False)
+    loader = make_loader(
+        dataset, EpochSampler(len(dataset), shuffle=False), 16, workers, runtime, False
+    )
     parts: dict[str, list[torch.Tensor]] = {"output": [], "label": [], "rate": [], "video": []}
     bar = tqdm(
         loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=not progress
     )
     for batch in bar:
-        batch = rt.to_device(batch)
-        with rt.autocast():
+        batch = runtime.to_device(batch)
+        with runtime.autocast():
             parts["output"].append(fn(to_float(batch["clip"])).float().cpu())
         parts["label"].append(batch["label"].cpu())
         parts["rate"].append(batch.get("rate", batch["label"]).cpu())
@@ -400,65 +356,51 @@ def accuracy_report(
 def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     """Train the whole network on action labels; test with `test_views` clips per test video
     (centre crop, logits averaged). Returns results.json."""
-    cfg, rt, out = start_eval(cfg)
-    with hold_run_folder(out, cfg.resume, cfg.overwrite, rt):
-        ensure_default_dataset(cfg.data, rt)
-        t0 = time.perf_counter()
-        index = load_index(cfg.data, cfg.split)
-        run = finetune_run(cfg, rt, out, index)
-        if rt.is_main:
-            write_run_folder(out, run.config, run.at.epoch)
-        fit(run, progress)
-        test_set = clip_dataset(cfg, index.test, "clip", cfg.test_views, train=False)
-        clips = frozen_outputs(unwrap(run.model), test_set, rt, "testing", cfg.workers, progress)
-        logits, ids = video_mean(clips["output"], clips["video"])
-        labels = clips["label"][first_of_each(clips["video"], ids)]
-        results = {
-            "kind": "finetune",
-            **accuracy_report(logits, labels, ids, list(index.classes), cfg.seed),
-            "views_dropped": test_set.views_dropped,
-            "seconds": time.perf_counter() - t0,
-            "device": str(rt.device),
-        }
-        if rt.is_main:
-            write_results(out, results)
-    return results
+    return launch(cfg, checked_eval(cfg), finetuning_parts, progress)
 
 
-def finetune_run(cfg: FinetuneConfig, rt: Runtime, out: Path, index) -> Run:
+def finetuning_parts(cfg: FinetuneConfig, runtime: Runtime, out: Path, progress: bool) -> Parts:
+    index = load_index(cfg.data, cfg.split)
     train_set = clip_dataset(cfg, index.train, "clip", 1, train=True, random_crop=True)
-    loaders: dict[str, DataLoader | None] = {"val": None}
-    for name, seed in (("train", cfg.seed), ("bn", cfg.seed + 1)):
-        sampler = EpochSampler(len(train_set), seed, True, rt.rank, rt.world)
-        loaders[name] = make_loader(train_set, sampler, cfg.batch_size, cfg.workers, rt, True)
     backbone = initial_backbone(cfg)  # seeds first: the new head's weights follow from the seed
     model = ActionNet(cfg.arch, len(index.classes))
     model.backbone = backbone
-    model = rt.prepare(model)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
-    steps = max(1, min(len(loaders["train"]), cfg.limit_batches or len(loaders["train"])))
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [cfg.lr_step_epoch * steps], 0.1)
-    run = Run(
-        cfg,
-        eval_config_dict(cfg),
-        functools.partial(same_step, step=supervised_step),
-        rt,
-        out,
-        index.classes,
-        loaders,
+    model = runtime.prepare(model)
+    return Parts(
+        config=eval_config_dict(cfg),
+        classes=index.classes,
+        datasets={"train": train_set, "bn": train_set},
         model=model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        scaler=torch.amp.GradScaler(rt.device.type, enabled=rt.precision == "fp16"),
-        metrics=classifier_metrics("action", len(index.classes)).to(rt.device),
+        optimizer=torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        ),
+        schedule=functools.partial(step_down, epoch=cfg.lr_step_epoch),
+        step_for=functools.partial(same_step, step=supervised_step),
+        metrics=classifier_metrics("action", len(index.classes)),
+        workers=cfg.workers,
         keep_best=False,
+        results=functools.partial(finetuning_results, cfg, index, runtime, progress),
     )
-    if cfg.resume:
-        run.resume()
-    run.model = rt.wrap(model)
-    return run
+
+
+def step_down(optimizer: torch.optim.Optimizer, steps: int, epoch: int):
+    """The learning rate x0.1 from `epoch` on (`steps`: the batches of an epoch)."""
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, [epoch * steps], 0.1)
+
+
+def finetuning_results(
+    cfg: FinetuneConfig, index, runtime: Runtime, progress: bool, run: Run
+) -> dict:
+    """The fine-tuned network on `test_views` clips of each test video, logits averaged."""
+    test_set = clip_dataset(cfg, index.test, "clip", cfg.test_views, train=False)
+    clips = frozen_outputs(unwrap(run.model), test_set, runtime, "testing", cfg.workers, progress)
+    logits, ids = video_mean(clips["output"], clips["video"])
+    labels = clips["label"][first_of_each(clips["video"], ids)]
+    return {
+        "kind": "finetune",
+        **accuracy_report(logits, labels, ids, list(index.classes), cfg.seed),
+        "views_dropped": test_set.views_dropped,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -468,16 +410,15 @@ def finetune_run(cfg: FinetuneConfig, rt: Runtime, out: Path, index) -> Run:
 def retrieve(cfg: RetrieveConfig, progress: bool = True) -> dict:
     """Test videos query the training videos; a query hits at k when one of its k nearest
     (cosine similarity of the clip-averaged retrieval features) has its class."""
-    cfg, rt, out = start_eval(cfg)
-    with hold_run_folder(out, cfg.resume, cfg.overwrite, rt):
-        ensure_default_dataset(cfg.data, rt)
+    out = checked_eval(cfg)
+    with started(cfg, out) as (cfg, runtime):
         t0 = time.perf_counter()
-        if rt.is_main:
-            write_run_folder(out, eval_config_dict(cfg), 0)
+        config = eval_config_dict(cfg)
+        if runtime.is_main:  # no training loop to write config.json and open with its line
+            write_run_folder(out, config, 0)
+            say(opening_line(config, runtime, out))
         index = load_index(cfg.data, cfg.split)
-        if rt.is_main:  # no training loop to open with it
-            say(opening_line(eval_config_dict(cfg), rt, out))
-        videos = retrieval_videos(cfg, rt, index, progress)
+        videos = retrieval_videos(cfg, runtime, index, progress)
         hits = retrieval_hits(videos["queries"][:2], videos["gallery"][:2], TOP_K)  # (Q, K)
         results = {
             "kind": "retrieve",
@@ -493,20 +434,24 @@ def retrieve(cfg: RetrieveConfig, progress: bool = True) -> dict:
             "video": videos["queries"][2].tolist(),
             "neighbours": neighbours(videos, index),
             "seconds": time.perf_counter() - t0,
-            "device": str(rt.device),
+            "device": str(runtime.device),
         }
-        if rt.is_main:
+        if runtime.is_main:
             write_results(out, results)
     return results
 
 
-def retrieval_videos(cfg: RetrieveConfig, rt: Runtime, index, progress: bool) -> dict[str, tuple]:
+def retrieval_videos(
+    cfg: RetrieveConfig, runtime: Runtime, index, progress: bool
+) -> dict[str, tuple]:
     """{"gallery": training videos, "queries": test videos}, each (features, labels, ids)."""
-    backbone = rt.prepare(BackboneFeature(initial_backbone(cfg), kind="retrieval"))
+    backbone = runtime.prepare(BackboneFeature(initial_backbone(cfg), kind="retrieval"))
     videos = {}
     for name, split in (("gallery", index.train), ("queries", index.test)):
         ds = clip_dataset(cfg, split, "clip", cfg.test_views, train=False)
-        clips = frozen_outputs(backbone, ds, rt, f"features of the {name}", cfg.workers, progress)
+        clips = frozen_outputs(
+            backbone, ds, runtime, f"features of the {name}", cfg.workers, progress
+        )
         features, ids = video_mean(clips["output"], clips["video"])
         videos[name] = (features, clips["label"][first_of_each(clips["video"], ids)], ids)
     return videos

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DataError
+from .harness.errors import DataError
 
 
 @dataclass(frozen=True)

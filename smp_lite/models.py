@@ -18,7 +18,6 @@ from torchvision.models.video.resnet import (
 )
 
 from .config import ARCHS
-from .masks import motion_mask_cam, upsample_mask
 
 NUM_RATES = 4  # playback rates 1, 2, 4, 8
 
@@ -241,11 +240,9 @@ class MotionNet(nn.Module):
         self.rate_heads = nn.ModuleList(RateHead(c) for c in head_widths)
         self.decoder = Decoder() if decoder else None
 
-    def forward(
-        self, x: Tensor, targets: dict[str, Tensor] | None = None, lam: float = 0.0
-    ) -> dict:
-        """{"logits": [c5, c4, c3, c2 heads], "c5", "rate_map", "recon"}; with `targets` also
-        "loss" and its "terms" (see `loss`)."""
+    def forward(self, x: Tensor) -> dict:
+        """{"logits": [c5, c4, c3, c2 heads], "c5", "rate_map", "recon"}: what PRP/SMP's loss
+        reads (train.motion_loss)."""
         _, c2, c3, c4, c5 = self.backbone(x)
         # strict=False: without MG there is only the c5 head
         maps = [head.conv(c) for head, c in zip(self.rate_heads, (c5, c4, c3, c2), strict=False)]
@@ -255,40 +252,7 @@ class MotionNet(nn.Module):
         out: dict = {"logits": logits, "c5": c5, "rate_map": maps[0]}
         if self.decoder is not None:
             out["recon"] = self.decoder(c5)  # (B, 3, 2T, H, W)
-        if targets is not None:
-            out["loss"], out["terms"] = self.loss(out, targets, lam)
         return out
-
-    def loss(
-        self, out: dict, targets: dict[str, Tensor], lam: float
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """PRP/SMP loss (method.md 2-3): the reconstruction error weighted by the motion mask
-        (DPAU blended with CAM by `lam`), averaged over each sample's supervised target frames and
-        then over the batch, + 0.1 CE of the c5 head + 0.1 mean CE of the c4, c3, c2 heads.
-
-        targets: "target" (B, 3, 2T, H, W) float in [0, 1], "target_weight" (B, 2T) 1 where a
-        target frame is supervised, "dpau" (B, 3, 2T, 13, 13), "rate" (B,) rate index.
-        """
-        rate, target = targets["rate"], targets["target"]
-        size = tuple(target.shape[2:])
-        mask = upsample_mask(targets["dpau"].float(), size)  # (B, 3, 2T, H, W)
-        if lam > 0:
-            cam = motion_mask_cam(self.rate_heads[0].fc.weight, out["rate_map"], rate, size)
-            mask = lam * cam + (1 - lam) * mask
-        weight = targets["target_weight"][:, None, :, None, None]  # (B, 1, 2T, 1, 1)
-        sq_err = (out["recon"].float() - target).pow(2) * mask * weight  # (B, 3, 2T, H, W)
-        # the mean over each sample's supervised elements, then over the batch, as the original:
-        # a rate-1 sample (half its target frames are fillers) weighs as much as any other
-        supervised = weight.flatten(1).sum(1) * 3 * size[1] * size[2]  # (B,)
-        recon = (sq_err.flatten(1).sum(1) / supervised.clamp_min(1)).mean()
-        ces = [F.cross_entropy(logits.float(), rate) for logits in out["logits"]]
-        loss = recon + 0.1 * ces[0]
-        terms = {"recon": recon.detach(), "ce": ces[0].detach()}
-        if len(ces) > 1:  # multiple granularity: the c4, c3, c2 heads share one 0.1 weight
-            ce_mg = torch.stack(ces[1:]).mean()
-            loss = loss + 0.1 * ce_mg
-            terms["ce_mg"] = ce_mg.detach()
-        return loss, terms
 
 
 class ActionNet(nn.Module):

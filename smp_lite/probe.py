@@ -25,34 +25,21 @@ from __future__ import annotations
 
 import functools
 import json
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .checkpoint import CONFIG, FEATURES, Progress
 from .config import MOTION_ENERGY, RATES, ProbeConfig
 from .data import EpochSampler, VideoDataset
-from .engine import (
-    Run,
-    StepOutput,
-    ensure_default_dataset,
-    fit,
-    hold_run_folder,
-    make_loader,
-    precise_bn,
-    training_clips,
-)
-from .errors import ConfigError, DataError
 from .evaluate import (
     BackboneFeature,
     FeatureSet,
     accuracy_report,
+    checked_eval,
     classifier_metrics,
     clip_dataset,
     eval_config_dict,
@@ -61,41 +48,76 @@ from .evaluate import (
     frozen_outputs,
     initial_backbone,
     same_step,
-    start_eval,
     video_mean,
-    write_results,
 )
-from .folders import write_run_folder
+from .harness.checkpoint import CONFIG, FEATURES, RunState
+from .harness.engine import Run, StepOutput, make_loader, precise_bn, training_clips
+from .harness.errors import ConfigError, DataError
+from .harness.launch import Parts, launch
+from .harness.runtime import Runtime, unwrap
 from .index import load_index
-from .runtime import Runtime, unwrap
 from .train import warmup_cosine
 
 
 def probe(cfg: ProbeConfig, progress: bool = True) -> dict:
     """Train a linear layer on the frozen backbone's cached features; returns results.json."""
-    cfg, rt, out = start_eval(cfg)
-    source = features_file(cfg) if cfg.features else None
-    with hold_run_folder(out, cfg.resume, cfg.overwrite, rt):  # refusals before any work
-        ensure_default_dataset(cfg.data, rt)
-        t0 = time.perf_counter()
-        index = load_index(cfg.data, cfg.split)
-        resumed = cfg.resume and (out / FEATURES).is_file()
-        if resumed or source:
-            cached = load_features(out / FEATURES if resumed else source)
-        else:
-            cached = probe_features(cfg, rt, index, progress)
-        names = [str(r) for r in RATES] if cfg.target == "speed" else list(index.classes)
-        run = probe_run(cfg, rt, out, cached, names)
-        if rt.is_main:
-            write_run_folder(out, run.config, run.at.epoch)
-            if not resumed:
-                torch.save(cached, out / FEATURES)
-        fit(run, progress)
-        results = probe_results(cfg, run, cached, names)
-        results |= {"seconds": time.perf_counter() - t0, "device": str(rt.device)}
-        if rt.is_main:
-            write_results(out, results)
-    return results
+    out = checked_eval(cfg)
+    if cfg.features:  # another probe's features, refused now unless they are this probe's clips
+        features_file(cfg)
+    return launch(cfg, out, probe_parts, progress)
+
+
+def probe_parts(cfg: ProbeConfig, runtime: Runtime, out: Path, progress: bool) -> Parts:
+    """The cached features (this run's own when resuming, another probe's with `features`, else
+    computed and saved) and a linear layer to train on them."""
+    index = load_index(cfg.data, cfg.split)
+    if cfg.resume and (out / FEATURES).is_file():
+        cached = load_features(out / FEATURES)
+    elif cfg.features:
+        cached = load_features(features_file(cfg))
+    else:
+        cached = probe_features(cfg, runtime, index, progress)
+    if runtime.is_main and not (cfg.resume and (out / FEATURES).is_file()):
+        torch.save(cached, out / FEATURES)
+    names = [str(r) for r in RATES] if cfg.target == "speed" else list(index.classes)
+    return linear_parts(cfg, cached, names, runtime)
+
+
+def linear_parts(cfg: ProbeConfig, cached: dict, names: list[str], runtime: Runtime) -> Parts:
+    """A linear layer on the cached features and its cosine schedule; the test clips are
+    evaluated after every epoch (curves), and the last epoch is the result (no best.pt)."""
+    label = "rate" if cfg.target == "speed" else "label"
+    datasets = {
+        name: FeatureSet(cached[key]["output"], cached[key][label], cached["views_dropped"][key])
+        for name, key in (("train", "train"), ("val", "test"))
+    }
+    torch.manual_seed(cfg.seed)
+    features = cached["train"]["output"]  # (N, D)
+    model = nn.Linear(features.shape[1], len(names))
+    if cfg.standardize:  # a fixed affine map then a linear layer: still a linear probe
+        model = nn.Sequential(Standardize(features.mean(0), features.std(0)), model)
+    model = model.to(runtime.device)
+    return Parts(
+        config=eval_config_dict(cfg),
+        classes=tuple(names),
+        datasets=datasets,
+        model=model,
+        optimizer=torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        ),
+        schedule=functools.partial(cosine_schedule, epochs=cfg.epochs),
+        step_for=functools.partial(same_step, step=functools.partial(probe_step, head=cfg.target)),
+        metrics=classifier_metrics(cfg.target, len(names)),
+        keep_best=False,
+        results=functools.partial(probe_results, cfg, cached, names),
+    )
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, steps: int, epochs: int):
+    """Cosine decay to 0 over the run, stepped per batch (`steps`: the batches of an epoch)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, functools.partial(warmup_cosine, warmup=0, total=epochs * steps)
+    )
 
 
 # What decides which clips a features.pt holds and what they became (and test_views for the
@@ -135,12 +157,12 @@ def load_features(path: Path) -> dict:
         raise DataError(f"{path} is not a readable features file ({type(e).__name__})") from None
 
 
-def probe_results(cfg: ProbeConfig, run: Run, cached: dict, names: list[str]) -> dict:
+def probe_results(cfg: ProbeConfig, cached: dict, names: list[str], run: Run) -> dict:
     """The trained linear layer on the test clips: for speed, per clip (each test video at
     each rate); for action, per video (its clips' mean logits)."""
     test = cached["test"]
     with torch.no_grad():
-        logits = unwrap(run.model)(test["output"].to(run.rt.device)).float().cpu()
+        logits = unwrap(run.model)(test["output"].to(run.runtime.device)).float().cpu()
     labels, video = test["rate"], test["video"]
     if cfg.target == "action":
         logits, video = video_mean(logits, test["video"])
@@ -152,7 +174,7 @@ def probe_results(cfg: ProbeConfig, run: Run, cached: dict, names: list[str]) ->
     }
 
 
-def probe_features(cfg: ProbeConfig, rt: Runtime, index, progress: bool) -> dict:
+def probe_features(cfg: ProbeConfig, runtime: Runtime, index, progress: bool) -> dict:
     """The frozen backbone's pooled features of the probe's training and test clips (their
     motion energy for `init="motion-energy"`), after `refit_bn` if asked."""
     mode = "prp" if cfg.target == "speed" else "clip"
@@ -166,11 +188,13 @@ def probe_features(cfg: ProbeConfig, rt: Runtime, index, progress: bool) -> dict
     if cfg.init == MOTION_ENERGY:
         feature: nn.Module = MotionEnergy()
     else:
-        feature = rt.prepare(BackboneFeature(initial_backbone(cfg)))
+        feature = runtime.prepare(BackboneFeature(initial_backbone(cfg)))
     if cfg.refit_bn:
-        refit_batchnorm(feature, sets["train"], cfg, rt, progress)
+        refit_batchnorm(feature, sets["train"], cfg, runtime, progress)
     cached = {
-        name: frozen_outputs(feature, ds, rt, f"features of {name} clips", cfg.workers, progress)
+        name: frozen_outputs(
+            feature, ds, runtime, f"features of {name} clips", cfg.workers, progress
+        )
         for name, ds in sets.items()
     }
     cached["views_dropped"] = {name: ds.views_dropped for name, ds in sets.items()}
@@ -178,14 +202,14 @@ def probe_features(cfg: ProbeConfig, rt: Runtime, index, progress: bool) -> dict
 
 
 def refit_batchnorm(
-    backbone: nn.Module, clips: VideoDataset, cfg: ProbeConfig, rt: Runtime, progress: bool
+    backbone: nn.Module, clips: VideoDataset, cfg: ProbeConfig, runtime: Runtime, progress: bool
 ) -> None:
     """Reset the backbone's BatchNorm running statistics and re-estimate them as a cumulative
     average over `cfg.refit_bn` batches of `clips` (shuffled, seeded, at most one pass), with
     no gradients and the weights untouched (engine.precise_bn). Every rank reads the same
     batches, so the features do not depend on the number of processes."""
     sampler = EpochSampler(len(clips), cfg.seed)
-    loader = make_loader(clips, sampler, cfg.batch_size, cfg.workers, rt, drop_last=True)
+    loader = make_loader(clips, sampler, cfg.batch_size, cfg.workers, runtime, drop_last=True)
     bar = tqdm(
         loader,
         desc="BatchNorm statistics",
@@ -195,7 +219,7 @@ def refit_batchnorm(
         dynamic_ncols=True,
         disable=not progress,
     )
-    precise_bn(backbone, training_clips(bar, cfg.refit_bn, rt, Progress()), rt)
+    precise_bn(backbone, training_clips(bar, cfg.refit_bn, runtime, RunState()), runtime)
 
 
 class MotionEnergy(nn.Module):
@@ -214,50 +238,6 @@ def probe_step(model: nn.Module, batch: dict, head: str) -> StepOutput:
     if head == "speed":
         heads["at_rate"] = heads["speed"]
     return loss, {"ce": loss.detach()}, heads
-
-
-def probe_run(cfg: ProbeConfig, rt: Runtime, out: Path, cached: dict, names: list[str]) -> Run:
-    """A linear layer on the cached features, trained by the engine's loop; the test clips are
-    evaluated after every epoch (curves), and the last epoch is the result (no best.pt)."""
-    label = "rate" if cfg.target == "speed" else "label"
-    sets = {
-        name: FeatureSet(cached[name]["output"], cached[name][label], cached["views_dropped"][name])
-        for name in ("train", "test")
-    }
-    loaders: dict[str, DataLoader | None] = {"bn": None}
-    for name, key, training in (("train", "train", True), ("val", "test", False)):
-        sampler = EpochSampler(len(sets[key]), cfg.seed, training, rt.rank, rt.world, training)
-        loaders[name] = make_loader(sets[key], sampler, cfg.batch_size, 0, rt, training)
-    torch.manual_seed(cfg.seed)
-    features = cached["train"]["output"]  # (N, D)
-    model = nn.Linear(features.shape[1], len(names))
-    if cfg.standardize:  # a fixed affine map then a linear layer: still a linear probe
-        model = nn.Sequential(Standardize(features.mean(0), features.std(0)), model)
-    model = model.to(rt.device)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
-    steps = max(1, min(len(loaders["train"]), cfg.limit_batches or len(loaders["train"])))
-    cosine = functools.partial(warmup_cosine, warmup=0, total=cfg.epochs * steps)
-    run = Run(
-        cfg,
-        eval_config_dict(cfg),
-        functools.partial(same_step, step=functools.partial(probe_step, head=cfg.target)),
-        rt,
-        out,
-        tuple(names),
-        loaders,
-        model=model,
-        optimizer=optimizer,
-        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, cosine),
-        scaler=torch.amp.GradScaler(rt.device.type, enabled=False),
-        metrics=classifier_metrics(cfg.target, len(names)).to(rt.device),
-        keep_best=False,
-    )
-    if cfg.resume:
-        run.resume()
-    run.model = rt.wrap(model)
-    return run
 
 
 class Standardize(nn.Module):

@@ -7,12 +7,15 @@ Tasks (method.md sections 2-4):
   multiple-granularity rate heads on c4, c3, c2;
 - "supervised": action labels with cross-entropy.
 
+PRP/SMP's step is `motion_step` and `motion_loss` below: the forward, the two motion masks,
+the loss; the backward and the optimiser's step are the loop's (harness/engine.py).
+
 `train(cfg)` runs on a CPU, one GPU or several under torchrun, and writes to its run folder:
 config.json, metrics.jsonl (one row per epoch), last.pt (every epoch and every `save_every`
 steps) and best.pt (lowest validation loss), in one checkpoint format (checkpoint.py).
 `resume` goes on from last.pt, mid-epoch too, to the same numbers an uninterrupted run gets;
 Ctrl-C or SIGTERM stops between two steps after saving last.pt (docs/reliability.md).
-The loop itself, devices and metrics are the engine's (engine.py).
+How a run starts, its loop, devices and checkpoints are the harness's (harness/).
 """
 
 from __future__ import annotations
@@ -25,39 +28,28 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.wrappers import ClasswiseWrapper
 
-from .checkpoint import load_backbone
 from .config import (
-    ARCHS,
     DEFAULT_DATA,
-    LAMBDA_SCHEDULES,
     PRESETS,
     RATES,
     TASK_CROPS,
     TASKS,
     TrainConfig,
+    check_settings,
 )
-from .data import EpochSampler, VideoDataset, to_float
-from .engine import (
-    Run,
-    StepFn,
-    StepOutput,
-    ensure_default_dataset,
-    fit,
-    hold_run_folder,
-    loss_metrics,
-    make_loader,
-)
-from .errors import ConfigError, DataError
-from .folders import write_run_folder
+from .data import VideoDataset, to_float
+from .harness.checkpoint import load_backbone
+from .harness.engine import StepFn, StepOutput, loss_metrics
+from .harness.errors import ConfigError, DataError
+from .harness.launch import Parts, launch
+from .harness.runtime import Runtime, unwrap
 from .index import load_index, split_by_group
-from .masks import blend_lambda
+from .masks import blend_lambda, motion_mask_cam, upsample_mask
 from .models import NUM_RATES, ActionNet, MotionNet, build_backbone
-from .runtime import Runtime, loader_workers, make_runtime
 
 # best.pt and the plateau schedule follow the validation loss; for SMP it is taken under the
 # DPAU mask alone, so that it means the same at every epoch (the training mask moves to CAM)
@@ -104,63 +96,13 @@ def is_generated(data: str) -> bool:
 
 
 def validate(cfg: TrainConfig) -> None:
-    """Refuse a setting no run can use (ConfigError, exit code 2) before anything is read."""
-    h, w = cfg.resize
-    checks = [
-        (cfg.arch in ARCHS, f"unknown architecture {cfg.arch!r}: choose one of {', '.join(ARCHS)}"),
-        (
-            cfg.preset in PRESETS,
-            f"unknown preset {cfg.preset!r}: choose one of {', '.join(PRESETS)}",
-        ),
-        (cfg.epochs > 0, f"epochs must be positive, got {cfg.epochs}"),
-        (cfg.batch_size > 0, f"batch size must be positive, got {cfg.batch_size}"),
-        # chained comparisons: NaN fails them all
-        (0 < cfg.lr < math.inf, f"learning rate must be a positive number, got {cfg.lr}"),
-        (
-            0 < cfg.head_lr_scale < math.inf,
-            f"head lr scale must be a positive number, got {cfg.head_lr_scale}",
-        ),
-        (0 <= cfg.momentum < 1, f"momentum must be in [0, 1), got {cfg.momentum}"),
-        (
-            0 <= cfg.weight_decay < math.inf,
-            f"weight decay must be 0 or more, got {cfg.weight_decay}",
-        ),
-        (
-            cfg.crop > 0 and cfg.crop % 16 == 0,
-            f"crop {cfg.crop} must be positive and divisible by 16",
-        ),
-        (h > 0 and w > 0, f"resize {h}x{w} must be positive"),
-        (
-            cfg.clip_len >= 8 and cfg.clip_len % 8 == 0,
-            f"clip length {cfg.clip_len} must be a multiple of 8",
-        ),
-        (cfg.crop <= min(cfg.resize), f"crop {cfg.crop} is larger than resize {cfg.resize}"),
-        (0 <= cfg.val_fraction < 1, f"val fraction must be in [0, 1), got {cfg.val_fraction}"),
-        (
-            cfg.lam_schedule in LAMBDA_SCHEDULES,
-            f"unknown lambda schedule {cfg.lam_schedule!r}: "
-            f"choose one of {', '.join(LAMBDA_SCHEDULES)}",
-        ),
-        (cfg.precision in ("auto", "bf16", "fp16", "fp32"), f"unknown precision {cfg.precision!r}"),
-        (cfg.schedule in ("plateau", "cosine"), f"unknown lr schedule {cfg.schedule!r}"),
-        (cfg.train_crop in ("", "random", "center"), f"unknown crop {cfg.train_crop!r}"),
-        (cfg.warmup_epochs >= 0, f"warm-up epochs must be 0 or more, got {cfg.warmup_epochs}"),
-        (
-            cfg.plateau_patience >= 0,
-            f"plateau patience must be 0 or more, got {cfg.plateau_patience}",
-        ),
-        (cfg.save_every >= 0, f"save every must be 0 or more steps, got {cfg.save_every}"),
-        (cfg.precise_bn >= 0, f"precise BN must be 0 or more batches, got {cfg.precise_bn}"),
-        (cfg.limit_batches >= 0, f"limit batches must be 0 or more, got {cfg.limit_batches}"),
-        (cfg.clips_per_video >= 1, f"clips per video must be 1 or more: {cfg.clips_per_video}"),
-        (cfg.workers is None or cfg.workers >= 0, f"workers must be 0 or more, got {cfg.workers}"),
-        (cfg.split > 0, f"split must be positive, got {cfg.split}"),
-        (0 <= cfg.seed < 2**32, f"seed must be in 0..{2**32 - 1}, got {cfg.seed}"),
-        (not (cfg.resume and cfg.overwrite), "pass --resume or --overwrite, not both"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+    """Refuse a setting no run can use (ConfigError, exit code 2) before anything is read: each
+    field's own check (config.py), then those of two fields together."""
+    check_settings(cfg)
+    if cfg.crop > min(cfg.resize):
+        raise ConfigError(f"crop {cfg.crop} is larger than resize {cfg.resize}")
+    if cfg.resume and cfg.overwrite:
+        raise ConfigError("pass --resume or --overwrite, not both")
 
 
 def config_dict(cfg: TrainConfig) -> dict:
@@ -190,13 +132,49 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
 
 
 def motion_step(model: nn.Module, batch: dict, lam: float) -> StepOutput:
-    """PRP/SMP: the model computes its loss (MotionNet.loss) with the CAM mask weighted `lam`."""
+    """One PRP/SMP step's forward and loss, with the CAM mask weighted `lam` (0: PRP's DPAU
+    alone); the loop (engine.train_steps) does the backward and the optimiser's step."""
+    out = model(to_float(batch["clip"]))  # each rate head's logits, the c5 head's map, recon
     targets = {k: batch[k] for k in ("target_weight", "dpau", "rate")}
-    targets["target"] = to_float(batch["target"])  # (B, 3, 2T, H, W)
-    out = model(to_float(batch["clip"]), targets, lam)
+    targets["target"] = to_float(batch["target"])  # (B, 3, 2T, H, W): at twice the frame rate
+    rate_fc = unwrap(model).rate_heads[0].fc.weight  # (4, C): the c5 head's, for CAM
+    loss, terms = motion_loss(out, targets, lam, rate_fc)
     heads = {name: (z, batch["rate"]) for name, z in zip(HEAD_NAMES, out["logits"], strict=False)}
     heads["at_rate"] = heads["rate_c5"]  # the c5 head's accuracy at each rate
-    return out["loss"], out["terms"], heads
+    return loss, terms, heads
+
+
+def motion_loss(
+    out: dict, targets: dict, lam: float, rate_fc: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PRP/SMP loss (method.md 2-3): the reconstruction error weighted by the motion mask (DPAU
+    blended with CAM by `lam`), averaged over each sample's supervised target frames and then
+    over the batch, + 0.1 CE of the c5 head + 0.1 mean CE of the c4, c3, c2 heads.
+
+    targets: "target" (B, 3, 2T, H, W) float in [0, 1], "target_weight" (B, 2T) 1 where a
+    target frame is supervised, "dpau" (B, 3, 2T, 13, 13), "rate" (B,) rate index. `rate_fc`:
+    the c5 rate head's final weight (4, C), whose class-activation map is CAM.
+    """
+    rate, target = targets["rate"], targets["target"]
+    size = tuple(target.shape[2:])
+    mask = upsample_mask(targets["dpau"].float(), size)  # (B, 3, 2T, H, W): frame differences
+    if lam > 0:  # SMP: where the rate head looks for the true rate
+        cam = motion_mask_cam(rate_fc, out["rate_map"], rate, size)  # (B, 3, 2T, H, W)
+        mask = lam * cam + (1 - lam) * mask
+    weight = targets["target_weight"][:, None, :, None, None]  # (B, 1, 2T, 1, 1)
+    sq_err = (out["recon"].float() - target).pow(2) * mask * weight  # (B, 3, 2T, H, W)
+    # the mean over each sample's supervised elements, then over the batch, as the original:
+    # a rate-1 sample (half its target frames are fillers) weighs as much as any other
+    supervised = weight.flatten(1).sum(1) * 3 * size[1] * size[2]  # (B,)
+    recon = (sq_err.flatten(1).sum(1) / supervised.clamp_min(1)).mean()
+    ces = [F.cross_entropy(logits.float(), rate) for logits in out["logits"]]
+    loss = recon + 0.1 * ces[0]
+    terms = {"recon": recon.detach(), "ce": ces[0].detach()}
+    if len(ces) > 1:  # multiple granularity: the c4, c3, c2 heads share one 0.1 weight
+        ce_mg = torch.stack(ces[1:]).mean()
+        loss = loss + 0.1 * ce_mg
+        terms["ce_mg"] = ce_mg.detach()
+    return loss, terms
 
 
 def supervised_step(model: nn.Module, batch: dict) -> StepOutput:
@@ -273,14 +251,13 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+def make_scheduler(optimizer: torch.optim.Optimizer, steps: int, cfg: TrainConfig):
     """ReduceLROnPlateau on the validation loss (stepped per epoch), or a linear warm-up then
-    cosine decay to 0 (stepped per batch)."""
+    cosine decay to 0 (stepped per batch; `steps`: the batches of an epoch)."""
     if cfg.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=0.1, patience=cfg.plateau_patience, min_lr=1e-7
         )
-    steps = max(1, min(steps_per_epoch, cfg.limit_batches or steps_per_epoch))
     warmup = cfg.warmup_epochs * steps
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, functools.partial(warmup_cosine, warmup=warmup, total=cfg.epochs * steps)
@@ -299,7 +276,8 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
-    """Run (or resume) one training run; returns the final metrics row plus the run's paths.
+    """Run (or resume) one pretraining run; returns the final metrics row plus the run's folder
+    and best validation loss.
 
     Ctrl-C or SIGTERM stops the run between two steps, after saving last.pt, by raising
     RunInterrupted (a KeyboardInterrupt).
@@ -307,59 +285,41 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     validate(cfg)
     if cfg.init_from and not cfg.resume:  # a wrong checkpoint is refused before any data is read
         load_backbone(build_backbone(cfg.arch), cfg.init_from, cfg.arch)
-    rt = make_runtime(cfg.device, cfg.precision, cfg.channels_last, cfg.compile)
-    cfg = replace(cfg, workers=loader_workers(cfg.workers, rt))
-    out = Path(cfg.out) if cfg.out else default_out(cfg)
-    with hold_run_folder(out, cfg.resume, cfg.overwrite, rt):  # refusals before any data is read
-        ensure_default_dataset(cfg.data, rt)
-        run = start_run(cfg, rt, out)
-        if rt.is_main:
-            write_run_folder(out, {**run.config, "best_by": BEST_BY}, run.at.epoch)
-        row = fit(run, progress)
-    if rt.world > 1:
-        torch.distributed.destroy_process_group()
-    return {**row, "out": str(out), "best_val": run.at.best_val}
+    return launch(cfg, Path(cfg.out) if cfg.out else default_out(cfg), pretraining_parts, progress)
 
 
-def start_run(cfg: TrainConfig, rt: Runtime, out: Path) -> Run:
-    """Data, model, optimiser and schedule of a run; from last.pt when resuming."""
+def pretraining_parts(cfg: TrainConfig, runtime: Runtime, out: Path, progress: bool) -> Parts:
+    """The task's clips, model, optimiser, schedule, step and metrics (launch.py runs them)."""
     index = load_index(cfg.data, cfg.split)
     if cfg.task == "supervised" and len({v.label for v in index.train}) < 2:
         raise DataError(
             f"{cfg.data}: supervised training needs two classes or more; its training videos "
             f"are all {index.classes[index.train[0].label]!r}, the loss would be 0"
         )
-    loaders = make_loaders(cfg, rt, index.train)
+    datasets = pretraining_datasets(cfg, index.train)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, len(index.classes))
     if cfg.init_from and not cfg.resume:
         load_backbone(model, cfg.init_from, cfg.arch)
-    model = rt.prepare(model)
-    optimizer = make_optimizer(model, cfg)
-    run = Run(
-        cfg,
-        config_dict(cfg),
-        functools.partial(make_step, cfg),
-        rt,
-        out,
-        index.classes,
-        loaders,
+    model = runtime.prepare(model)
+    return Parts(
+        config={**config_dict(cfg), "best_by": BEST_BY},
+        classes=index.classes,
+        datasets=datasets,
         model=model,
-        optimizer=optimizer,
-        scheduler=make_scheduler(optimizer, cfg, len(loaders["train"])),
-        scaler=torch.amp.GradScaler(rt.device.type, enabled=rt.precision == "fp16"),
-        metrics=task_metrics(cfg, len(index.classes)).to(rt.device),
+        optimizer=make_optimizer(model, cfg),
+        schedule=functools.partial(make_scheduler, cfg=cfg),
+        step_for=functools.partial(make_step, cfg),
+        metrics=task_metrics(cfg, len(index.classes)),
+        workers=cfg.workers,
+        repeats=cfg.clips_per_video,
     )
-    if cfg.resume:
-        run.resume()
-    run.model = rt.wrap(model)
-    return run
 
 
-def make_loaders(cfg: TrainConfig, rt: Runtime, videos: tuple) -> dict[str, DataLoader | None]:
-    """Training clips; other training clips for precise BatchNorm (another seed); the held-out
-    groups' clips, the same every epoch: a motion task plays each held-out video at every rate
-    (balanced, 4x the clips)."""
+def pretraining_datasets(cfg: TrainConfig, videos: tuple) -> dict[str, VideoDataset]:
+    """Training clips (also those of precise BatchNorm); the held-out groups' clips, the same
+    every epoch: a motion task plays each held-out video at every rate (balanced, 4x the
+    clips)."""
     train_videos, val_videos = split_by_group(videos, cfg.val_fraction, cfg.seed)
     if not train_videos:
         raise DataError(
@@ -377,19 +337,6 @@ def make_loaders(cfg: TrainConfig, rt: Runtime, videos: tuple) -> dict[str, Data
     )
     random_crop = (cfg.train_crop or TASK_CROPS[cfg.task]) == "random"
     train_set = VideoDataset(train_videos, train=True, random_crop=random_crop, **common)
-    val_set = VideoDataset(
-        val_videos, train=False, views=len(RATES) if mode == "prp" else 1, **common
-    )
-    loaders: dict[str, DataLoader | None] = {"val": None}
-    for name, dataset, seed, training in (
-        ("train", train_set, cfg.seed, True),
-        ("bn", train_set, cfg.seed + 1, True),
-        ("val", val_set, cfg.seed, False),
-    ):
-        if len(dataset):
-            repeats = cfg.clips_per_video if training else 1
-            sampler = EpochSampler(
-                len(dataset), seed, training, rt.rank, rt.world, training, repeats
-            )
-            loaders[name] = make_loader(dataset, sampler, cfg.batch_size, cfg.workers, rt, training)
-    return loaders
+    views = len(RATES) if mode == "prp" else 1
+    val_set = VideoDataset(val_videos, train=False, views=views, **common)
+    return {"train": train_set, "bn": train_set, "val": val_set}

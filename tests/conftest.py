@@ -12,7 +12,7 @@ import torch
 from test_train import tiny_config
 from video_files import distinct_frames, write_ucf_layout
 
-from smp_lite.synth import synthesize
+from smp_lite.tools.synth import synthesize
 from smp_lite.train import train
 
 torch.set_num_threads(2)

@@ -7,14 +7,14 @@ import pytest
 import torch
 from test_train import tiny_config
 
-import smp_lite.checkpoint
-from smp_lite.checkpoint import (
+import smp_lite.harness.checkpoint
+from smp_lite.harness.checkpoint import (
     CHECKPOINT_FORMAT,
     load_backbone,
     load_checkpoint,
     save_checkpoint,
 )
-from smp_lite.errors import TrainError
+from smp_lite.harness.errors import TrainError
 from smp_lite.models import ActionNet, MotionNet, build_backbone
 from smp_lite.train import train
 
@@ -44,7 +44,7 @@ def test_a_save_interrupted_before_the_rename_keeps_the_previous_file(tmp_path, 
     def killed(*args):
         raise OSError("killed before the rename")
 
-    monkeypatch.setattr(smp_lite.checkpoint.os, "replace", killed)
+    monkeypatch.setattr(smp_lite.harness.checkpoint.os, "replace", killed)
     with pytest.raises(OSError, match="killed"):
         save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "step": 2})
     assert load_checkpoint(path)["step"] == 1
@@ -201,7 +201,7 @@ def test_a_full_disk_says_what_the_save_needs_and_leaves_no_tmp(
     path = tmp_path / "last.pt"
     save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "step": 1})
     module, name = target.split(".")
-    monkeypatch.setattr(torch if module == "torch" else smp_lite.checkpoint.os, name, fault)
+    monkeypatch.setattr(torch if module == "torch" else smp_lite.harness.checkpoint.os, name, fault)
     state = {"format": CHECKPOINT_FORMAT, "step": 2, "w": torch.zeros(2**20)}  # 4 MiB
     with pytest.raises(TrainError) as err:
         save_checkpoint(path, state)

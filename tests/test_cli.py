@@ -9,21 +9,35 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from smp_lite import engine, evaluate
-from smp_lite import probe as linear_probe
-from smp_lite.checkpoint import CHECKPOINT_FORMAT, load_backbone, load_checkpoint, save_checkpoint
-from smp_lite.cli import CHOICES, PANELS, app
-from smp_lite.config import PRESETS, TrainConfig
-from smp_lite.errors import ConfigError, RunInterrupted
-from smp_lite.folders import read_metrics, write_run_folder
+import smp_lite.probe
+from smp_lite import evaluate
+from smp_lite.cli import PANELS, app
+from smp_lite.config import (
+    ARCHS,
+    PRESETS,
+    BenchConfig,
+    FinetuneConfig,
+    ProbeConfig,
+    RetrieveConfig,
+    TrainConfig,
+    check_settings,
+)
+from smp_lite.harness import engine
+from smp_lite.harness.checkpoint import (
+    CHECKPOINT_FORMAT,
+    load_backbone,
+    load_checkpoint,
+    save_checkpoint,
+)
+from smp_lite.harness.errors import ConfigError, RunInterrupted
+from smp_lite.harness.folders import read_metrics, write_run_folder
 from smp_lite.models import MotionNet
-from smp_lite.train import make_config
 
 runner = CliRunner()
 
@@ -173,10 +187,10 @@ def test_pretrain_end_to_end(ucf_tiny, tmp_path) -> None:
         (["--resize", "big"], 2, "is not HxW"),
         (["--save-every", "-1"], 2, "save every must be 0 or more"),
         (["--data", "/no/such/folder"], 1, "does not exist"),
-        (["--crop", "0"], 2, "crop 0 must be positive"),
-        (["--crop", "-32"], 2, "crop -32 must be positive"),
-        (["--lr", "inf"], 2, "learning rate must be a positive number, got inf"),
-        (["--head-lr-scale", "nan"], 2, "head lr scale must be a positive number, got nan"),
+        (["--crop", "0"], 2, "crop must be positive and divisible by 16, got 0"),
+        (["--crop", "-32"], 2, "crop must be positive and divisible by 16, got -32"),
+        (["--lr", "inf"], 2, "learning rate must be positive, got inf"),
+        (["--head-lr-scale", "nan"], 2, "head lr scale must be positive, got nan"),
         (["--limit-batches", "-1"], 2, "limit batches must be 0 or more, got -1"),
         (["--seed", "-1"], 2, "seed must be in 0..4294967295"),
         (["--seed", "99999999999999999999"], 2, "seed must be in 0..4294967295"),
@@ -406,7 +420,7 @@ def test_help_groups_the_options_in_panels_and_shows_the_choices() -> None:
     panels = help_panels("pretrain")
     titles = ["Options", "Task", "Data", "Clips", "Optimisation", "SMP", "Hardware", "Run"]
     assert list(panels) == titles
-    assert "--arch" in panels["Task"] and f"[{'|'.join(CHOICES['arch'])}]" in panels["Task"]
+    assert "--arch" in panels["Task"] and f"[{'|'.join(ARCHS)}]" in panels["Task"]
     assert "[smp|prp|supervised]" in panels["Task"] and "[paper|quick]" in panels["Task"]
     assert "--lam-schedule" in panels["SMP"] and "--mg" in panels["SMP"]
     assert "[exp|log|sigmoid|plinear|linear|dpau|cam]" in panels["SMP"]
@@ -431,19 +445,21 @@ def test_every_setting_has_a_help_panel(config) -> None:
     assert {f.name for f in fields(config)} - shown == set()
 
 
-def test_the_choices_help_shows_are_those_the_configs_take() -> None:
-    """CHOICES repeats the schedules and precisions that validation spells out: in step."""
-    for name, values in CHOICES.items():
-        if name in ("device", "target"):  # checked by the runtime; the probe's
-            continue
-        for value in values:
-            make_config(**{name: value})
-        with pytest.raises(ConfigError):
-            make_config(**{name: "other"})
-    for value in CHOICES["target"]:
-        evaluate.make_eval_config("probe", target=value)
-    with pytest.raises(ConfigError):
-        evaluate.make_eval_config("probe", target="other")
+CONFIGS = [TrainConfig, ProbeConfig, FinetuneConfig, RetrieveConfig, BenchConfig]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_each_setting_is_declared_once_with_its_help_and_its_choices_checked(config) -> None:
+    """A field's help, choices and check live on the field (config.setting): every one has a
+    help text, and a value outside its choices is refused in one line naming them."""
+    for f in fields(config):
+        assert f.metadata["help"].strip(), f.name
+        choices = [c for c in f.metadata["choices"] if c]
+        for value in choices:
+            check_settings(replace(config(), **{f.name: value}))
+        if choices:
+            with pytest.raises(ConfigError, match=f"choose one of .*{choices[-1]}"):
+                check_settings(replace(config(), **{f.name: "other"}))
 
 
 def test_a_run_opens_with_one_line_and_prints_its_rows_without_bars(ucf_tiny, tmp_path) -> None:
@@ -467,7 +483,7 @@ def test_a_run_opens_with_one_line_and_prints_its_rows_without_bars(ucf_tiny, tm
 
 def test_the_stop_message_starts_on_a_line_of_its_own(ucf_tiny, tmp_path, monkeypatch) -> None:
     """Not glued to the progress bar: the bar stays as it stopped and its line ends."""
-    monkeypatch.setattr(engine, "stop_requested", lambda stop, rt: True)  # Ctrl-C at step 1
+    monkeypatch.setattr(engine, "stop_requested", lambda stop, runtime: True)  # Ctrl-C at step 1
     out = tmp_path / "run"
     args = ["pretrain", "--data", str(ucf_tiny), "--out", str(out), *TINY, "--progress"]
     result = runner.invoke(app, args)
@@ -547,7 +563,7 @@ def record_evaluations(monkeypatch) -> list:
         configs.append(cfg)
         return {"accuracy": 0.5, "accuracy_std": 0.1, "items": 8}
 
-    monkeypatch.setattr(linear_probe, "probe", evaluation)
+    monkeypatch.setattr(smp_lite.probe, "probe", evaluation)
     monkeypatch.setattr(evaluate, "finetune", evaluation)
     monkeypatch.setattr(evaluate, "retrieve", evaluation)
     return configs

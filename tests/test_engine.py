@@ -11,9 +11,9 @@ import torch
 from test_train import tiny_config, torchrun
 from torchmetrics import MeanMetric, MetricCollection
 
-from smp_lite.checkpoint import Progress, load_checkpoint
 from smp_lite.data import EpochSampler
-from smp_lite.engine import (
+from smp_lite.harness.checkpoint import RunState, load_checkpoint
+from smp_lite.harness.engine import (
     format_row,
     load_metrics_state,
     loss_metrics,
@@ -21,8 +21,8 @@ from smp_lite.engine import (
     opening_line,
     precise_bn,
 )
-from smp_lite.folders import read_metrics
-from smp_lite.runtime import Runtime
+from smp_lite.harness.folders import read_metrics
+from smp_lite.harness.runtime import Runtime
 from smp_lite.train import train
 
 
@@ -53,8 +53,8 @@ def test_precise_bn_averages_the_statistics_over_ranks(tmp_path) -> None:
             import sys
             import torch
             import torch.distributed as dist
-            from smp_lite.engine import precise_bn
-            from smp_lite.runtime import Runtime
+            from smp_lite.harness.engine import precise_bn
+            from smp_lite.harness.runtime import Runtime
 
             dist.init_process_group("gloo")
             rank = dist.get_rank()
@@ -99,9 +99,9 @@ def test_loader_workers_leave_ctrl_c_to_the_main_process() -> None:
     # starts with SIGINT ignored, which would hide what the workers' start-up does
     started_with = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        rt = Runtime(torch.device("cpu"), "fp32", False)
+        runtime = Runtime(torch.device("cpu"), "fp32", False)
         sampler = EpochSampler(4, shuffle=False)
-        items = list(make_loader(WorkerState(), sampler, 2, 2, rt, drop_last=False))
+        items = list(make_loader(WorkerState(), sampler, 2, 2, runtime, drop_last=False))
         assert all(bool(v) for batch in items for v in batch["ignores_ctrl_c"])
         assert all(int(t) == 1 for batch in items for t in batch["threads"])
         assert all(int(p) != os.getpid() for batch in items for p in batch["pid"])  # not this one
@@ -174,7 +174,7 @@ def test_the_opening_line_says_what_where_and_how() -> None:
     probe |= {"data": "data/synth", "preset": "quick", "clip_len": 16, "crop": 48}
     probe |= {"batch_size": 32, "epochs": 30}
     ranks = Runtime(torch.device("cuda", 0), "bf16", True, rank=0, world=2, compile=True)
-    assert opening_line(probe, ranks, Path("runs/p"), Progress(epoch=2, step=40)) == (
+    assert opening_line(probe, ranks, Path("runs/p"), RunState(epoch=2, step=40)) == (
         "probe speed r3d18 from runs/smp/best.pt on data/synth (quick preset): 16x48x48 clips, "
         "batch 32, 30 epochs, 2x cuda bf16 compiled -> runs/p (resumed at step 40)"
     )

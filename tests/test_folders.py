@@ -8,9 +8,9 @@ import subprocess
 
 import pytest
 
-from smp_lite.checkpoint import Progress, save_run
-from smp_lite.errors import TrainError
-from smp_lite.folders import read_metrics, run_folder
+from smp_lite.harness.checkpoint import RunState, save_run
+from smp_lite.harness.errors import TrainError
+from smp_lite.harness.folders import read_metrics, run_folder
 
 # ---------------------------------------------------------------------------------------------
 # metrics.jsonl (docs/reliability.md)
@@ -129,7 +129,7 @@ def test_overwrite_keeps_the_previous_run_until_the_new_one_saves_last_pt(tmp_pa
             raise ValueError("bad option found when the data is read")
     assert run_files(out) == old and not (out / ".previous").exists()
     with run_folder(out, resume=False, overwrite=True):  # one that saves
-        save_run(out / "last.pt", {"arch": "c3d", "task": "prp"}, (), {}, Progress(), {})
+        save_run(out / "last.pt", {"arch": "c3d", "task": "prp"}, (), {}, RunState(), {})
         assert not (out / ".previous").exists()  # gone at the first last.pt
     assert run_files(out)["last.pt"] != old["last.pt"] and "metrics.jsonl" not in run_files(out)
 

@@ -1,11 +1,8 @@
-import math
-
 import pytest
 import torch
 import torch.nn as nn
 
 from smp_lite.config import ARCHS
-from smp_lite.masks import motion_mask_cam
 from smp_lite.models import (
     NUM_RATES,
     ActionNet,
@@ -166,80 +163,3 @@ def test_actionnet():
     model.eval()
     x = clip(8, 32)
     torch.testing.assert_close(model(x), model(x))  # dropout off in eval
-
-
-def cross_entropy_by_hand(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Mean over the batch of -log softmax(logits)[label], one sample at a time."""
-    losses = []
-    for z, y in zip(logits.tolist(), labels.tolist(), strict=True):
-        log_sum = math.log(sum(math.exp(v) for v in z))
-        losses.append(log_sum - z[y])
-    return sum(losses) / len(losses)
-
-
-def test_motion_loss_computed_by_hand() -> None:
-    """Rate-1 fillers are not supervised, the error is averaged over each sample's supervised
-    elements and then over the batch, the mask is lam * CAM + (1 - lam) * DPAU, and the CE terms
-    weigh 0.1 (MG heads: their mean)."""
-    torch.manual_seed(0)
-    model = MotionNet("r3d10", mg=True)
-    b, t2, h, w = 2, 8, 16, 16  # a 4-frame clip's 8-frame target at 16x16
-    out = {
-        "recon": torch.rand(b, 3, t2, h, w),
-        "logits": [torch.randn(b, NUM_RATES) for _ in range(4)],
-        "rate_map": torch.randn(b, 512, 1, 2, 2),
-    }
-    rate = torch.tensor([0, 3])  # sample 0 at rate 1, sample 1 at rate 8
-    weight = torch.tensor([[1.0, 0.0] * (t2 // 2), [1.0] * t2])  # rate 1: odd frames are fillers
-    dpau_level = torch.tensor([1.5, 0.9])  # a flat DPAU map per sample: the same after upsampling
-    targets = {
-        "target": torch.rand(b, 3, t2, h, w),
-        "target_weight": weight,
-        "dpau": dpau_level[:, None, None, None, None].expand(b, 3, t2, 13, 13).clone(),
-        "rate": rate,
-    }
-    lam = 0.3
-    cam = motion_mask_cam(model.rate_heads[0].fc.weight, out["rate_map"], rate, (t2, h, w))
-
-    per_sample = []
-    for i in range(b):  # the mean over each sample's supervised elements
-        total, count = 0.0, 0
-        for f in range(t2):
-            if weight[i, f] == 0:
-                continue
-            mask = lam * cam[i, :, f] + (1 - lam) * dpau_level[i]  # (3, h, w)
-            err = (out["recon"][i, :, f] - targets["target"][i, :, f]) ** 2
-            total += float((mask * err).sum())
-            count += 3 * h * w
-        per_sample.append(total / count)
-    recon = sum(per_sample) / b  # then over the batch
-    ce = [cross_entropy_by_hand(z, rate) for z in out["logits"]]
-    expected = recon + 0.1 * ce[0] + 0.1 * sum(ce[1:]) / 3
-
-    loss, terms = model.loss(out, targets, lam)
-    assert terms["recon"].item() == pytest.approx(recon, rel=1e-5)
-    assert terms["ce"].item() == pytest.approx(ce[0], rel=1e-5)
-    assert terms["ce_mg"].item() == pytest.approx(sum(ce[1:]) / 3, rel=1e-5)
-    assert loss.item() == pytest.approx(expected, rel=1e-5)
-
-
-def test_a_rate_1_sample_weighs_as_much_as_a_rate_8_sample() -> None:
-    """Half of a rate-1 target is fillers; its error still counts as much as a rate-8 one's."""
-    model = MotionNet("r3d10", mg=False)
-    b, t2, h, w = 2, 8, 16, 16
-    target = torch.zeros(b, 3, t2, h, w)
-    recon = torch.zeros(b, 3, t2, h, w)
-    recon[0] = 1.0  # only the rate-1 sample is wrong, by 1 everywhere
-    targets = {
-        "target": target,
-        "target_weight": torch.tensor([[1.0, 0.0] * (t2 // 2), [1.0] * t2]),
-        "dpau": torch.ones(b, 3, t2, 13, 13),  # a plain loss: every element weighs 1
-        "rate": torch.tensor([0, 3]),
-    }
-    out = {"recon": recon, "logits": [torch.zeros(b, NUM_RATES)], "rate_map": None}
-    _, terms = model.loss(out, targets, lam=0.0)
-    assert terms["recon"].item() == pytest.approx(0.5)  # (1 + 0) / 2, not 16 / (16 + 32)
-    recon = torch.zeros(b, 3, t2, h, w)
-    recon[1] = 1.0  # now only the rate-8 sample is wrong
-    _, terms = model.loss({**out, "recon": recon}, targets, lam=0.0)
-    assert terms["recon"].item() == pytest.approx(0.5)

@@ -14,8 +14,6 @@ from test_evaluate import TINY
 
 from smp_lite.config import RATES
 from smp_lite.data import VideoDataset
-from smp_lite.engine import fit
-from smp_lite.errors import ConfigError, DataError
 from smp_lite.evaluate import (
     BackboneFeature,
     clip_dataset,
@@ -24,18 +22,21 @@ from smp_lite.evaluate import (
     initial_backbone,
     make_eval_config,
 )
-from smp_lite.folders import read_metrics
+from smp_lite.harness.engine import fit
+from smp_lite.harness.errors import ConfigError, DataError
+from smp_lite.harness.folders import read_metrics
+from smp_lite.harness.launch import new_run
+from smp_lite.harness.runtime import make_runtime
 from smp_lite.index import Video, load_index
 from smp_lite.probe import (
     MotionEnergy,
+    linear_parts,
     probe,
     probe_features,
     probe_results,
-    probe_run,
     refit_batchnorm,
 )
-from smp_lite.runtime import make_runtime
-from smp_lite.synth import write_video
+from smp_lite.tools.synth import write_video
 
 
 def test_a_standardised_probe_sees_what_tiny_features_hold(tmp_path) -> None:
@@ -56,10 +57,11 @@ def test_a_standardised_probe_sees_what_tiny_features_hold(tmp_path) -> None:
         (tmp_path / str(standardize)).mkdir()
         cfg = make_eval_config("probe", preset="quick", standardize=standardize,
                                out=str(tmp_path / str(standardize)))  # fmt: skip
-        run = probe_run(cfg, make_runtime("cpu", "fp32"), tmp_path / str(standardize), cached,
-                        ["1", "2", "4", "8"])  # fmt: skip
+        runtime, names = make_runtime("cpu", "fp32"), ["1", "2", "4", "8"]
+        parts = linear_parts(cfg, cached, names, runtime)
+        run = new_run(cfg, parts, runtime, tmp_path / str(standardize))
         fit(run, progress=False)
-        accuracy[standardize] = probe_results(cfg, run, cached, ["1", "2", "4", "8"])["accuracy"]
+        accuracy[standardize] = probe_results(cfg, cached, names, run)["accuracy"]
     assert accuracy[True] > 0.95 > 0.7 > accuracy[False]  # chance: 0.5
 
 
@@ -125,12 +127,12 @@ def test_older_features_without_refit_bn_count_as_not_refitted(ucf_tiny, tmp_pat
 def test_refit_bn_spreads_random_features_and_keeps_the_weights(ucf_tiny) -> None:
     """Random weights under BatchNorm's initial statistics (0 and 1) give features that barely
     vary; re-estimated on the training clips, the same weights give normalised activations."""
-    rt, index = make_runtime("cpu", "fp32"), load_index(ucf_tiny)
+    runtime, index = make_runtime("cpu", "fp32"), load_index(ucf_tiny)
     common = dict(data=str(ucf_tiny), arch="r3d10", batch_size=8, **TINY)
     spread = {}
     for refit in (0, 2):
         cfg = make_eval_config("probe", refit_bn=refit, **common)
-        cached = probe_features(cfg, rt, index, progress=False)
+        cached = probe_features(cfg, runtime, index, progress=False)
         spread[refit] = cached["train"]["output"].std(0).mean().item()  # per dimension
         assert cached["test"]["output"].shape == (4 * len(index.test), 512)
     assert spread[2] > 10 * spread[0]  # measured: 0.008 and 0.38
@@ -138,7 +140,9 @@ def test_refit_bn_spreads_random_features_and_keeps_the_weights(ucf_tiny) -> Non
     weights = {name: p.clone() for name, p in backbone.named_parameters()}
     bns = [m for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm3d)]
     momenta = [bn.momentum for bn in bns]
-    refit_batchnorm(backbone, clip_dataset(cfg, index.train, "prp", 4, train=False), cfg, rt, False)
+    refit_batchnorm(
+        backbone, clip_dataset(cfg, index.train, "prp", 4, train=False), cfg, runtime, False
+    )
     assert all(torch.equal(p, weights[name]) for name, p in backbone.named_parameters())
     assert bns and [bn.momentum for bn in bns] == momenta  # cumulative only while re-estimating
     assert all(bn.num_batches_tracked == 2 for bn in bns)  # the statistics of 2 batches alone

@@ -7,10 +7,10 @@ import torch
 from typer.testing import CliRunner
 
 from smp_lite.cli import app
-from smp_lite.errors import TrainError
-from smp_lite.evaluate import paired_bootstrap_std, write_results
-from smp_lite.folders import append_metrics, read_metrics, write_run_folder
-from smp_lite.report import (
+from smp_lite.evaluate import paired_bootstrap_std
+from smp_lite.harness.errors import TrainError
+from smp_lite.harness.folders import append_metrics, read_metrics, write_results, write_run_folder
+from smp_lite.tools.report import (
     plot_curves,
     plot_speed_confusions,
     plot_table1,

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import smp_lite.reproduce
-from smp_lite.checkpoint import BEST, LAST, RESULTS
+import smp_lite.tools.reproduce
 from smp_lite.cli import app
-from smp_lite.errors import ConfigError, DataError
-from smp_lite.reproduce import (
+from smp_lite.harness.checkpoint import BEST, LAST, RESULTS
+from smp_lite.harness.errors import ConfigError, DataError
+from smp_lite.tools.reproduce import (
     EVALUATIONS,
     INITS,
     PROFILES,
@@ -148,9 +148,11 @@ def test_a_step_resumes_only_from_a_last_pt_made_after_its_weights(tmp_path, mon
         path.parent.mkdir(parents=True)
         path.write_text("{}")
     started = {}
-    monkeypatch.setattr(smp_lite.reproduce, "make_eval_config", lambda kind, **settings: settings)
     monkeypatch.setattr(
-        smp_lite.reproduce, "probe", lambda settings, progress: started.update(settings)
+        smp_lite.tools.reproduce, "make_eval_config", lambda kind, **settings: settings
+    )
+    monkeypatch.setattr(
+        smp_lite.tools.reproduce, "probe", lambda settings, progress: started.update(settings)
     )
     os.utime(weights, (1_000, 1_000))
     os.utime(last, (500, 500))  # the pretraining ran again after this probe started

@@ -3,8 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from smp_lite.models import MotionNet
-from smp_lite.runtime import (
+from smp_lite.harness.runtime import (
     Runtime,
     conv3d_as_matmul,
     conv3d_pointwise_strided,
@@ -16,6 +15,7 @@ from smp_lite.runtime import (
     reform_cuda_convs,
     unwrap,
 )
+from smp_lite.models import MotionNet
 
 
 @pytest.mark.parametrize("arch", ["r3d18", "c3d", "r21d10"])
@@ -63,11 +63,11 @@ def test_runtime_prepare_guards_bf16_convs_on_a_cpu_only() -> None:
 
 
 def test_automatic_runtime_on_this_cpu() -> None:
-    rt = make_runtime()
-    assert rt.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
-    if rt.device.type == "cpu":
-        assert rt.precision == ("bf16" if cpu_has_native_bf16() else "fp32")
-        assert rt.channels_last == (rt.precision == "bf16")
+    runtime = make_runtime()
+    assert runtime.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if runtime.device.type == "cpu":
+        assert runtime.precision == ("bf16" if cpu_has_native_bf16() else "fp32")
+        assert runtime.channels_last == (runtime.precision == "bf16")
 
 
 @pytest.mark.parametrize("device, backend", [("cpu", "gloo"), ("cuda", "nccl"), ("auto", "nccl")])
@@ -84,12 +84,12 @@ def test_under_torchrun_the_process_group_follows_the_device(device, backend, mo
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
     monkeypatch.setattr(torch.distributed, "init_process_group", joined.append)
     monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
-    rt = make_runtime(device, "fp32")
-    assert (rt.rank, rt.world) == (1, 2)
+    runtime = make_runtime(device, "fp32")
+    assert (runtime.rank, runtime.world) == (1, 2)
     if backend == "gloo":
-        assert rt.device == torch.device("cpu") and joined == ["gloo"]
+        assert runtime.device == torch.device("cpu") and joined == ["gloo"]
     else:
-        assert rt.device == torch.device("cuda", 1) and joined == [rt.device, "nccl"]
+        assert runtime.device == torch.device("cuda", 1) and joined == [runtime.device, "nccl"]
 
 
 def test_wrap_compiles_only_where_asked_and_unwrap_gives_the_bare_model_back() -> None:
@@ -118,9 +118,9 @@ def test_default_loader_workers_leave_the_cpu_to_the_step(
     """No loader processes on a CPU (they take cores from the step); on a GPU one core per rank
     is left to the training process."""
     monkeypatch.setattr("os.sched_getaffinity", lambda _: set(range(cores)), raising=False)
-    rt = Runtime(torch.device(device), "fp32", False, world=world)
-    assert loader_workers(None, rt) == expected
-    assert loader_workers(3, rt) == 3  # asked for: kept
+    runtime = Runtime(torch.device(device), "fp32", False, world=world)
+    assert loader_workers(None, runtime) == expected
+    assert loader_workers(3, runtime) == 3  # asked for: kept
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from smp_lite import __version__, synth
-from smp_lite.synth import (
+from smp_lite import __version__
+from smp_lite.tools import synth
+from smp_lite.tools.synth import (
     CLASSES,
     FIGURE,
     PRESETS,

@@ -17,27 +17,30 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassAccuracy
 
-import smp_lite.engine
+import smp_lite.tools.synth
 import smp_lite.train
-from smp_lite.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from smp_lite.config import DEFAULT_DATA, RATES
 from smp_lite.data import VideoDataset
-from smp_lite.engine import evaluate, metrics_row
-from smp_lite.errors import ConfigError, DataError, RunInterrupted, TrainError
-from smp_lite.folders import read_metrics
+from smp_lite.harness.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from smp_lite.harness.engine import evaluate, metrics_row
+from smp_lite.harness.errors import ConfigError, DataError, RunInterrupted, TrainError
+from smp_lite.harness.folders import read_metrics
+from smp_lite.harness.launch import make_loaders
+from smp_lite.harness.runtime import Runtime
 from smp_lite.index import load_index, split_by_group
-from smp_lite.models import MotionNet
-from smp_lite.runtime import Runtime
-from smp_lite.synth import synthesize
+from smp_lite.masks import motion_mask_cam
+from smp_lite.models import NUM_RATES, MotionNet
+from smp_lite.tools.synth import synthesize
 from smp_lite.train import (
     AccuracyPerClass,
     build_model,
     default_out,
     make_config,
-    make_loaders,
     make_optimizer,
     make_scheduler,
     make_step,
+    motion_loss,
+    pretraining_datasets,
     task_metrics,
     train,
 )
@@ -371,7 +374,7 @@ def test_cosine_schedule_warms_up_then_decays_as_computed_by_hand() -> None:
     cfg = make_config("supervised", "quick", lr=0.1, epochs=3, warmup_epochs=1)
     model = torch.nn.Linear(2, 2)
     optimizer = make_optimizer(model, cfg)
-    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=2)  # 6 steps, 2 of warm-up
+    scheduler = make_scheduler(optimizer, 2, cfg)  # 2 steps an epoch: 6, 2 of warm-up
     lrs = []
     for _ in range(6):
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -385,7 +388,7 @@ def test_cosine_schedule_warms_up_then_decays_as_computed_by_hand() -> None:
 def test_plateau_schedule_divides_every_rate_by_ten_after_patience() -> None:
     cfg = make_config("smp", "quick", lr=0.01, plateau_patience=2)
     optimizer = make_optimizer(MotionNet("r3d10", mg=False), cfg)
-    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=5)
+    scheduler = make_scheduler(optimizer, 5, cfg)
     for epoch, val_loss in enumerate([1.0, 1.0, 1.0]):  # the best, then 2 epochs no better
         scheduler.step(val_loss)
         assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.01, 0.1]), epoch
@@ -403,7 +406,7 @@ def test_the_python_api_creates_the_default_dataset_as_the_command_does(
         made.append(out)
         return synthesize(out, preset="tiny", progress=False)
 
-    monkeypatch.setattr(smp_lite.engine, "synthesize", tiny_synthesize)
+    monkeypatch.setattr(smp_lite.tools.synth, "synthesize", tiny_synthesize)
     cfg = tiny_config(DEFAULT_DATA, tmp_path / "run", epochs=1)
     train(cfg, progress=False)
     assert made == [DEFAULT_DATA] and (tmp_path / DEFAULT_DATA / "classInd.txt").is_file()
@@ -440,7 +443,7 @@ def test_smp_validation_loss_means_the_same_at_every_epoch(ucf_tiny) -> None:
 def test_plateau_schedule_stops_at_the_original_minimum() -> None:
     cfg = make_config("smp", "quick", lr=0.01, plateau_patience=0)
     optimizer = make_optimizer(MotionNet("r3d10", mg=False), cfg)
-    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=5)
+    scheduler = make_scheduler(optimizer, 5, cfg)
     for _ in range(12):  # no improvement: a tenth each epoch, down to 1e-7
         scheduler.step(1.0)
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1e-7, 1e-7])
@@ -480,13 +483,14 @@ def test_validation_under_torchrun_counts_each_clip_once(ucf_tiny, tmp_path) -> 
 
     cfg = tiny_config(ucf_tiny, tmp_path / "x", task="supervised", val_fraction=0.375)
     cfg = replace(cfg, batch_size=2, limit_batches=0)
-    rt = Runtime(torch.device("cpu"), "fp32", False)
+    runtime = Runtime(torch.device("cpu"), "fp32", False)
     index = load_index(ucf_tiny)
     model = build_model(cfg, len(index.classes))
     model.load_state_dict(load_checkpoint(out / "last.pt")["model"])
     metrics = task_metrics(cfg, len(index.classes)).clone(prefix="val_")
-    val_loader = make_loaders(cfg, rt, index.train)["val"]
-    assert evaluate(model, val_loader, make_step(cfg, 0, False), metrics, rt, Event(), set())
+    datasets = pretraining_datasets(cfg, index.train)
+    val_loader = make_loaders(datasets, cfg.seed, cfg.batch_size, 0, runtime, 1)["val"]
+    assert evaluate(model, val_loader, make_step(cfg, 0, False), metrics, runtime, Event(), set())
     alone = metrics_row(metrics)
     for key in ("val_clips", "val_loss", "val_acc_action"):
         assert row[key] == pytest.approx(alone[key], rel=1e-5), key
@@ -495,12 +499,12 @@ def test_validation_under_torchrun_counts_each_clip_once(ucf_tiny, tmp_path) -> 
 @pytest.mark.parametrize(
     "kw, message",
     [
-        (dict(crop=0), "crop 0 must be positive"),
-        (dict(crop=-16), "crop -16 must be positive"),
-        (dict(resize=(0, 64)), "resize 0x64 must be positive"),
-        (dict(lr=math.inf), "learning rate must be a positive number, got inf"),
-        (dict(lr=math.nan), "learning rate must be a positive number, got nan"),
-        (dict(head_lr_scale=math.nan), "head lr scale must be a positive number, got nan"),
+        (dict(crop=0), "crop must be positive and divisible by 16, got 0"),
+        (dict(crop=-16), "crop must be positive and divisible by 16, got -16"),
+        (dict(resize=(0, 64)), "resize must be positive, got 0x64"),
+        (dict(lr=math.inf), "learning rate must be positive, got inf"),
+        (dict(lr=math.nan), "learning rate must be positive, got nan"),
+        (dict(head_lr_scale=math.nan), "head lr scale must be positive, got nan"),
         (dict(momentum=1.5), r"momentum must be in \[0, 1\)"),
         (dict(weight_decay=-1e-4), "weight decay must be 0 or more"),
         (dict(limit_batches=-1), "limit batches must be 0 or more"),
@@ -605,3 +609,80 @@ def test_under_torchrun_a_refusal_stops_every_rank(ucf_tiny, tmp_path) -> None:
     assert f"error: {out} is in use by another run (pid {os.getpid()}" in done.stderr
     assert "rank 0 could not take the run folder" in done.stderr  # what rank 1 says
     assert sorted(p.name for p in out.iterdir()) == ["run.lock"]
+
+
+def cross_entropy_by_hand(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean over the batch of -log softmax(logits)[label], one sample at a time."""
+    losses = []
+    for z, y in zip(logits.tolist(), labels.tolist(), strict=True):
+        log_sum = math.log(sum(math.exp(v) for v in z))
+        losses.append(log_sum - z[y])
+    return sum(losses) / len(losses)
+
+
+def test_motion_loss_computed_by_hand() -> None:
+    """Rate-1 fillers are not supervised, the error is averaged over each sample's supervised
+    elements and then over the batch, the mask is lam * CAM + (1 - lam) * DPAU, and the CE terms
+    weigh 0.1 (MG heads: their mean)."""
+    torch.manual_seed(0)
+    model = MotionNet("r3d10", mg=True)
+    b, t2, h, w = 2, 8, 16, 16  # a 4-frame clip's 8-frame target at 16x16
+    out = {
+        "recon": torch.rand(b, 3, t2, h, w),
+        "logits": [torch.randn(b, NUM_RATES) for _ in range(4)],
+        "rate_map": torch.randn(b, 512, 1, 2, 2),
+    }
+    rate = torch.tensor([0, 3])  # sample 0 at rate 1, sample 1 at rate 8
+    weight = torch.tensor([[1.0, 0.0] * (t2 // 2), [1.0] * t2])  # rate 1: odd frames are fillers
+    dpau_level = torch.tensor([1.5, 0.9])  # a flat DPAU map per sample: the same after upsampling
+    targets = {
+        "target": torch.rand(b, 3, t2, h, w),
+        "target_weight": weight,
+        "dpau": dpau_level[:, None, None, None, None].expand(b, 3, t2, 13, 13).clone(),
+        "rate": rate,
+    }
+    lam = 0.3
+    cam = motion_mask_cam(model.rate_heads[0].fc.weight, out["rate_map"], rate, (t2, h, w))
+
+    per_sample = []
+    for i in range(b):  # the mean over each sample's supervised elements
+        total, count = 0.0, 0
+        for f in range(t2):
+            if weight[i, f] == 0:
+                continue
+            mask = lam * cam[i, :, f] + (1 - lam) * dpau_level[i]  # (3, h, w)
+            err = (out["recon"][i, :, f] - targets["target"][i, :, f]) ** 2
+            total += float((mask * err).sum())
+            count += 3 * h * w
+        per_sample.append(total / count)
+    recon = sum(per_sample) / b  # then over the batch
+    ce = [cross_entropy_by_hand(z, rate) for z in out["logits"]]
+    expected = recon + 0.1 * ce[0] + 0.1 * sum(ce[1:]) / 3
+
+    loss, terms = motion_loss(out, targets, lam, model.rate_heads[0].fc.weight)
+    assert terms["recon"].item() == pytest.approx(recon, rel=1e-5)
+    assert terms["ce"].item() == pytest.approx(ce[0], rel=1e-5)
+    assert terms["ce_mg"].item() == pytest.approx(sum(ce[1:]) / 3, rel=1e-5)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_rate_1_sample_weighs_as_much_as_a_rate_8_sample() -> None:
+    """Half of a rate-1 target is fillers; its error still counts as much as a rate-8 one's."""
+    model = MotionNet("r3d10", mg=False)
+    b, t2, h, w = 2, 8, 16, 16
+    target = torch.zeros(b, 3, t2, h, w)
+    recon = torch.zeros(b, 3, t2, h, w)
+    recon[0] = 1.0  # only the rate-1 sample is wrong, by 1 everywhere
+    targets = {
+        "target": target,
+        "target_weight": torch.tensor([[1.0, 0.0] * (t2 // 2), [1.0] * t2]),
+        "dpau": torch.ones(b, 3, t2, 13, 13),  # a plain loss: every element weighs 1
+        "rate": torch.tensor([0, 3]),
+    }
+    out = {"recon": recon, "logits": [torch.zeros(b, NUM_RATES)], "rate_map": None}
+    _, terms = motion_loss(out, targets, 0.0, model.rate_heads[0].fc.weight)
+    assert terms["recon"].item() == pytest.approx(0.5)  # (1 + 0) / 2, not 16 / (16 + 32)
+    recon = torch.zeros(b, 3, t2, h, w)
+    recon[1] = 1.0  # now only the rate-8 sample is wrong
+    _, terms = motion_loss({**out, "recon": recon}, targets, 0.0, model.rate_heads[0].fc.weight)
+    assert terms["recon"].item() == pytest.approx(0.5)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from smp_lite.synth import write_video
+from smp_lite.tools.synth import write_video
 
 
 def distinct_frames(n: int, h: int = 64, w: int = 80, seed: int = 0) -> np.ndarray:

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CONFIG, METRICS, RESULTS
-from .config import MOTION_ENERGY, TASKS
-from .data import open_video, read_frames
-from .errors import TrainError
-from .evaluate import json_text, paired_bootstrap_std
-from .folders import read_metrics
-from .index import load_index
+from ..config import MOTION_ENERGY, TASKS
+from ..data import open_video, read_frames
+from ..evaluate import paired_bootstrap_std
+from ..harness.checkpoint import CONFIG, METRICS, RESULTS
+from ..harness.errors import TrainError
+from ..harness.folders import json_text, read_metrics
+from ..index import load_index
 
 
 def report_text(runs: list[str | Path]) -> tuple[str, list[str]]:

@@ -8,7 +8,7 @@ training loop (where it computes is `runtime.py`).
 - `precise_bn`: BatchNorm statistics recomputed at the current weights, averaged over ranks;
 - `fit(run)`: epochs of training, precise BatchNorm and validation, with metrics.jsonl, best.pt
   and last.pt written, resumable mid-epoch; on stdout the run's `opening_line` and a
-  `format_row` per epoch, bars or not. A new loop builds a `Run` and calls `fit`.
+  `format_row` per epoch, bars or not. `launch.py` builds a task's `Run` and calls `fit`.
 
 A step function maps (model, batch on the device) to a `StepOutput`: the loss, the loss terms
 to average (each needs a metric of its name: `loss_metrics`) and, per head, (logits, labels) for its
@@ -38,13 +38,12 @@ from torchmetrics import MeanMetric, Metric, MetricCollection, SumMetric
 from torchmetrics.wrappers.abstract import WrapperMetric
 from tqdm import tqdm  # text bars: the same in a terminal and a notebook
 
-from .checkpoint import Progress, load_run, save_run
-from .config import DEFAULT_DATA, RATES
-from .data import to_float
-from .errors import DataError, RunInterrupted, TrainError
+from ..config import RATES
+from ..data import to_float
+from .checkpoint import RunState, load_run, save_run
+from .errors import RunInterrupted, TrainError
 from .folders import append_metrics, run_folder
 from .runtime import Runtime, unwrap
-from .synth import synthesize
 
 StepOutput = tuple[
     torch.Tensor, dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -57,43 +56,31 @@ class NonFiniteLoss(ArithmeticError):
 
 
 # ---------------------------------------------------------------------------------------------
-# The run folder and the data a run starts from
+# The run folder
 
 
 @contextmanager
-def hold_run_folder(out: Path, resume: bool, overwrite: bool, rt: Runtime) -> Iterator[None]:
+def hold_run_folder(out: Path, resume: bool, overwrite: bool, runtime: Runtime) -> Iterator[None]:
     """Rank 0 holds the run folder (folders.run_folder: one run per folder, nothing lost);
     under torchrun the other ranks wait for its answer, so that a refusal stops them all."""
     with ExitStack() as stack:
         refusal = None
-        if rt.is_main:
+        if runtime.is_main:
             try:
                 stack.enter_context(run_folder(out, resume, overwrite))
             except Exception as err:
                 refusal = err
-        if rt.world > 1 and not all_ranks_ok(refusal is None, rt):
+        if runtime.world > 1 and not all_ranks_ok(refusal is None, runtime):
             refusal = refusal or TrainError(f"rank 0 could not take the run folder {out}")
         if refusal is not None:
             raise refusal
         yield
 
 
-def all_ranks_ok(ok: bool, rt: Runtime) -> bool:
-    flag = torch.tensor(float(ok), device=rt.device)
+def all_ranks_ok(ok: bool, runtime: Runtime) -> bool:
+    flag = torch.tensor(float(ok), device=runtime.device)
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
-
-
-def ensure_default_dataset(data: str, rt: Runtime) -> None:
-    """The default dataset is generated on first use, by the command and the Python API alike."""
-    if data != DEFAULT_DATA or Path(DEFAULT_DATA).exists():
-        return
-    if rt.world > 1:  # the ranks would all write it at once
-        raise DataError(
-            f"no dataset in {DEFAULT_DATA}: under torchrun, run `smp-lite data synth` first"
-        )
-    print(f"no dataset given: generating the default one in {DEFAULT_DATA}")
-    synthesize(DEFAULT_DATA)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,10 +109,12 @@ def stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
-def stop_requested(stop: threading.Event, rt: Runtime) -> bool:
-    if rt.world == 1:
+def stop_requested(stop: threading.Event, runtime: Runtime) -> bool:
+    if runtime.world == 1:
         return stop.is_set()
-    flag = torch.tensor(float(stop.is_set()), device=rt.device)  # any rank stopping stops them all
+    flag = torch.tensor(
+        float(stop.is_set()), device=runtime.device
+    )  # any rank stopping stops them all
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag.item())
 
@@ -135,7 +124,12 @@ def stop_requested(stop: threading.Event, rt: Runtime) -> bool:
 
 
 def make_loader(
-    dataset: Dataset, sampler: Sampler, batch_size: int, workers: int, rt: Runtime, drop_last: bool
+    dataset: Dataset,
+    sampler: Sampler,
+    batch_size: int,
+    workers: int,
+    runtime: Runtime,
+    drop_last: bool,
 ) -> DataLoader:
     return DataLoader(
         dataset,
@@ -143,7 +137,7 @@ def make_loader(
         sampler=sampler,
         num_workers=workers,
         persistent_workers=workers > 0,
-        pin_memory=rt.device.type == "cuda",
+        pin_memory=runtime.device.type == "cuda",
         drop_last=drop_last and len(sampler) >= batch_size,
         worker_init_fn=quiet_worker,
     )
@@ -154,11 +148,11 @@ def quiet_worker(_: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the main process to handle
 
 
-def note_skipped(batch: dict, seen: set[str], rt: Runtime) -> None:
+def note_skipped(batch: dict, seen: set[str], runtime: Runtime) -> None:
     """Add the videos the loader skipped in this batch to `seen`; each is logged once, by name."""
     texts = batch.pop("skipped", ())  # decoded videos name those they skipped; features do not
     new = {line for text in texts for line in text.splitlines() if line} - seen
-    if rt.is_main:
+    if runtime.is_main:
         for line in sorted(new):
             tqdm.write(f"skipped unreadable video {line}", file=sys.stderr)
     seen |= new
@@ -175,7 +169,7 @@ def train_steps(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     metrics: MetricCollection,
-    rt: Runtime,
+    runtime: Runtime,
     skipped: set[str],
 ) -> Iterator[tuple[float, int]]:
     """Train on each batch, yielding (loss, clips in the batch) after each optimiser step, so
@@ -183,9 +177,9 @@ def train_steps(
     gradient raises NonFiniteLoss before the weights change. That check is the step's one wait
     for the GPU: the metrics stay on the device and the next batch's copy is already issued."""
     model.train()
-    for batch in on_device(batches, skipped, rt):
+    for batch in on_device(batches, skipped, runtime):
         try:
-            with rt.autocast():
+            with runtime.autocast():
                 loss, terms, heads = step_fn(model, batch)
         except torch._dynamo.exc.BackendCompilerFailed as err:  # at the first step
             raise compile_failure(err) from None
@@ -204,20 +198,20 @@ def compile_failure(err: Exception) -> TrainError:
     return TrainError(f"torch.compile failed ({why}); --no-compile runs without it")
 
 
-def on_device(batches: Iterable[dict], skipped: set[str], rt: Runtime) -> Iterator[dict]:
+def on_device(batches: Iterable[dict], skipped: set[str], runtime: Runtime) -> Iterator[dict]:
     """The batches on the device, the skipped videos they name noted. On a GPU each batch is
     copied on a side stream while the step before computes (the loader pins its memory)."""
-    if rt.device.type != "cuda":
+    if runtime.device.type != "cuda":
         for batch in batches:
-            note_skipped(batch, skipped, rt)
-            yield rt.to_device(batch)
+            note_skipped(batch, skipped, runtime)
+            yield runtime.to_device(batch)
         return
-    copier, compute = torch.cuda.Stream(rt.device), torch.cuda.current_stream(rt.device)
+    copier, compute = torch.cuda.Stream(runtime.device), torch.cuda.current_stream(runtime.device)
     ahead = None  # (batch on the device, the event its copy ends with)
     for batch in batches:
-        note_skipped(batch, skipped, rt)
+        note_skipped(batch, skipped, runtime)
         with torch.cuda.stream(copier):
-            moved = rt.to_device(batch)
+            moved = runtime.to_device(batch)
             for v in moved.values():
                 if isinstance(v, torch.Tensor):  # not freed while the step still reads it
                     v.record_stream(compute)
@@ -252,7 +246,7 @@ def evaluate(
     batches: Iterable[dict],
     step_fn: StepFn,
     metrics: MetricCollection,
-    rt: Runtime,
+    runtime: Runtime,
     stop: threading.Event,
     skipped: set[str],
 ) -> bool:
@@ -263,12 +257,12 @@ def evaluate(
     """
     model.eval()
     with torch.no_grad():
-        for batch in on_device(batches, skipped, rt):
-            with rt.autocast():
+        for batch in on_device(batches, skipped, runtime):
+            with runtime.autocast():
                 update_metrics(metrics, *step_fn(model, batch))
             if stop.is_set():
                 break
-    return not stop_requested(stop, rt)
+    return not stop_requested(stop, runtime)
 
 
 def update_metrics(metrics: MetricCollection, loss: torch.Tensor, terms: dict, heads: dict) -> int:
@@ -310,26 +304,28 @@ def metrics_row(metrics: MetricCollection) -> dict[str, float | int]:
     return {k: int(v) if k.endswith("clips") else v for k, v in row.items()}
 
 
-def metrics_state(metrics: MetricCollection, rt: Runtime) -> dict[str, dict[str, torch.Tensor]]:
+def metrics_state(
+    metrics: MetricCollection, runtime: Runtime
+) -> dict[str, dict[str, torch.Tensor]]:
     """Each metric's state summed over ranks, for a mid-epoch checkpoint (a collective call)."""
     state = {}
     for name, metric in metrics.items(keep_base=True):
         metric = state_holder(metric)
-        with metric.sync_context(should_sync=rt.world > 1):
+        with metric.sync_context(should_sync=runtime.world > 1):
             state[name] = {k: v.cpu() for k, v in metric.metric_state.items()}
     return state
 
 
-def load_metrics_state(metrics: MetricCollection, state: dict, rt: Runtime) -> None:
+def load_metrics_state(metrics: MetricCollection, state: dict, runtime: Runtime) -> None:
     """Go on from a saved `metrics_state`: rank 0 holds the sums, other ranks start at zero.
     A metric whose states changed since the checkpoint was saved counts from here, said once."""
-    if rt.is_main:
+    if runtime.is_main:
         for name, saved in state.items():
             holder = state_holder(metrics[name]) if name in metrics else None
             if holder is None or saved.keys() != holder.metric_state.keys():
                 tqdm.write(f"note: {name} counts from here (saved by another smp-lite version)")
                 continue
-            holder.merge_state({k: v.to(rt.device) for k, v in saved.items()})
+            holder.merge_state({k: v.to(runtime.device) for k, v in saved.items()})
 
 
 def state_holder(metric: Metric) -> Metric:
@@ -341,7 +337,7 @@ def state_holder(metric: Metric) -> Metric:
 # Precise BatchNorm
 
 
-def precise_bn(model: nn.Module, clips: Iterable[torch.Tensor], rt: Runtime) -> None:
+def precise_bn(model: nn.Module, clips: Iterable[torch.Tensor], runtime: Runtime) -> None:
     """Replace the BatchNorm running statistics by the mean and variance of each BN layer's
     input over `clips` at the current weights (torch's update_bn), averaged over DDP ranks.
 
@@ -350,14 +346,14 @@ def precise_bn(model: nn.Module, clips: Iterable[torch.Tensor], rt: Runtime) -> 
     "Precise BatchNorm").
     Weights are untouched. Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021.
     """
-    with rt.autocast():
+    with runtime.autocast():
         torch.optim.swa_utils.update_bn(clips, model)
-    if rt.world > 1:
+    if runtime.world > 1:
         for bn in model.modules():
             if isinstance(bn, nn.modules.batchnorm._BatchNorm):
                 for stat in (bn.running_mean, bn.running_var):
                     dist.all_reduce(stat)
-                    stat /= rt.world
+                    stat /= runtime.world
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,13 +372,13 @@ class LoopSettings(Protocol):
 
 @dataclass
 class Run:
-    """One training run as the loop sees it; `at` says where it stands. A checkpoint holds the
-    state of `objects()`, `at`, and `config` (the run's settings as JSON values)."""
+    """One training run as the loop sees it; `state` says where it stands. A checkpoint holds the
+    state of `objects()`, `state`, and `config` (the run's settings as JSON values)."""
 
     settings: LoopSettings
     config: dict
     step_for: Callable[[int, bool], StepFn]  # the task's step at a 0-based epoch, training or not
-    rt: Runtime
+    runtime: Runtime
     out: Path
     classes: tuple[str, ...]
     loaders: dict[str, DataLoader | None]  # train, bn (precise BatchNorm), val
@@ -391,14 +387,9 @@ class Run:
     scheduler: LRScheduler | ReduceLROnPlateau  # stepped per batch; a plateau one per epoch
     scaler: torch.amp.GradScaler
     metrics: MetricCollection  # unprefixed, never updated: cloned per epoch
-    at: Progress = field(default_factory=Progress)
+    epoch_batches: int  # training batches in an epoch (launch.epoch_batches)
+    state: RunState = field(default_factory=RunState)
     keep_best: bool = True  # best.pt by validation loss; not when "validation" is the test set
-
-    epoch_batches: int = field(init=False)  # training batches in an epoch
-
-    def __post_init__(self) -> None:
-        n = len(self.loaders["train"])  # before a resumed epoch's sampler skips what was done
-        self.epoch_batches = min(n, self.settings.limit_batches or n)
 
     def objects(self) -> dict:
         """The objects whose state a checkpoint holds."""
@@ -410,14 +401,14 @@ class Run:
         }
 
     def resume(self) -> None:
-        self.at = load_run(self.out / "last.pt", self.config, self.classes, self.objects())
+        self.state = load_run(self.out / "last.pt", self.config, self.classes, self.objects())
 
     def save(self, names: list[str], row: dict) -> None:
         """Save the run as each of `names` in order (save_run): last.pt whole, to resume from;
         best.pt the model alone, what evaluation reads (half the size without the optimizer)."""
         for name in names:
             objects = self.objects() if name == "last.pt" else {"model": unwrap(self.model)}
-            save_run(self.out / name, self.config, self.classes, objects, self.at, row)
+            save_run(self.out / name, self.config, self.classes, objects, self.state, row)
 
 
 def fit(run: Run, progress: bool = True) -> dict:
@@ -430,24 +421,24 @@ def fit(run: Run, progress: bool = True) -> dict:
     RunInterrupted (a KeyboardInterrupt).
     """
     row: dict = {}
-    if run.rt.is_main:
-        say(opening_line(run.config, run.rt, run.out, run.at))
+    if run.runtime.is_main:
+        say(opening_line(run.config, run.runtime, run.out, run.state))
     with stop_on_signals() as stop:
-        for epoch in range(run.at.epoch, run.settings.epochs):
+        for epoch in range(run.state.epoch, run.settings.epochs):
             row = train_epoch(run, epoch, stop, progress)
             row = end_epoch(run, epoch, row, stop)
-            if run.rt.is_main:
+            if run.runtime.is_main:
                 say(format_row(row, len(run.classes)))
     return row
 
 
 def train_epoch(run: Run, epoch: int, stop: threading.Event, progress: bool) -> dict:
     """Train one epoch (the rest of it, when resumed mid-epoch); returns its training row."""
-    cfg, rt, at = run.settings, run.rt, run.at
+    cfg, runtime, state = run.settings, run.runtime, run.state
     # the sampler skips within this rank's shard: a resumed epoch decodes no sample twice
-    run.loaders["train"].sampler.set_epoch(epoch, skip=at.batches_done * cfg.batch_size)
+    run.loaders["train"].sampler.set_epoch(epoch, skip=state.batches_done * cfg.batch_size)
     metrics = run.metrics.clone(prefix="train_")
-    load_metrics_state(metrics, at.metric_state, rt)
+    load_metrics_state(metrics, state.metric_state, runtime)
     bar = epoch_bar(run, epoch, progress)
     steps = train_steps(
         run.model,
@@ -456,25 +447,25 @@ def train_epoch(run: Run, epoch: int, stop: threading.Event, progress: bool) -> 
         run.optimizer,
         run.scaler,
         metrics,
-        rt,
-        at.skipped,
+        runtime,
+        state.skipped,
     )
     clips, t0 = 0, time.perf_counter()
     try:
         for loss, n in steps:
             if not isinstance(run.scheduler, ReduceLROnPlateau):
                 run.scheduler.step()
-            at.step += 1
-            at.batches_done += 1
-            clips += n * rt.world
+            state.step += 1
+            state.batches_done += 1
+            clips += n * runtime.world
             bar.set_postfix(loss=f"{loss:.4f}")
-            if stop_requested(stop, rt):
+            if stop_requested(stop, runtime):
                 save_mid_epoch(run, metrics)
                 raise RunInterrupted(run.out / "last.pt")
             if (
                 cfg.save_every
-                and at.step % cfg.save_every == 0
-                and at.batches_done < run.epoch_batches
+                and state.step % cfg.save_every == 0
+                and state.batches_done < run.epoch_batches
             ):
                 save_mid_epoch(run, metrics)
     except NonFiniteLoss as err:
@@ -482,17 +473,17 @@ def train_epoch(run: Run, epoch: int, stop: threading.Event, progress: bool) -> 
         last = run.out / "last.pt"
         saved = f"last good checkpoint: {last}" if last.is_file() else "nothing saved"
         raise TrainError(
-            f"{err} at step {at.step + 1} (epoch {epoch + 1}, batch {at.batches_done + 1}): "
+            f"{err} at step {state.step + 1} (epoch {epoch + 1}, batch {state.batches_done + 1}): "
             f"stopped; {saved}"
         ) from None
     except BaseException:  # a stop (RunInterrupted), a second Ctrl-C, any other error
         end_bar_line(bar)
         raise
     elapsed = time.perf_counter() - t0
-    run.at.metric_state = metrics_state(metrics, rt)  # kept until the epoch is saved whole
+    run.state.metric_state = metrics_state(metrics, runtime)  # kept until the epoch is saved whole
     return {
         "epoch": epoch + 1,
-        "step": at.step,
+        "step": state.step,
         "lr": run.optimizer.param_groups[0]["lr"],
         "clips_per_s": clips / max(elapsed, 1e-9),
         **metrics_row(metrics),
@@ -502,13 +493,13 @@ def train_epoch(run: Run, epoch: int, stop: threading.Event, progress: bool) -> 
 def epoch_bar(run: Run, epoch: int, progress: bool) -> tqdm:
     """The epoch's training batches (what is left of them when resumed) under a progress bar,
     on the main process only and with `progress` only."""
-    at = run.at
+    state = run.state
     return tqdm(
-        itertools.islice(run.loaders["train"], run.epoch_batches - at.batches_done),
+        itertools.islice(run.loaders["train"], run.epoch_batches - state.batches_done),
         desc=f"epoch {epoch + 1}/{run.settings.epochs}",
         total=run.epoch_batches,
-        initial=at.batches_done,
-        disable=not (progress and run.rt.is_main),
+        initial=state.batches_done,
+        disable=not (progress and run.runtime.is_main),
         leave=False,
         dynamic_ncols=True,
     )
@@ -522,25 +513,31 @@ def end_bar_line(bar: tqdm) -> None:
 
 
 def save_mid_epoch(run: Run, metrics: MetricCollection) -> None:
-    run.at.metric_state = metrics_state(metrics, run.rt)  # on every rank: a collective under DDP
-    if run.rt.is_main:
+    run.state.metric_state = metrics_state(
+        metrics, run.runtime
+    )  # on every rank: a collective under DDP
+    if run.runtime.is_main:
         run.save(["last.pt"], {})
 
 
 def end_epoch(run: Run, epoch: int, row: dict, stop: threading.Event) -> dict:
     """Precise BatchNorm, validation, the plateau schedule, then the epoch's row and checkpoints.
     A stop during validation saves the epoch's training, which a resume then validates."""
-    cfg, rt, at = run.settings, run.rt, run.at
+    cfg, runtime, state = run.settings, run.runtime, run.state
     bn_batches = min(cfg.precise_bn, cfg.limit_batches or cfg.precise_bn)
     if bn_batches:  # before validation and saving: both should see the current weights
         run.loaders["bn"].sampler.set_epoch(epoch)
-        precise_bn(unwrap(run.model), training_clips(run.loaders["bn"], bn_batches, rt, at), rt)
+        precise_bn(
+            unwrap(run.model),
+            training_clips(run.loaders["bn"], bn_batches, runtime, state),
+            runtime,
+        )
     if run.loaders["val"] is not None:
         metrics = run.metrics.clone(prefix="val_")
         batches = itertools.islice(run.loaders["val"], cfg.limit_batches or None)
         step = run.step_for(epoch, False)
-        if not evaluate(unwrap(run.model), batches, step, metrics, rt, stop, at.skipped):
-            if rt.is_main:
+        if not evaluate(unwrap(run.model), batches, step, metrics, runtime, stop, state.skipped):
+            if runtime.is_main:
                 run.save(["last.pt"], {})
             raise RunInterrupted(run.out / "last.pt")
         row |= metrics_row(metrics) | {
@@ -549,11 +546,11 @@ def end_epoch(run: Run, epoch: int, row: dict, stop: threading.Event) -> dict:
     val_loss = row.get("val_loss", row["train_loss"])
     if isinstance(run.scheduler, ReduceLROnPlateau):
         run.scheduler.step(val_loss)
-    row["skipped_videos"] = len(at.skipped)
-    is_best = val_loss < at.best_val
-    at.best_val = min(at.best_val, val_loss)
-    at.epoch, at.batches_done, at.metric_state = epoch + 1, 0, {}
-    if rt.is_main:
+    row["skipped_videos"] = len(state.skipped)
+    is_best = val_loss < state.best_val
+    state.best_val = min(state.best_val, val_loss)
+    state.epoch, state.batches_done, state.metric_state = epoch + 1, 0, {}
+    if runtime.is_main:
         # metrics first and last.pt last: a kill in between repeats the epoch on resume,
         # which then drops the epoch's row and rewrites best.pt
         append_metrics(run.out, row)
@@ -561,9 +558,9 @@ def end_epoch(run: Run, epoch: int, row: dict, stop: threading.Event) -> dict:
     return row
 
 
-def training_clips(loader: DataLoader, batches: int, rt: Runtime, at: Progress):
+def training_clips(loader: DataLoader, batches: int, runtime: Runtime, state: RunState):
     """The clips of the loader's first `batches` batches, on the device, as floats."""
-    for batch in on_device(itertools.islice(loader, batches), at.skipped, rt):
+    for batch in on_device(itertools.islice(loader, batches), state.skipped, runtime):
         yield to_float(batch["clip"])
 
 
@@ -574,7 +571,7 @@ def say(line: str) -> None:
     sys.stdout.flush()
 
 
-def opening_line(config: dict, rt: Runtime, out: Path, at: Progress | None = None) -> str:
+def opening_line(config: dict, runtime: Runtime, out: Path, state: RunState | None = None) -> str:
     """What a run does, in the one line it starts with: the command, task and backbone (and its
     init), the data and preset, clips and steps, where it computes and where it writes, e.g.
     "pretrain smp r3d18 on data/synth (quick preset): 16x48x48 clips, batch 8, 10 epochs,
@@ -588,12 +585,12 @@ def opening_line(config: dict, rt: Runtime, out: Path, at: Progress | None = Non
     steps = [f"batch {config['batch_size']}"] if "batch_size" in config else []
     epochs = config.get("epochs")
     steps += [f"{epochs} epoch{'s' * (epochs != 1)}"] if epochs else []
-    device = f"{rt.world}x {rt.device.type}" if rt.world > 1 else str(rt.device)
-    compiled = " compiled" if rt.compile else ""
-    resumed = f" (resumed at step {at.step})" if at is not None and at.step else ""
+    device = f"{runtime.world}x {runtime.device.type}" if runtime.world > 1 else str(runtime.device)
+    compiled = " compiled" if runtime.compile else ""
+    resumed = f" (resumed at step {state.step})" if state is not None and state.step else ""
     return (
         f"{what} {config['arch']}{source} on {config['data']} ({config['preset']} preset): "
-        f"{', '.join([size, *steps])}, {device} {rt.precision}{compiled} -> {out}{resumed}"
+        f"{', '.join([size, *steps])}, {device} {runtime.precision}{compiled} -> {out}{resumed}"
     )
 
 

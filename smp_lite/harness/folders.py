@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -18,7 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import __version__
+from .. import __version__
 from .checkpoint import (
     BEST,
     CONFIG,
@@ -214,6 +215,24 @@ def write_run_folder(out: Path, config: dict, epochs_done: int) -> None:
 def write_text(path: Path, text: str) -> None:
     data = text.encode("utf-8")
     write_atomic(path, lambda f: f.write(data), len(data))
+
+
+def write_results(out: Path, results: dict) -> Path:
+    """An evaluation's numbers as the run folder's results.json."""
+    path = out / RESULTS
+    path.write_text(json_text(results, indent=2))
+    return path
+
+
+# a list of plain numbers as json.dumps indents it: "[" then a newline, which no string holds
+NUMBER_LIST = re.compile(r"\[\n[-+.\deE,\s]*\]")
+
+
+def json_text(value: object, indent: int) -> str:
+    """Indented JSON with each list of numbers on one line: per-item correctness holds one
+    number per test clip, which would be as many lines."""
+    text = json.dumps(value, indent=indent)
+    return NUMBER_LIST.sub(lambda m: json.dumps(json.loads(m.group())), text) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ the checkpoints (its lock, config.json, metrics.jsonl) is folders.py's.
 
 A smp-lite checkpoint is a dict with "format" = CHECKPOINT_FORMAT, the architecture, task and
 configuration of its run, the state of each of its objects (model, optimizer, ...), and where
-the run stands (`Progress`): `save_run` writes one, `load_run` puts a run back where it was.
+the run stands (`RunState`): `save_run` writes one, `load_run` puts a run back where it was.
 Every load uses `torch.load(weights_only=True)`: a checkpoint file never runs code.
 """
 
@@ -25,7 +25,8 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
-from . import __version__
+from .. import __version__
+from ..config import KEPT_ON_RESUME
 from .errors import TrainError
 
 CHECKPOINT_FORMAT = "smp-lite/1"
@@ -39,7 +40,7 @@ ORIGINAL_ARCHS = ("c3d", "r3d10", "r21d10")  # the backbones the original PRP/SM
 
 
 @dataclass
-class Progress:
+class RunState:
     """Where a run stands: `epoch` epochs done, then `batches_done` batches of the next."""
 
     epoch: int = 0
@@ -55,7 +56,7 @@ def save_run(
     config: dict,
     classes: tuple[str, ...],
     objects: dict[str, Any],
-    at: Progress,
+    run_state: RunState,
     row: dict,
 ) -> None:
     """Save the state of each object (model; for last.pt also optimizer, scheduler, scaler), the
@@ -70,12 +71,12 @@ def save_run(
         "config": config,
         "classes": list(classes),
         **{name: obj.state_dict() for name, obj in objects.items()},
-        "epoch": at.epoch,
-        "batches_done": at.batches_done,
-        "step": at.step,
-        "best_val": at.best_val,
-        "skipped_videos": sorted(at.skipped),
-        "metric_state": at.metric_state,
+        "epoch": run_state.epoch,
+        "batches_done": run_state.batches_done,
+        "step": run_state.step,
+        "best_val": run_state.best_val,
+        "skipped_videos": sorted(run_state.skipped),
+        "metric_state": run_state.metric_state,
         "metrics": row,
         "rng_cpu": torch.get_rng_state(),
         **cuda_rng,
@@ -87,7 +88,7 @@ def save_run(
 
 def load_run(
     path: Path, config: dict, classes: tuple[str, ...], objects: dict[str, Any]
-) -> Progress:
+) -> RunState:
     """Put each object back in the state `path` saved, after checking that the run configured
     as `config` continues it; returns where the saved run stood."""
     state = load_checkpoint(path)
@@ -97,7 +98,7 @@ def load_run(
     torch.set_rng_state(state["rng_cpu"])
     if "rng_cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["rng_cuda"])
-    return Progress(
+    return RunState(
         epoch=state["epoch"],
         batches_done=state["batches_done"],
         step=state["step"],
@@ -344,15 +345,6 @@ def original_names(arch: str) -> dict[str, str]:
     return names
 
 
-# Settings a resume must keep: they make the run what it is, or live on in the optimizer's and
-# scheduler's saved state (lr, momentum, milestones...), where a new value would be silently
-# overridden. The others a resume applies: epochs, warm-up, precise BatchNorm, test views,
-# hardware, saving and logging.
-RUN_SETTINGS = (
-    "arch task split batch_size clip_len resize crop train_crop clips_per_video val_fraction "
-    "lam_schedule mg schedule seed lr head_lr_scale momentum weight_decay plateau_patience "
-    "lr_step_epoch init init_from target train_views standardize refit_bn features"
-).split()
 SETTINGS_BEFORE = {"clips_per_video": 1}  # its value in runs saved before it existed
 
 
@@ -363,7 +355,7 @@ def check_compatible(state: dict, config: dict, classes: tuple[str, ...], path: 
             f"{config['task']} {config['arch']}"
         )
     saved, now = state["config"], config
-    for key in RUN_SETTINGS:  # a setting a config lacks has its value of before it existed
+    for key in KEPT_ON_RESUME:  # a setting a config lacks has its value of before it existed
         before, after = (c.get(key, SETTINGS_BEFORE.get(key)) for c in (saved, now))
         if before != after:
             raise TrainError(

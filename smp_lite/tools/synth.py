@@ -33,7 +33,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from smp_lite import __version__
+from .. import __version__
+from ..config import DEFAULT_DATA
+from ..harness.errors import DataError
+from ..harness.runtime import Runtime
 
 CLASSES: tuple[str, ...] = (
     "Wave", "Clap", "JumpingJack", "Squat", "Walk", "Box",
@@ -593,6 +596,18 @@ def synthesize(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def ensure_default_dataset(data: str, runtime: Runtime) -> None:
+    """The default dataset is generated on first use, by the command and the Python API alike."""
+    if data != DEFAULT_DATA or Path(DEFAULT_DATA).exists():
+        return
+    if runtime.world > 1:  # the ranks would all write it at once
+        raise DataError(
+            f"no dataset in {DEFAULT_DATA}: under torchrun, run `smp-lite data synth` first"
+        )
+    print(f"no dataset given: generating the default one in {DEFAULT_DATA}")
+    synthesize(DEFAULT_DATA)
 
 
 def generate_videos(

@@ -18,9 +18,9 @@ from tqdm import tqdm
 # isort: split
 import decord  # after torch: decord's CUDA NVBLAS would take over torch's CPU BLAS and crash
 
-from .config import RATES
-from .data import allowed_rates
-from .index import DatasetIndex, load_index
+from ..config import RATES
+from ..data import allowed_rates
+from ..index import DatasetIndex, load_index
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov")
 SHOWN = 10  # names per problem in the printed summary; the JSON report has them all

@@ -38,33 +38,31 @@ from torch.utils.flop_counter import FlopCounterMode
 # isort: split
 import decord  # after torch: decord's CUDA NVBLAS would take over torch's CPU BLAS and crash
 
-from .config import RATES, BenchConfig, TrainConfig
-from .data import EpochSampler, VideoDataset, sample_dilated_clip
-from .engine import ensure_default_dataset, make_loader, train_steps
-from .errors import ConfigError
-from .index import load_index
-from .masks import rescale_per_map
-from .models import NUM_RATES
-from .runtime import Runtime, loader_workers, make_runtime
-from .train import build_model, make_config, make_optimizer, make_step, task_metrics, train
+from ..config import RATES, BenchConfig, TrainConfig, check_settings
+from ..data import EpochSampler, VideoDataset, sample_dilated_clip
+from ..harness.engine import make_loader, train_steps
+from ..harness.runtime import Runtime, loader_workers, make_runtime
+from ..index import load_index
+from ..masks import rescale_per_map
+from ..models import NUM_RATES
+from ..train import build_model, make_config, make_optimizer, make_step, task_metrics, train
+from .synth import ensure_default_dataset
 
 SECTION_START = "<!-- smp-lite bench: start -->"  # `--write` replaces what lies between these
 SECTION_END = "<!-- smp-lite bench: end -->"
-VARIANTS = ("fused", "eager", "compiled")  # compute also timed with fused SGD, without or with
-# torch.compile (the device's default: Runtime.compile)
 
 
 def bench(cfg: BenchConfig, progress: bool = True) -> dict:
     """Measure every part; returns the numbers `format_report` prints."""
-    validate_bench(cfg)
-    rt = make_runtime(cfg.device)
-    ensure_default_dataset(cfg.data, rt)
-    preset = cfg.preset or ("paper" if rt.device.type == "cuda" else "quick")
+    check_settings(cfg)
+    runtime = make_runtime(cfg.device)
+    ensure_default_dataset(cfg.data, runtime)
+    preset = cfg.preset or ("paper" if runtime.device.type == "cuda" else "quick")
     sizes = task_config(cfg, preset, "smp")
     say = print if progress else (lambda *_: None)
-    peak = matmul_peak(rt)
-    say(f"matmul peak: {peak / 1e12:.2f} TFLOP/s ({rt.precision})")
-    results: dict = {"machine": machine(rt), "preset": preset, "peak_flops": peak}
+    peak = matmul_peak(runtime)
+    say(f"matmul peak: {peak / 1e12:.2f} TFLOP/s ({runtime.precision})")
+    results: dict = {"machine": machine(runtime), "preset": preset, "peak_flops": peak}
     h, w = sizes.resize
     results["clip"] = f"{sizes.clip_len}x{sizes.crop}x{sizes.crop} from {h}x{w}"
     results["batch_size"] = cfg.batch_size
@@ -73,12 +71,12 @@ def bench(cfg: BenchConfig, progress: bool = True) -> dict:
         for task in cfg.tasks:
             tcfg = task_config(cfg, preset, task, arch=arch)
             for variant in ["", *cfg.variants]:
-                numbers = compute_alone(tcfg, rt, cfg.steps, peak, variant=variant)
+                numbers = compute_alone(tcfg, runtime, cfg.steps, peak, variant=variant)
                 row = {"arch": arch, "task": task, "variant": variant, **numbers}
                 say(f"compute {arch} {task}: {row}")
                 results["compute"].append(row)
     first = task_config(cfg, preset, cfg.tasks[0], batch_size=cfg.original_batch)
-    fp32 = replace(rt, precision="fp32", channels_last=False, compile=False)
+    fp32 = replace(runtime, precision="fp32", channels_last=False, compile=False)
     results["original_compute"] = {
         "arch": first.arch,
         "task": first.task,
@@ -86,9 +84,9 @@ def bench(cfg: BenchConfig, progress: bool = True) -> dict:
         **compute_alone(first, fp32, cfg.steps, peak),
     }
     say(f"compute, original style (fp32, no channels_last): {results['original_compute']}")
-    results["loader"] = loader_rows(cfg, sizes, rt, say)
+    results["loader"] = loader_rows(cfg, sizes, runtime, say)
     if cfg.step_batches:
-        results["step"] = end_to_end(cfg, preset, rt)
+        results["step"] = end_to_end(cfg, preset, runtime)
         say(f"end-to-end: {results['step']}")
     return results
 
@@ -101,58 +99,34 @@ def task_config(cfg: BenchConfig, preset: str, task: str, **overrides) -> TrainC
     return make_config(task, **settings | sizes | overrides)
 
 
-def validate_bench(cfg: BenchConfig) -> None:
-    checks = [
-        (set(cfg.rates) <= set(RATES), f"rates must be among {RATES}, got {cfg.rates}"),
-        (bool(cfg.workers) and min(cfg.workers) >= 0, f"worker counts must be >= 0: {cfg.workers}"),
-        (
-            bool(cfg.clips_per_video) and min(cfg.clips_per_video) >= 1,
-            f"clips per video must be >= 1: {cfg.clips_per_video}",
-        ),
-        (cfg.batch_size > 0, f"batch size must be positive, got {cfg.batch_size}"),
-        (cfg.original_batch > 0, f"original batch must be positive, got {cfg.original_batch}"),
-        (cfg.steps > 0, f"steps must be positive, got {cfg.steps}"),
-        (cfg.loader_batches > 0, f"loader batches must be positive, got {cfg.loader_batches}"),
-        (cfg.step_batches >= 0, f"step batches must be 0 or more, got {cfg.step_batches}"),
-        (
-            cfg.step_workers is None or cfg.step_workers >= 0,
-            f"step workers must be 0 or more, got {cfg.step_workers}",
-        ),
-        (set(cfg.variants) <= set(VARIANTS), f"variants must be among {VARIANTS}: {cfg.variants}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
-
-
-def machine(rt: Runtime) -> str:
+def machine(runtime: Runtime) -> str:
     cpu = platform.processor() or platform.machine()
     if Path("/proc/cpuinfo").is_file():
         names = [ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln]
         cpu = names[0].split(":", 1)[1].strip() if names else cpu
-    gpu = f"{torch.cuda.get_device_name(rt.device)}, " if rt.device.type == "cuda" else ""
+    gpu = f"{torch.cuda.get_device_name(runtime.device)}, " if runtime.device.type == "cuda" else ""
     return f"{gpu}{cpu} ({os.cpu_count()} cores), torch {torch.__version__}"
 
 
-def synchronize(rt: Runtime) -> None:
-    if rt.device.type == "cuda":
-        torch.cuda.synchronize(rt.device)
+def synchronize(runtime: Runtime) -> None:
+    if runtime.device.type == "cuda":
+        torch.cuda.synchronize(runtime.device)
 
 
 # ---------------------------------------------------------------------------------------------
 # Compute
 
 
-def matmul_peak(rt: Runtime, n: int = 0, repeats: int = 10, rounds: int = 3) -> float:
+def matmul_peak(runtime: Runtime, n: int = 0, repeats: int = 10, rounds: int = 3) -> float:
     """FLOP/s of an n x n matmul in the run's precision, the best of `rounds` rounds: the most
     this device can do (a single round varied by 15% on the 2-core CPU)."""
-    n = n or (8192 if rt.device.type == "cuda" else 2048)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(rt.precision, torch.float32)
-    a = torch.randn(n, n, device=rt.device, dtype=dtype)
-    b = torch.randn(n, n, device=rt.device, dtype=dtype)
-    seconds = timed(lambda: a @ b, repeats, rt, warmup=1)
+    n = n or (8192 if runtime.device.type == "cuda" else 2048)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(runtime.precision, torch.float32)
+    a = torch.randn(n, n, device=runtime.device, dtype=dtype)
+    b = torch.randn(n, n, device=runtime.device, dtype=dtype)
+    seconds = timed(lambda: a @ b, repeats, runtime, warmup=1)
     for _ in range(rounds - 1):
-        seconds = min(seconds, timed(lambda: a @ b, repeats, rt, warmup=0))
+        seconds = min(seconds, timed(lambda: a @ b, repeats, runtime, warmup=0))
     return 2 * n**3 / seconds
 
 
@@ -173,14 +147,14 @@ def synthetic_batch(cfg, classes: int, seed: int = 0) -> dict[str, torch.Tensor]
 
 
 def compute_alone(
-    cfg, rt: Runtime, steps: int, peak: float, classes: int = 101, variant: str = ""
+    cfg, runtime: Runtime, steps: int, peak: float, classes: int = 101, variant: str = ""
 ) -> dict:
     """Clips/s of the task's step on one batch, bare and through the loop, with the FLOPs;
     `variant` "fused" steps a fused SGD, "eager" and "compiled" turn torch.compile off or on."""
     if variant in ("eager", "compiled"):
-        rt = replace(rt, compile=variant == "compiled")
+        runtime = replace(runtime, compile=variant == "compiled")
     torch.manual_seed(cfg.seed)
-    model = rt.prepare(build_model(cfg, classes))
+    model = runtime.prepare(build_model(cfg, classes))
     optimizer = make_optimizer(model, cfg)
     if variant == "fused":
         groups = [{"params": g["params"], "lr": g["lr"]} for g in optimizer.param_groups]
@@ -189,23 +163,23 @@ def compute_alone(
         )
     step = make_step(cfg, epoch=0)
     cpu_batch = synthetic_batch(cfg, classes)
-    batch = rt.to_device(cpu_batch)
+    batch = runtime.to_device(cpu_batch)
     with FlopCounterMode(display=False) as counter:
-        bare_step(model, batch, step, optimizer, rt)
+        bare_step(model, batch, step, optimizer, runtime)
     flops = counter.get_total_flops() / cfg.batch_size  # forward + backward, per clip
-    model = rt.wrap(model)  # torch.compile where the run would, after the count
-    bare = timed(lambda: bare_step(model, batch, step, optimizer, rt), steps, rt)
-    metrics = task_metrics(cfg, classes).to(rt.device)
-    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.precision == "fp16")
-    if rt.device.type == "cuda":  # in pinned memory, as the loader hands batches over
+    model = runtime.wrap(model)  # torch.compile where the run would, after the count
+    bare = timed(lambda: bare_step(model, batch, step, optimizer, runtime), steps, runtime)
+    metrics = task_metrics(cfg, classes).to(runtime.device)
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16")
+    if runtime.device.type == "cuda":  # in pinned memory, as the loader hands batches over
         cpu_batch = {k: v.pin_memory() for k, v in cpu_batch.items()}
     batches = [cpu_batch] * steps  # one pass: each batch's copy overlaps the step before
 
     def loop_steps() -> None:
-        for _ in train_steps(model, batches, step, optimizer, scaler, metrics, rt, set()):
+        for _ in train_steps(model, batches, step, optimizer, scaler, metrics, runtime, set()):
             pass
 
-    loop = timed(loop_steps, 1, rt, warmup=1) / steps
+    loop = timed(loop_steps, 1, runtime, warmup=1) / steps
     per_s = cfg.batch_size / bare
     return {
         "gflop_per_clip": flops / 1e9,
@@ -215,24 +189,24 @@ def compute_alone(
     }
 
 
-def bare_step(model, batch: dict, step, optimizer, rt: Runtime) -> None:
+def bare_step(model, batch: dict, step, optimizer, runtime: Runtime) -> None:
     model.train()
-    with rt.autocast():
+    with runtime.autocast():
         loss = step(model, batch)[0]
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
 
 
-def timed(fn, steps: int, rt: Runtime, warmup: int = 2) -> float:
+def timed(fn, steps: int, runtime: Runtime, warmup: int = 2) -> float:
     """Seconds per call of `fn`, after `warmup` calls (cudnn autotuning, oneDNN primitives)."""
     for _ in range(warmup):
         fn()
-    synchronize(rt)
+    synchronize(runtime)
     t0 = time.perf_counter()
     for _ in range(steps):
         fn()
-    synchronize(rt)
+    synchronize(runtime)
     return (time.perf_counter() - t0) / steps
 
 
@@ -240,7 +214,7 @@ def timed(fn, steps: int, rt: Runtime, warmup: int = 2) -> float:
 # Loading
 
 
-def loader_rows(cfg: BenchConfig, sizes: TrainConfig, rt: Runtime, say) -> list[dict]:
+def loader_rows(cfg: BenchConfig, sizes: TrainConfig, runtime: Runtime, say) -> list[dict]:
     """Per rate, then with the rates mixed as training draws them ("mixed"): our loader with
     each worker count, and the original code's style, on the same training videos (frame
     counts read once per row)."""
@@ -262,7 +236,7 @@ def loader_rows(cfg: BenchConfig, sizes: TrainConfig, rt: Runtime, say) -> list[
             if workers == "original":
                 per_s = original_style_loader(dataset, cfg.original_batch, cfg.loader_batches)
             else:
-                per_s = loader_alone(dataset, workers, repeats, cfg, rt)
+                per_s = loader_alone(dataset, workers, repeats, cfg, runtime)
             row = {"rate": rate, "workers": workers, "clips_per_video": repeats}
             rows.append(row | {"clips_per_s": per_s})
             say(f"loader at rate {rate}, {loader_column(row)}: {per_s:.1f} clips/s")
@@ -277,13 +251,13 @@ def loader_column(row: dict) -> str:
 
 
 def loader_alone(
-    dataset: VideoDataset, workers: int, repeats: int, cfg: BenchConfig, rt: Runtime
+    dataset: VideoDataset, workers: int, repeats: int, cfg: BenchConfig, runtime: Runtime
 ) -> float:
     """Steady clips/s of the dataset's samples through a DataLoader (`repeats` clips from each
     decoded video): timed from the end of the workers' first round (each worker's first batch,
     made together with the start-up) over whole rounds, `loader_batches` batches at least."""
     sampler = EpochSampler(len(dataset), seed=0, repeats=repeats)
-    loader = make_loader(dataset, sampler, cfg.batch_size, workers, rt, True)
+    loader = make_loader(dataset, sampler, cfg.batch_size, workers, runtime, True)
     first_round = max(workers, 1)
     timed_batches = -(-cfg.loader_batches // first_round) * first_round
     clips, seen, t0 = 0, 0, 0.0
@@ -354,7 +328,7 @@ def float_clip(frames: np.ndarray) -> torch.Tensor:
 # The whole step
 
 
-def end_to_end(cfg: BenchConfig, preset: str, rt: Runtime) -> dict:
+def end_to_end(cfg: BenchConfig, preset: str, runtime: Runtime) -> dict:
     """`train()` on the first arch and task, loading with `step_workers` (training's default
     unless set), no validation, no mid-epoch saves: the clips/s of one epoch of `step_batches`
     batches, and the steady clips/s, from that epoch and one a quarter as long (the start-up,
@@ -387,7 +361,7 @@ def end_to_end(cfg: BenchConfig, preset: str, rt: Runtime) -> dict:
     return {
         "arch": cfg.archs[0],
         "task": cfg.tasks[0],
-        "workers": loader_workers(cfg.step_workers, rt),
+        "workers": loader_workers(cfg.step_workers, runtime),
         "batches": long,
         "clips_per_s": long * cfg.batch_size / seconds[2],
         "steady_clips_per_s": steady,

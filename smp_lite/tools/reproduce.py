@@ -31,17 +31,16 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import BEST, FEATURES, LAST, RESULTS
-from .config import DEFAULT_DATA, MOTION_ENERGY
-from .errors import ConfigError, DataError
-from .evaluate import finetune, make_eval_config, retrieve
-from .folders import read_metrics, write_text
-from .index import load_index
-from .probe import probe
+from ..config import DEFAULT_DATA, MOTION_ENERGY
+from ..evaluate import finetune, make_eval_config, retrieve
+from ..harness.checkpoint import BEST, FEATURES, LAST, RESULTS
+from ..harness.errors import ConfigError, DataError
+from ..harness.folders import read_metrics, write_text
+from ..index import load_index
+from ..probe import probe
+from ..train import make_config, train
+from . import synth
 from .report import ENERGY, main_head, write_reproduce_report
-from .synth import PRESETS as SYNTH_PRESETS
-from .synth import synthesize
-from .train import make_config, train
 
 ARCHS_REPRODUCED = ("c3d", "r3d10", "r21d10")  # C3D, "3D-R18" and R(2+1)D of the seed
 INITS = ("random", "supervised", "prp", "smp")  # Table 1's rows, in order
@@ -202,10 +201,10 @@ def prepare_data(prof: Profile, data: str, progress: bool) -> None:
     meta_file = Path(data, "meta.json")
     if not meta_file.is_file():
         print(f"generating the {prof.synth!r} dataset in {data}")
-        synthesize(data, prof.synth, progress=progress, overwrite=Path(data).exists())
+        synth.synthesize(data, prof.synth, progress=progress, overwrite=Path(data).exists())
         return
     meta = json.loads(meta_file.read_text())
-    expected = asdict(SYNTH_PRESETS[prof.synth])
+    expected = asdict(synth.PRESETS[prof.synth])
     if meta["preset"] != prof.synth or meta["config"] != jsonable(expected):
         raise DataError(
             f"{data} was generated with other settings than this profile's {prof.synth!r} "

@@ -99,17 +99,17 @@ def make_runtime(
     return Runtime(dev, prec, channels_last, rank, world, compile)
 
 
-def loader_workers(requested: int | None, rt: Runtime) -> int:
+def loader_workers(requested: int | None, runtime: Runtime) -> int:
     """`requested` loader processes, or the default: none on a CPU, where the training step
     already uses every core (on 2 cores, 2 workers cost 7% of the steady end-to-end rate,
     docs/benchmarks.md); on a GPU, all the rank's cores but one, at most 16."""
     if requested is not None:
         return requested
-    if rt.device.type != "cuda":
+    if runtime.device.type != "cuda":
         return 0
     affinity = getattr(os, "sched_getaffinity", None)  # the cores this process may use (Linux)
     cores = len(affinity(0)) if affinity else os.cpu_count() or 1
-    return max(1, min(16, cores // rt.world - 1))
+    return max(1, min(16, cores // runtime.world - 1))
 
 
 def init_distributed(device: torch.device) -> tuple[int, int]:

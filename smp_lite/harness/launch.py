@@ -1,0 +1,157 @@
+"""How every run starts, written once.
+
+- `started(cfg, out)`: where the run computes (runtime.py), its folder held (folders.py: the
+  refusals come before any data is read or made), the default dataset made on first use;
+- `launch(cfg, out, build_parts)`: a trained run. The task's `build_parts` brings its `Parts`
+  (datasets, model, optimiser, schedule, step, metrics, and what to compute once trained);
+  `launch` builds the loaders and the `Run`, resumes it from last.pt when asked, writes
+  config.json, trains it on the engine's loop (`fit`) and writes results.json.
+
+Pretraining (train.py), fine-tuning (evaluate.py) and the probe (probe.py) are each a
+`build_parts`; retrieval, which trains nothing, uses `started` alone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+from torch.utils.data import DataLoader, Dataset
+from torchmetrics import MetricCollection
+
+from ..data import EpochSampler
+from .engine import Run, StepFn, fit, hold_run_folder, make_loader
+from .folders import write_results, write_run_folder
+from .runtime import Runtime, loader_workers, make_runtime
+
+Scheduler = LRScheduler | ReduceLROnPlateau
+
+
+@dataclass
+class Parts:
+    """What a task brings to a trained run; `launch` does the rest."""
+
+    config: dict  # config.json (each checkpoint holds it too)
+    classes: tuple[str, ...]
+    # "train"; "bn": training clips for precise BatchNorm; "val": evaluated after each epoch
+    datasets: dict[str, Dataset]
+    model: nn.Module  # on the runtime's device
+    optimizer: torch.optim.Optimizer
+    schedule: Callable[[torch.optim.Optimizer, int], Scheduler]  # (optimiser, epoch's batches)
+    step_for: Callable[[int, bool], StepFn]  # the step at a 0-based epoch, training or not
+    metrics: MetricCollection
+    workers: int = 0  # loader processes
+    repeats: int = 1  # training clips per video and epoch (repeated sampling)
+    keep_best: bool = True  # best.pt by validation loss; not when "val" is the test set
+    results: Callable[[Run], dict] | None = None  # once trained: results.json; None: none
+
+
+@contextmanager
+def started(cfg: Any, out: Path) -> Iterator[tuple[Any, Runtime]]:
+    """(`cfg` with its loader workers settled, the runtime), with the run folder `out` held and
+    the data at hand; under torchrun the process group is left once the run is done."""
+    runtime = make_runtime(cfg.device, cfg.precision, cfg.channels_last, cfg.compile)
+    cfg = replace(cfg, workers=loader_workers(cfg.workers, runtime))
+    with hold_run_folder(out, cfg.resume, cfg.overwrite, runtime):
+        from ..tools.synth import ensure_default_dataset  # the generator only where it is used
+
+        ensure_default_dataset(cfg.data, runtime)
+        yield cfg, runtime
+    if runtime.world > 1:
+        torch.distributed.destroy_process_group()
+
+
+def launch(
+    cfg: Any, out: Path, build_parts: Callable[[Any, Runtime, Path, bool], Parts], progress: bool
+) -> dict:
+    """Run (or resume) a trained run: results.json's contents, or where the task computes no
+    results (pretraining) the last epoch's row with the run's folder and best validation loss.
+
+    `cfg` needs the settings the loop reads (engine.LoopSettings) and seed, workers, data,
+    device, precision, channels_last, compile, resume and overwrite. Ctrl-C or SIGTERM stops
+    between two steps after saving last.pt, by raising RunInterrupted (a KeyboardInterrupt).
+    """
+    with started(cfg, out) as (cfg, runtime):
+        t0 = time.perf_counter()
+        parts = build_parts(cfg, runtime, out, progress)
+        run = new_run(cfg, parts, runtime, out)
+        if runtime.is_main:
+            write_run_folder(out, run.config, run.state.epoch)
+        row = fit(run, progress)
+        if parts.results is None:
+            return {**row, "out": str(out), "best_val": run.state.best_val}
+        results = parts.results(run)
+        results |= {"seconds": time.perf_counter() - t0, "device": str(runtime.device)}
+        if runtime.is_main:
+            write_results(out, results)
+        return results
+
+
+def new_run(cfg: Any, parts: Parts, runtime: Runtime, out: Path) -> Run:
+    """The parts as a `Run`: loaders, the schedule over an epoch's batches, the gradient scaler
+    (fp16 only); from last.pt when resuming; the model wrapped for the runtime (DDP, compile)."""
+    loaders = make_loaders(
+        parts.datasets, cfg.seed, cfg.batch_size, parts.workers, runtime, parts.repeats
+    )
+    batches = epoch_batches(loaders["train"], cfg.limit_batches)
+    run = Run(
+        cfg,
+        parts.config,
+        parts.step_for,
+        runtime,
+        out,
+        parts.classes,
+        loaders,
+        model=parts.model,
+        optimizer=parts.optimizer,
+        scheduler=parts.schedule(parts.optimizer, max(1, batches)),
+        scaler=torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16"),
+        metrics=parts.metrics.to(runtime.device),
+        epoch_batches=batches,
+        keep_best=parts.keep_best,
+    )
+    if cfg.resume:
+        run.resume()
+    run.model = runtime.wrap(parts.model)
+    return run
+
+
+def make_loaders(
+    datasets: dict[str, Dataset],
+    seed: int,
+    batch_size: int,
+    workers: int,
+    runtime: Runtime,
+    repeats: int,
+) -> dict[str, DataLoader | None]:
+    """A loader for each non-empty dataset: "train" and "bn" shuffled per epoch (bn with
+    another seed: other clips), sharded over ranks and padded so that every rank takes as many
+    steps, whole batches only; "val" in order, each clip on one rank."""
+    loaders: dict[str, DataLoader | None] = {"bn": None, "val": None}
+    for name, dataset in datasets.items():
+        if not len(dataset):
+            continue
+        training = name != "val"
+        sampler = EpochSampler(
+            len(dataset),
+            seed + (name == "bn"),
+            training,
+            runtime.rank,
+            runtime.world,
+            training,
+            repeats if training else 1,
+        )
+        loaders[name] = make_loader(dataset, sampler, batch_size, workers, runtime, training)
+    return loaders
+
+
+def epoch_batches(loader: DataLoader, limit: int) -> int:
+    """The training batches of an epoch: the loader's, or `limit` (> 0) if fewer."""
+    return min(len(loader), limit or len(loader))
