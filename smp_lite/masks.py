@@ -25,8 +25,8 @@ def motion_mask_dpau(chunks: torch.Tensor) -> torch.Tensor:
     Returns (3, s, 13, 13) in [0.8, 2.0]; `upsample_mask` brings it to the target's size.
     The original's avg_pool3d, kernel (3, H/4, W/4) and stride (3, H/16, W/16) over the 3
     squared differences of [0, 1] frames, computed in NumPy on integers (exact until the
-    division): in a loader, torch's intra-op threads cost more than the pooling itself (4 ms a
-    sample on 2 cores, docs/benchmarks.md).
+    division): in a loader, torch's intra-op threads cost more than the pooling itself
+    (docs/benchmarks.md).
     """
     x = chunks.numpy().astype(np.int32)
     squares = np.square(x[:, 1:] - x[:, :-1]).sum(1)  # (s, H, W, 3): the window spans all 3

@@ -186,6 +186,9 @@ class Decoder(nn.Module):
             conv_bn_relu(64, 3),  # (B, 3, 2T, H, W)
         )
 
+    def extra_repr(self) -> str:
+        return "layers 4 and 5's convs computed as one composed transposed conv"
+
     def forward(self, c5: Tensor) -> Tensor:
         x = self.layers[:4](c5)  # (B, 64, T, H/2, W/2)
         up, (conv, bn, relu) = self.layers[4], self.layers[5]
@@ -196,9 +199,8 @@ def upsample_then_conv(x: Tensor, up: nn.ConvTranspose3d, conv: nn.Conv3d) -> Te
     """conv(up(x)) for a kernel-2 stride-2 transposed conv and a kernel-3 padding-1 conv, two
     linear maps with nothing between them, as the one transposed conv (kernel 4, stride 2,
     padding 1) whose kernel is their composition, plus the bias they add. It skips the
-    full-size map of the middle channels and costs 8 taps an output voxel, not 27: the
-    decoder's last two layers took 227 ms, fwd + bwd, as two convs and 31 as one (bf16, batch 8
-    of 16x48x48 clips, 2 CPU cores; docs/benchmarks.md)."""
+    full-size map of the middle channels and costs 8 taps an output voxel, not 27
+    (the decoder's time either way: docs/benchmarks.md)."""
     taps = torch.arange(4, device=x.device)
     # one_hot[r, d, m] = 1 where the upsampling tap r then the conv tap d is the composed tap m
     one_hot = taps == torch.arange(2, device=x.device)[:, None, None] - taps[:3, None] + 2

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from smp_lite.harness.runtime import (
+    GuardedConv3d,
     Runtime,
     conv3d_as_matmul,
     conv3d_pointwise_strided,
@@ -51,13 +52,15 @@ def test_runtime_prepare_guards_bf16_convs_on_a_cpu_only() -> None:
     plain = Runtime(cpu, "fp32", False).prepare(MotionNet("r3d10"))
 
     def patched(model) -> list[bool]:
-        return ["forward" in vars(m) for m in model.modules() if isinstance(m, torch.nn.Conv3d)]
+        return [isinstance(m, GuardedConv3d) for m in model.modules()]
 
     assert any(patched(guarded)) and not any(patched(plain))
+    assert "GuardedConv3d(" in str(guarded)  # the model prints as what runs
     # temporal kernel > 1 and temporal stride 1: the convs oneDNN gets wrong at depth 2
     for m in guarded.modules():
         if isinstance(m, torch.nn.Conv3d):
-            assert ("forward" in vars(m)) == (m.kernel_size[0] > 1 and m.stride[0] == 1)
+            assert isinstance(m, GuardedConv3d) == (m.kernel_size[0] > 1 and m.stride[0] == 1)
+    assert guarded.state_dict().keys() == plain.state_dict().keys()
     conv = next(m for m in guarded.modules() if isinstance(m, torch.nn.Conv3d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
 

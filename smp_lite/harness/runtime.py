@@ -12,7 +12,6 @@ model the training steps call.
 from __future__ import annotations
 
 import os
-import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +90,7 @@ def make_runtime(
     prec = pick_precision(precision, dev)
     if channels_last is None:
         channels_last = dev.type == "cuda" or prec == "bf16"
-    if compile is None:  # +28% SMP, +37% supervised r3d18 on an H100; nothing on a 2-core CPU
+    if compile is None:  # it pays on a GPU, not on a CPU (docs/benchmarks.md)
         compile = dev.type == "cuda"
     if dev.type == "cuda":  # clips keep one size: cuDNN times its kernels once and keeps the best
         torch.backends.cudnn.benchmark = True
@@ -101,8 +100,8 @@ def make_runtime(
 
 def loader_workers(requested: int | None, runtime: Runtime) -> int:
     """`requested` loader processes, or the default: none on a CPU, where the training step
-    already uses every core (on 2 cores, 2 workers cost 7% of the steady end-to-end rate,
-    docs/benchmarks.md); on a GPU, all the rank's cores but one, at most 16."""
+    already uses every core (workers there slow it, docs/benchmarks.md); on a GPU, all the
+    rank's cores but one, at most 16."""
     if requested is not None:
         return requested
     if runtime.device.type != "cuda":
@@ -170,28 +169,31 @@ def cpu_has_native_bf16() -> bool:
 
 
 def guard_cpu_bf16_conv3d(model: nn.Module) -> nn.Module:
-    """Run 3D convs over depth-2 inputs as one explicit bf16 matmul when bf16 autocast is on the
-    CPU.
+    """Make each 3D conv with temporal kernel > 1 and temporal stride 1 a `GuardedConv3d`:
+    under bf16 autocast on the CPU it computes depth-2 inputs as one explicit bf16 matmul.
 
     PyTorch 2.14 with oneDNN computes garbage bf16 weight gradients (relative error ~1, up to
-    1e34) for a Conv3d with temporal kernel > 1 and temporal stride 1 over an input of depth 2,
-    which a 16-frame clip meets at c5 (docs/benchmarks.md). A bf16 matmul computes them right.
-    It is also 6x faster than oneDNN's fp32 conv, this guard's first remedy, whose weight
-    gradients at c5's 3x3 spatial size took a third of an SMP step. State dicts are unchanged.
+    1e34) for such a conv over an input of depth 2, which a 16-frame clip meets at c5
+    (docs/benchmarks.md). A bf16 matmul computes them right, and faster than oneDNN's fp32
+    conv, the first remedy tried. The model prints as what runs; state dicts are unchanged.
     """
     for conv in model.modules():
         if isinstance(conv, nn.Conv3d) and conv.kernel_size[0] > 1 and conv.stride[0] == 1:
             plain = conv.groups == 1 and conv.dilation == (1, 1, 1) and conv.padding_mode == "zeros"
             if not plain or isinstance(conv.padding, str):
                 raise ValueError(f"the CPU bf16 conv guard handles plain convolutions, not {conv}")
-            conv.forward = types.MethodType(conv3d_matmul_at_depth2, conv)
+            conv.__class__ = GuardedConv3d  # the same parameters, another forward
     return model
 
 
-def conv3d_matmul_at_depth2(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
-    if x.shape[2] == 2 and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-        return conv3d_as_matmul(x, conv.weight, conv.bias, conv.stride, conv.padding)
-    return nn.Conv3d.forward(conv, x)
+class GuardedConv3d(nn.Conv3d):
+    """A Conv3d that computes a depth-2 input under CPU bf16 autocast as one bf16 matmul
+    (`guard_cpu_bf16_conv3d`), and any other input as Conv3d does."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[2] == 2 and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            return conv3d_as_matmul(x, self.weight, self.bias, self.stride, self.padding)
+        return super().forward(x)
 
 
 def conv3d_as_matmul(
@@ -223,25 +225,39 @@ ConvForm = Callable[..., torch.Tensor]  # (x, weight, bias, stride, padding) -> 
 
 
 def reform_cuda_convs(model: nn.Module) -> nn.Module:
-    """Inside torch.compile's graph, compute the 3D convs that cuDNN runs at 1-5% of an H100's
-    bf16 peak in another form of the same sum (`cuda_conv_form`): supervised `r3d18` steps 8%
-    faster (docs/benchmarks.md, "On a GPU"). Eager calls (evaluation, `--no-compile`) keep
-    cuDNN's conv. State dicts are unchanged."""
+    """Make each 3D conv that cuDNN runs far below the GPU's bf16 peak a `ReformedConv3d`:
+    inside torch.compile's graph it computes another form of the same sum (`cuda_conv_form`;
+    the step times: docs/benchmarks.md, "On a GPU"). Eager calls (evaluation, `--no-compile`)
+    keep cuDNN's conv. The model prints as what runs; state dicts are unchanged."""
     for conv in model.modules():
         form = cuda_conv_form(conv) if isinstance(conv, nn.Conv3d) else None
         if form is not None:
+            conv.__class__ = ReformedConv3d  # the same parameters, another forward
             conv.compiled_form = form
-            conv.forward = types.MethodType(conv3d_compiled_in_form, conv)
     return model
+
+
+class ReformedConv3d(nn.Conv3d):
+    """A Conv3d computed in `compiled_form` inside torch.compile's graph (`reform_cuda_convs`),
+    as Conv3d does elsewhere."""
+
+    compiled_form: ConvForm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return self.compiled_form(x, self.weight, self.bias, self.stride, self.padding)
+        return super().forward(x)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, compiled as {self.compiled_form.__name__}"
 
 
 def cuda_conv_form(conv: nn.Conv3d) -> ConvForm | None:
     """The form for this conv, or None where cuDNN's own is kept: few input channels at
     spatial stride 2 (the ResNet stems, 3 -> 64), a strided pointwise conv (the residual
-    shortcuts). Not the decoder's last conv (64 -> 3 at full size, 16 TFLOP/s): as one
-    pointwise conv to every kernel tap and a fused sum of the shifted taps, the SMP step took
-    98 ms against 67 (the sum's backward alone 24 ms); `models.upsample_then_conv` now composes
-    it with the transposed conv before it instead."""
+    shortcuts). Not the decoder's last conv (64 -> 3 at full size): as one pointwise conv to
+    every kernel tap and a sum of the shifted taps it was slower (docs/benchmarks.md);
+    `models.upsample_then_conv` composes it with the transposed conv before it instead."""
     plain = conv.groups == 1 and conv.dilation == (1, 1, 1) and conv.padding_mode == "zeros"
     if not plain or isinstance(conv.padding, str):
         return None
@@ -252,16 +268,10 @@ def cuda_conv_form(conv: nn.Conv3d) -> ConvForm | None:
     return None
 
 
-def conv3d_compiled_in_form(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
-    if torch.compiler.is_compiling():
-        return conv.compiled_form(x, conv.weight, conv.bias, conv.stride, conv.padding)
-    return nn.Conv3d.forward(conv, x)
-
-
 def conv3d_space_to_depth(x, weight, bias, stride, padding) -> torch.Tensor:
     """F.conv3d at spatial stride 2 as a stride-1 conv over 2x2 pixel blocks folded into the
     channels: (B, C, T, H, W) -> (B, 4C, T, H'', W''), the kernel padded to even size and folded
-    the same way. A 3-channel stem (36 TFLOP/s in cuDNN on an H100) gets 12 channels."""
+    the same way: a 3-channel stem, slow in cuDNN, gets 12 channels."""
     o, c, kt, kh, kw = weight.shape
     pt, ph, pw = padding
     b, _, t, h, w = x.shape
@@ -278,7 +288,7 @@ def conv3d_space_to_depth(x, weight, bias, stride, padding) -> torch.Tensor:
 
 def conv3d_pointwise_strided(x, weight, bias, stride, padding) -> torch.Tensor:
     """A strided 1x1x1 conv as the subsampled input through a stride-1 one (cuDNN's strided
-    pointwise conv reads the whole input: 8 TFLOP/s on an H100)."""
+    pointwise conv reads the whole input)."""
     st, sh, sw = stride
     return F.conv3d(x[:, :, ::st, ::sh, ::sw], weight, bias)
 
