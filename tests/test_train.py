@@ -22,7 +22,7 @@ import smp_lite.train
 from smp_lite.config import DEFAULT_DATA, RATES
 from smp_lite.data import VideoDataset
 from smp_lite.harness.checkpoint import check_compatible, load_checkpoint, save_checkpoint
-from smp_lite.harness.engine import evaluate, metrics_row
+from smp_lite.harness.engine import evaluate_batches, metrics_row
 from smp_lite.harness.errors import ConfigError, DataError, RunInterrupted, TrainError
 from smp_lite.harness.folders import read_metrics
 from smp_lite.harness.launch import make_loaders
@@ -490,7 +490,9 @@ def test_validation_under_torchrun_counts_each_clip_once(ucf_tiny, tmp_path) -> 
     metrics = task_metrics(cfg, len(index.classes)).clone(prefix="val_")
     datasets = pretraining_datasets(cfg, index.train)
     val_loader = make_loaders(datasets, cfg.seed, cfg.batch_size, 0, runtime, 1)["val"]
-    assert evaluate(model, val_loader, make_step(cfg, 0, False), metrics, runtime, Event(), set())
+    assert evaluate_batches(
+        model, val_loader, make_step(cfg, 0, False), metrics, runtime, Event(), set()
+    )
     alone = metrics_row(metrics)
     for key in ("val_clips", "val_loss", "val_acc_action"):
         assert row[key] == pytest.approx(alone[key], rel=1e-5), key

@@ -3,7 +3,7 @@ training loop (where it computes is `runtime.py`).
 
 - `stop_on_signals`: Ctrl-C and SIGTERM become a request the loop honours between two steps;
 - `make_loader`: a DataLoader whose worker processes leave Ctrl-C to the main process;
-- `train_steps` and `evaluate`: one pass over batches, training or not, with a task's step
+- `train_steps` and `evaluate_batches`: one pass over batches, training or not, with a task's step
   function plugged in and its metrics (a torchmetrics MetricCollection) updated;
 - `precise_bn`: BatchNorm statistics recomputed at the current weights, averaged over ranks;
 - `fit(run)`: epochs of training, precise BatchNorm and validation, with metrics.jsonl, best.pt
@@ -241,7 +241,7 @@ def checked_loss(loss: torch.Tensor, model: nn.Module, scaler: torch.amp.GradSca
     return values[0]
 
 
-def evaluate(
+def evaluate_batches(
     model: nn.Module,
     batches: Iterable[dict],
     step_fn: StepFn,
@@ -536,7 +536,9 @@ def end_epoch(run: Run, epoch: int, row: dict, stop: threading.Event) -> dict:
         metrics = run.metrics.clone(prefix="val_")
         batches = itertools.islice(run.loaders["val"], cfg.limit_batches or None)
         step = run.step_for(epoch, False)
-        if not evaluate(unwrap(run.model), batches, step, metrics, runtime, stop, state.skipped):
+        if not evaluate_batches(
+            unwrap(run.model), batches, step, metrics, runtime, stop, state.skipped
+        ):
             if runtime.is_main:
                 run.save(["last.pt"], {})
             raise RunInterrupted(run.out / "last.pt")
