@@ -79,6 +79,31 @@ def sample_dilated_clip(num_frames: int, rate: int, clip_len: int, start: int) -
     return PRPIndices(start, rate, clip, target, weight.astype(np.float32), dpau)
 
 
+def prp_sample(ids: PRPIndices, frames: np.ndarray, clip_len: int) -> dict:
+    """A PRP sample from the frames `ids` reads, (len(target) + rate * 4, c, c, 3) uint8: the
+    input clip, its twice-as-dense target with the supervision flags, the DPAU mask and the
+    rate's index."""
+    rate = ids.rate
+    target = frames[: len(ids.target)]  # (2T, c, c, 3)
+    if rate == 1:  # fillers: mean of the neighbouring real frames, the last repeats f15
+        nxt = np.concatenate([target[2::2], target[-1:]])
+        target[1::2] = ((target[0::2].astype(np.uint16) + nxt + 1) // 2).astype(np.uint8)
+    chunks = torch.from_numpy(frames[len(ids.target) :]).view(rate, 4, *frames.shape[1:])
+    dpau = motion_mask_dpau(chunks)  # (3, s, 13, 13)
+    return {
+        "clip": to_clip(target[0::2]),  # the input is every other target frame
+        "target": to_clip(target),
+        "target_weight": torch.from_numpy(ids.target_weight),
+        "dpau": dpau.repeat_interleave(2 * clip_len // rate, dim=1),  # (3, 2T, 13, 13)
+        "rate": RATES.index(rate),
+    }
+
+
+def to_clip(frames: np.ndarray) -> torch.Tensor:
+    """(T, H, W, 3) uint8 frames -> (3, T, H, W)."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)
+
+
 # ---------------------------------------------------------------------------------------------
 # Decoding
 
@@ -381,31 +406,11 @@ class VideoDataset(Dataset):
             sample_frames = frames[(rows, *crop)]  # (len(reads), c, c, 3), a copy
             label = self.videos[plan.index].label
             if plan.ids is None:
-                samples.append({"clip": self.to_clip(sample_frames), "label": label})
+                samples.append({"clip": to_clip(sample_frames), "label": label})
             else:
-                samples.append({**self.prp_sample(plan, sample_frames), "label": label})
+                sample = prp_sample(plan.ids, sample_frames, self.clip_len)
+                samples.append({**sample, "label": label})
         return samples
-
-    def prp_sample(self, plan: SamplePlan, frames: np.ndarray) -> dict:
-        """Clip, target, supervision flags, DPAU mask and rate from the frames `plan` reads."""
-        ids, rate = plan.ids, plan.rate
-        target = frames[: len(ids.target)]  # (2T, c, c, 3)
-        if rate == 1:  # fillers: mean of the neighbouring real frames, the last repeats f15
-            nxt = np.concatenate([target[2::2], target[-1:]])
-            target[1::2] = ((target[0::2].astype(np.uint16) + nxt + 1) // 2).astype(np.uint8)
-        chunks = torch.from_numpy(frames[len(ids.target) :]).view(rate, 4, *frames.shape[1:])
-        dpau = motion_mask_dpau(chunks)  # (3, s, 13, 13)
-        return {
-            "clip": self.to_clip(target[0::2]),  # the input is every other target frame
-            "target": self.to_clip(target),
-            "target_weight": torch.from_numpy(ids.target_weight),
-            "dpau": dpau.repeat_interleave(2 * self.clip_len // rate, dim=1),  # (3, 2T, 13, 13)
-            "rate": RATES.index(rate),
-        }
-
-    @staticmethod
-    def to_clip(frames: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)  # (3, T, H, W)
 
 
 def check_rates_fit(
