@@ -19,6 +19,7 @@ from smp_lite.tools.reproduce import (
     INITS,
     PROFILES,
     REFIT_BN,
+    delete_checkpoints,
     duration,
     is_done,
     jsonable,
@@ -35,7 +36,7 @@ def tiny_reproduced(tmp_path_factory, synth_tiny):
     """The tiny profile run once: every step of the pipeline on 48 generated videos, for one
     backbone, R3D: the others go through the same steps and table code, and would add time
     and checkpoints, no case."""
-    one_arch = dataclasses.replace(PROFILES["tiny"], archs=("r3d10",))
+    one_arch = dataclasses.replace(PROFILES["tiny"], archs=("r3d10",), keep_checkpoints=True)
     root = tmp_path_factory.mktemp("reproduce")
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(PROFILES, "tiny", one_arch)
@@ -90,6 +91,16 @@ def test_tiny_profile_writes_every_table_picture_and_number(tiny_reproduced) -> 
     assert config["init"] == str(runs / "pretrain-prp-r3d10" / "best.pt")
     nearest = summary["retrieve"]["r3d10"]["smp"]["neighbours"][0]
     assert len(nearest["nearest"]) == len(nearest["classes"]) == 5
+
+
+def test_the_tiny_profile_deletes_its_checkpoints_and_keeps_its_results(tmp_path) -> None:
+    assert not PROFILES["tiny"].keep_checkpoints and PROFILES["synth"].keep_checkpoints
+    for step in ("pretrain-smp-c3d", "probe-speed-c3d-smp"):
+        (tmp_path / step).mkdir()
+        for name in ("best.pt", "last.pt", "features.pt", "results.json", "config.json"):
+            (tmp_path / step / name).write_bytes(b"x" * 10)
+    assert delete_checkpoints(tmp_path) == 2 * 3 * 10
+    assert {p.name for p in tmp_path.glob("*/*")} == {"results.json", "config.json"}
 
 
 def test_a_rerun_reuses_what_finished_and_resumes_or_redoes_the_rest(tiny_reproduced, capsys):

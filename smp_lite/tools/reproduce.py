@@ -82,6 +82,7 @@ class Profile:
     seconds_per_unit: float = 0.2  # first guess of one SMP training clip's time (see step_units)
     # the backbones the BatchNorm-refit probe runs on (it re-extracts every feature); empty: all
     refit_bn_archs: tuple[str, ...] = ()
+    keep_checkpoints: bool = True  # False: deleted once the tables are written (a rerun redoes)
 
 
 SMALL_CLIPS = dict(clip_len=8, resize=(32, 40), crop=32, workers=0, precision="fp32")
@@ -102,6 +103,7 @@ PROFILES: dict[str, Profile] = {
             ),  # fmt: skip
         },
         seconds_per_unit=0.05,
+        keep_checkpoints=False,  # weights of seconds of training: of no use, and GBs of disk
     ),
     # make reproduce: the default generated dataset, 48x48 clips, under 2 h on 2 CPU cores
     "synth": Profile(
@@ -180,7 +182,21 @@ def reproduce(
         write_text(runs / STEPS_FILE, json.dumps(records, indent=1) + "\n")
     summary = collect(profile, prof, data, steps, records, runs)
     write_reproduce_report(summary, runs, results)
+    if not prof.keep_checkpoints and not report_only:
+        freed = delete_checkpoints(runs)
+        print(f"deleted the {profile} profile's checkpoints under {runs} ({freed / 2**20:.0f} MiB)")
     return summary
+
+
+def delete_checkpoints(runs: Path) -> int:
+    """Delete the weights and cached features of every step under `runs` (their results,
+    configs and metrics stay); returns the bytes freed."""
+    freed = 0
+    for name in (BEST, LAST, FEATURES):
+        for path in runs.glob(f"*/{name}"):
+            freed += path.stat().st_size
+            path.unlink()
+    return freed
 
 
 def pick_profile(name: str, data: str | None) -> tuple[Profile, str]:
