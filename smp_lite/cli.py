@@ -473,9 +473,9 @@ def reproduce_command(
     profile: Annotated[
         str,
         typer.Option(
-            help="tiny: every step in about 2 minutes (a smoke test); synth: the generated "
-            "dataset, about 2.5 hours on 2 CPU cores (make reproduce); paper: method.md's "
-            "protocol on --data, for GPUs."
+            help="tiny: every step in minutes (a smoke test); synth: the generated dataset, "
+            "about 2 hours on 2 CPU cores (make reproduce); paper: method.md's protocol on "
+            "--data, for GPUs."
         ),
     ] = "synth",
     data: Annotated[
@@ -489,6 +489,15 @@ def reproduce_command(
         Path | None,
         typer.Option(help="Folder of the tables and pictures; default results/PROFILE."),
     ] = None,
+    archs: Annotated[
+        str | None,
+        typer.Option(
+            metavar="A,B,...",
+            help="Backbones, comma-separated, one column each [default: the profile's, "
+            "c3d,r3d10,r21d10]; e.g. add r3d18 to compare `pretrain --arch r3d18` runs with "
+            "the tables (the steps done are reused).",
+        ),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     report_only: Annotated[
         bool,
@@ -496,12 +505,13 @@ def reproduce_command(
     ] = False,
 ) -> None:
     """Pretrain (supervised, PRP, SMP) and evaluate (speed and action probes, fine-tuning,
-    retrieval) three backbones, then write Table 1, Table 2, retrieval and their pictures. A
+    retrieval) each backbone, then write Table 1, Table 2, retrieval and their pictures. A
     rerun reuses the finished steps and resumes an interrupted one."""
     from .tools.reproduce import reproduce
 
+    chosen = tuple(archs.split(",")) if archs else None
     try:
-        summary = reproduce(profile, data, runs, results, progress, report_only)
+        summary = reproduce(profile, data, runs, results, progress, report_only, chosen)
     except RunInterrupted as stopped:
         typer.echo(f"{stopped}; run the same command again to go on from there", err=True)
         raise typer.Exit(130) from None

@@ -23,6 +23,7 @@ from smp_lite.tools.reproduce import (
     duration,
     is_done,
     jsonable,
+    pick_profile,
     plan_steps,
     reproduce,
     run_step,
@@ -91,6 +92,16 @@ def test_tiny_profile_writes_every_table_picture_and_number(tiny_reproduced) -> 
     assert config["init"] == str(runs / "pretrain-prp-r3d10" / "best.pt")
     nearest = summary["retrieve"]["r3d10"]["smp"]["neighbours"][0]
     assert len(nearest["nearest"]) == len(nearest["classes"]) == 5
+
+
+def test_backbones_can_be_added_as_columns_and_unknown_ones_are_refused(tmp_path) -> None:
+    prof, _ = pick_profile("synth", None, ("c3d", "r3d10", "r21d10", "r3d18"))
+    steps = {s.name for s in plan_steps(prof, "data/synth", tmp_path)}
+    assert {"pretrain-smp-r3d18", "probe-speed-r3d18-supervised", "finetune-r3d18-prp"} <= steps
+    assert "probe-speed-bn-r3d18-random" not in steps  # the profile re-estimates BatchNorm on C3D
+    assert steps >= {s.name for s in plan_steps(PROFILES["synth"], "data/synth", tmp_path)}
+    with pytest.raises(ConfigError, match="unknown architecture 'r4d'"):
+        pick_profile("synth", None, ("c3d", "r4d"))
 
 
 def test_the_tiny_profile_deletes_its_checkpoints_and_keeps_its_results(tmp_path) -> None:

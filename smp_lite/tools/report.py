@@ -226,7 +226,13 @@ SEED_TABLE1 = {  # method.md section 4: UCF101 split 1, C3D / 3D-R18 / R(2+1)D
 }
 INIT_NAMES = {"random": "Random", "supervised": "Fully-supervised", "prp": "PRP", "smp": "SMP"}
 ENERGY, ENERGY_NAME = "probe-speed-energy", "Motion energy (no network)"  # one result, no arch
-FAMILY = {"c3d": "C3D", "r3d10": "3D-R18", "r21d10": "R(2+1)D"}
+FAMILY = {
+    "c3d": "C3D",
+    "r3d10": "3D-R18",
+    "r21d10": "R(2+1)D",
+    "r3d18": "R3D-18 (torchvision)",
+    "r21d18": "R(2+1)D-18 (torchvision)",
+}
 
 
 def write_reproduce_report(summary: dict, runs: Path, results: Path) -> None:

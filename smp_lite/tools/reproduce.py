@@ -26,12 +26,12 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from ..config import DEFAULT_DATA, MOTION_ENERGY
+from ..config import ARCHS, DEFAULT_DATA, MOTION_ENERGY
 from ..evaluate import finetune, make_eval_config, retrieve
 from ..harness.checkpoint import BEST, FEATURES, LAST, RESULTS
 from ..harness.errors import ConfigError, DataError
@@ -147,11 +147,13 @@ def reproduce(
     results: str | Path | None = None,
     progress: bool = True,
     report_only: bool = False,
+    archs: tuple[str, ...] | None = None,
 ) -> dict:
     """Run (or go on with) every step of `profile`, then write the tables and pictures;
     returns summary.json's contents. `report_only`: run nothing, write what the finished
-    steps give (the rest shows as not run yet)."""
-    prof, data = pick_profile(profile, data)
+    steps give (the rest shows as not run yet). `archs`: the backbones, one column each, in
+    place of the profile's."""
+    prof, data = pick_profile(profile, data, archs)
     runs = Path(runs or Path("runs") / f"reproduce-{profile}")
     results = Path(results or Path("results") / profile)
     prepare_data(prof, data, progress)
@@ -199,10 +201,15 @@ def delete_checkpoints(runs: Path) -> int:
     return freed
 
 
-def pick_profile(name: str, data: str | None) -> tuple[Profile, str]:
+def pick_profile(
+    name: str, data: str | None, archs: tuple[str, ...] | None = None
+) -> tuple[Profile, str]:
     if name not in PROFILES:
         raise ConfigError(f"unknown profile {name!r}: choose one of {', '.join(PROFILES)}")
-    prof = PROFILES[name]
+    unknown = [a for a in archs or () if a not in ARCHS]
+    if unknown:
+        raise ConfigError(f"unknown architecture {unknown[0]!r}: choose among {', '.join(ARCHS)}")
+    prof = replace(PROFILES[name], archs=archs) if archs else PROFILES[name]
     data = data or prof.data
     if not data:
         raise ConfigError(f"profile {name!r} needs --data, e.g. --data ucf101:/path/to/UCF101")
@@ -252,7 +259,7 @@ def plan_steps(prof: Profile, data: str, runs: Path) -> list[Step]:
 
 def evaluated_archs(prof: Profile, kind: str) -> tuple[str, ...]:
     if kind == "probe-speed-bn" and prof.refit_bn_archs:
-        return prof.refit_bn_archs
+        return tuple(a for a in prof.refit_bn_archs if a in prof.archs)
     return prof.archs
 
 
