@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchmetrics import MetricCollection
 
 from ..data import EpochSampler
+from ..tools.synth import ensure_default_dataset
 from .engine import Run, StepFn, fit, hold_run_folder, make_loader
 from .folders import write_results, write_run_folder
 from .runtime import Runtime, loader_workers, make_runtime
@@ -60,8 +61,6 @@ def started(cfg: Any, out: Path) -> Iterator[tuple[Any, Runtime]]:
     runtime = make_runtime(cfg.device, cfg.precision, cfg.channels_last, cfg.compile)
     cfg = replace(cfg, workers=loader_workers(cfg.workers, runtime))
     with hold_run_folder(out, cfg.resume, cfg.overwrite, runtime):
-        from ..tools.synth import ensure_default_dataset  # the generator only where it is used
-
         ensure_default_dataset(cfg.data, runtime)
         yield cfg, runtime
     if runtime.world > 1:
