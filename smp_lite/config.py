@@ -167,6 +167,40 @@ class RunConfig:
     )
 
 
+@dataclass
+class LoopConfig(RunConfig):
+    """What a trained run adds (engine.LoopSettings): the optimiser's settings and how long and
+    how often it saves. Defaults: PRP/SMP pretraining's; each task's presets set its own."""
+
+    epochs: int = setting(300, "Epochs.", check=positive("epochs"))
+    batch_size: int = setting(
+        8, "Clips per batch (per process under torchrun).", keep=True,
+        check=positive("batch size"),
+    )  # fmt: skip
+    lr: float = setting(0.01, "Learning rate.", keep=True, check=positive("learning rate"))
+    momentum: float = setting(
+        0.9, "SGD momentum.", keep=True, check=(lambda v: 0 <= v < 1, "momentum must be in [0, 1)")
+    )
+    weight_decay: float = setting(
+        5e-4, "SGD weight decay.", keep=True,
+        check=(lambda v: 0 <= v < math.inf, "weight decay must be 0 or more"),
+    )  # fmt: skip
+    precise_bn: int = setting(
+        20,
+        "Training batches that recompute BatchNorm statistics at each epoch end, before "
+        "validation and saving (0 = keep the running averages).",
+        check=at_least(0, "precise BN batches"),
+    )
+    limit_batches: int = setting(
+        0, "Stop each epoch after N batches (0 = all; for smoke tests).",
+        check=at_least(0, "limit batches"),
+    )  # fmt: skip
+    save_every: int = setting(
+        100, "Also save last.pt every N steps within an epoch (0 = at epoch ends only).",
+        check=at_least(0, "save every"),
+    )  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------
 # Pretraining (train.py)
 
@@ -175,7 +209,7 @@ TASK_CROPS = {"smp": "random", "prp": "center", "supervised": "random"}  # the o
 
 
 @dataclass
-class TrainConfig(RunConfig):
+class TrainConfig(LoopConfig):
     """One pretraining run. The defaults are the papers' PRP/SMP protocol (method.md 2-3);
     the other presets below are instances derived from it."""
 
@@ -183,25 +217,12 @@ class TrainConfig(RunConfig):
         "smp", "smp (motion perception), prp (playback rate) or supervised.", keep=True,
         choices=TASKS,
     )  # fmt: skip
-    epochs: int = setting(300, "Epochs.", check=positive("epochs"))
-    batch_size: int = setting(
-        8, "Clips per batch (per process under torchrun).", keep=True,
-        check=positive("batch size"),
-    )  # fmt: skip
-    lr: float = setting(0.01, "Learning rate.", keep=True, check=positive("learning rate"))
     head_lr_scale: float = setting(
         10.0,  # the rate heads' final Linear ("fc8") learns this much faster
         "Learning-rate factor of the rate heads' last layer (10 in PRP).",
         keep=True,
         check=positive("head lr scale"),
     )
-    momentum: float = setting(
-        0.9, "SGD momentum.", keep=True, check=(lambda v: 0 <= v < 1, "momentum must be in [0, 1)")
-    )
-    weight_decay: float = setting(
-        5e-4, "SGD weight decay.", keep=True,
-        check=(lambda v: 0 <= v < math.inf, "weight decay must be 0 or more"),
-    )  # fmt: skip
     schedule: str = setting(
         "plateau",  # plateau (PRP/SMP) or cosine with warm-up (supervised)
         "Learning-rate schedule: plateau (on the validation loss) or cosine (warm-up).",
@@ -239,12 +260,6 @@ class TrainConfig(RunConfig):
         0.1, "Share of training groups held out to pick best.pt.", keep=True,
         check=(lambda v: 0 <= v < 1, "val fraction must be in [0, 1)"),
     )  # fmt: skip
-    precise_bn: int = setting(
-        20,
-        "Training batches that recompute BatchNorm statistics at each epoch end, before "
-        "validation and saving (0 = keep the running averages).",
-        check=at_least(0, "precise BN batches"),
-    )
     lam_schedule: str = setting(
         "exp",
         "SMP mask blend over the epochs, each taken at its place in a 300-epoch run: exp, log, "
@@ -254,14 +269,6 @@ class TrainConfig(RunConfig):
         label="lambda schedule",
     )
     mg: bool = setting(True, "SMP multiple-granularity rate heads on c4, c3, c2.", keep=True)
-    limit_batches: int = setting(
-        0, "Stop each epoch after N batches (0 = all; for smoke tests).",
-        check=at_least(0, "limit batches"),
-    )  # fmt: skip
-    save_every: int = setting(
-        100, "Also save last.pt every N steps within an epoch (0 = at epoch ends only).",
-        check=at_least(0, "save every"),
-    )  # fmt: skip
     init_from: str = setting(
         "",
         "Initialise the backbone from this checkpoint: a smp-lite one of the same architecture, "
@@ -312,8 +319,8 @@ class EvalConfig(RunConfig):
 
 
 @dataclass
-class ProbeConfig(EvalConfig):
-    """Linear probe on a frozen backbone (the seed: SGD, batch 32, cosine from 0.0075 to 0)."""
+class ProbeConfig(EvalConfig, LoopConfig):
+    """Linear probe on a frozen backbone; its protocol is the PROBE preset below."""
 
     init: str = setting(
         "random",
@@ -356,70 +363,17 @@ class ProbeConfig(EvalConfig):
         keep=True,
         metavar="PATH",
     )
-    epochs: int = setting(150, "Epochs.", check=positive("epochs"))
-    batch_size: int = setting(
-        32, "Clips per batch (per process under torchrun).", keep=True,
-        check=positive("batch size"),
-    )  # fmt: skip
-    lr: float = setting(0.0075, "Learning rate.", keep=True, check=positive("learning rate"))
-    momentum: float = setting(0.9, "SGD momentum.", keep=True)
-    weight_decay: float = setting(0.0, "SGD weight decay.", keep=True)
-    limit_batches: int = setting(
-        0, "Stop each epoch after N batches (0 = all; for smoke tests).",
-        check=at_least(0, "limit batches"),
-    )  # fmt: skip
-    save_every: int = setting(
-        0, "Also save last.pt every N steps within an epoch (0 = at epoch ends only).",
-        check=at_least(0, "save every"),
-    )  # fmt: skip
-    # the engine would look for a BatchNorm loader the probe does not have
-    precise_bn: int = setting(
-        0,
-        "Fine-tuning's: must stay 0 here, the linear layer has no BatchNorm (--refit-bn "
-        "re-estimates the frozen backbone's).",
-        check=(
-            lambda v: v == 0,
-            "--precise-bn is for fine-tuning: the probe's BatchNorm is the frozen backbone's "
-            "(--refit-bn)",
-        ),
-    )
-    compile: bool | None = setting(
-        False,  # one Linear layer on cached features: nothing to gain
-        "Run the trained model through torch.compile (auto: on with a GPU).",
-    )
 
 
 @dataclass
-class FinetuneConfig(EvalConfig):
-    """Fine-tuning (PRP/VCOP): SGD lr 0.001, momentum 0.9, wd 5e-4, batch 8, 160 epochs, x0.1
-    at epoch 100, random crops; tested with `test_views` clips per video."""
+class FinetuneConfig(EvalConfig, LoopConfig):
+    """Fine-tuning, random crops, tested with `test_views` clips per video; its protocol is the
+    FINETUNE preset below."""
 
-    epochs: int = setting(160, "Epochs.", check=positive("epochs"))
     lr_step_epoch: int = setting(
         100, "Epoch at which the learning rate drops 10x.", keep=True,
         check=at_least(0, "lr step epoch"),
     )  # fmt: skip
-    batch_size: int = setting(
-        8, "Clips per batch (per process under torchrun).", keep=True,
-        check=positive("batch size"),
-    )  # fmt: skip
-    lr: float = setting(0.001, "Learning rate.", keep=True, check=positive("learning rate"))
-    momentum: float = setting(0.9, "SGD momentum.", keep=True)
-    weight_decay: float = setting(5e-4, "SGD weight decay.", keep=True)
-    limit_batches: int = setting(
-        0, "Stop each epoch after N batches (0 = all; for smoke tests).",
-        check=at_least(0, "limit batches"),
-    )  # fmt: skip
-    save_every: int = setting(
-        100, "Also save last.pt every N steps within an epoch (0 = at epoch ends only).",
-        check=at_least(0, "save every"),
-    )  # fmt: skip
-    precise_bn: int = setting(
-        20,
-        "Training batches that recompute BatchNorm statistics at each epoch end, before "
-        "validation and saving (0 = keep the running averages).",
-        check=at_least(0, "precise BN batches"),
-    )
 
 
 @dataclass
@@ -427,12 +381,20 @@ class RetrieveConfig(EvalConfig):
     """Nearest-neighbour retrieval (VCOP): `test_views` clips per video, features averaged."""
 
 
+# Presets: "paper" is method.md: the seed's probe (SGD, batch 32, cosine from 0.0075 to 0, no
+# weight decay, on cached features: no precise BatchNorm, nothing to compile) and PRP/VCOP's
+# fine-tuning (lr 0.001, 160 epochs, x0.1 at epoch 100); "quick" at the quick preset's clips
+PROBE = ProbeConfig(
+    epochs=150, batch_size=32, lr=0.0075, weight_decay=0.0, save_every=0, precise_bn=0,
+    compile=False,
+)  # fmt: skip
+FINETUNE = FinetuneConfig(epochs=160, lr=0.001)
 QUICK_CLIPS = dict(preset="quick", resize=(48, 64), crop=48)  # as pretraining's quick preset
 EVAL_PRESETS: dict[str, dict[str, EvalConfig]] = {
-    "paper": {"probe": ProbeConfig(), "finetune": FinetuneConfig(), "retrieve": RetrieveConfig()},
+    "paper": {"probe": PROBE, "finetune": FINETUNE, "retrieve": RetrieveConfig()},
     "quick": {
-        "probe": ProbeConfig(**QUICK_CLIPS, epochs=30),
-        "finetune": FinetuneConfig(**QUICK_CLIPS, epochs=10, lr_step_epoch=7, lr=0.01),
+        "probe": replace(PROBE, **QUICK_CLIPS, epochs=30),
+        "finetune": replace(FINETUNE, **QUICK_CLIPS, epochs=10, lr_step_epoch=7, lr=0.01),
         "retrieve": RetrieveConfig(**QUICK_CLIPS),
     },
 }

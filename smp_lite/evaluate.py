@@ -146,6 +146,11 @@ def validate_eval(cfg: EvalConfig) -> None:
             not (isinstance(cfg, ProbeConfig) and cfg.refit_bn and cfg.init == MOTION_ENERGY),
             f"--refit-bn needs a network: --init {MOTION_ENERGY} has none",
         ),
+        (  # the loop would look for a BatchNorm loader the probe does not have
+            not (isinstance(cfg, ProbeConfig) and cfg.precise_bn),
+            "--precise-bn is for fine-tuning: the probe's BatchNorm is the frozen backbone's "
+            "(--refit-bn)",
+        ),
     ]
     for ok, message in checks:
         if not ok:
