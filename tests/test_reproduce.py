@@ -32,6 +32,9 @@ from smp_lite.tools.reproduce import (
 )
 
 
+TINY = PROFILES["tiny"]  # as defined: the fixture below patches the dict for this module
+
+
 @pytest.fixture(scope="module")
 def tiny_reproduced(tmp_path_factory, synth_tiny):
     """The tiny profile run once: every step of the pipeline on 48 generated videos, for one
@@ -105,7 +108,7 @@ def test_backbones_can_be_added_as_columns_and_unknown_ones_are_refused(tmp_path
 
 
 def test_the_tiny_profile_deletes_its_checkpoints_and_keeps_its_results(tmp_path) -> None:
-    assert not PROFILES["tiny"].keep_checkpoints and PROFILES["synth"].keep_checkpoints
+    assert not TINY.keep_checkpoints and PROFILES["synth"].keep_checkpoints
     for step in ("pretrain-smp-c3d", "probe-speed-c3d-smp"):
         (tmp_path / step).mkdir()
         for name in ("best.pt", "last.pt", "features.pt", "results.json", "config.json"):
@@ -225,14 +228,14 @@ def test_bad_profiles_and_data_are_refused_in_one_line(tmp_path, synth_tiny) -> 
 
 
 def test_the_plan_has_motion_energy_first_and_the_profiles_batchnorm_probes(tmp_path) -> None:
-    steps = plan_steps(PROFILES["tiny"], "data/synth-tiny", tmp_path)
+    steps = plan_steps(TINY, "data/synth-tiny", tmp_path)
     evaluations = [s for s in steps if s.kind != "pretrain"]
     assert evaluations[0].name == "probe-speed-energy" and evaluations[0].arch == ""
     assert [s.name for s in steps].count("probe-speed-energy") == 1
     assert evaluations[0].settings["init"] == "motion-energy"
     assert evaluations[0].settings["standardize"]
     names = [s.name for s in evaluations]
-    archs = PROFILES["tiny"].archs
+    archs = TINY.archs
     refits = [f"probe-speed-bn-{arch}-{init}" for arch in archs for init in INITS]
     assert names[1 + 2 * len(refits) : 1 + 3 * len(refits)] == refits  # after the speed probes
     by_name = {s.name: s for s in steps}
