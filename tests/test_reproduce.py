@@ -31,7 +31,6 @@ from smp_lite.tools.reproduce import (
     step_units,
 )
 
-
 TINY = PROFILES["tiny"]  # as defined: the fixture below patches the dict for this module
 
 
