@@ -15,8 +15,9 @@ command line evaluates when given no --init. Each writes a run folder: config.js
 results.json (every number, each test item's correctness for paired comparisons, the time it
 took, the device), and for the trained ones metrics.jsonl and last.pt, resumable like
 pretraining (they run on the engine's loop).
-Here: their configs (`make_eval_config`), the start of a run, a frozen model's outputs over a
-dataset (`frozen_outputs`), and the reports.
+Here: their configs (`make_eval_config`) and the refusals before a run (`checked_eval`; the
+run itself starts in harness/launch.py), a frozen model's outputs over a dataset
+(`frozen_outputs`), and the reports.
 """
 
 from __future__ import annotations

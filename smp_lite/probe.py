@@ -62,22 +62,23 @@ from .train import warmup_cosine
 def probe(cfg: ProbeConfig, progress: bool = True) -> dict:
     """Train a linear layer on the frozen backbone's cached features; returns results.json."""
     out = checked_eval(cfg)
-    if cfg.features:  # another probe's features, refused now unless they are this probe's clips
-        features_file(cfg)
-    return launch(cfg, out, probe_parts, progress)
+    # another probe's features: refused before any work unless they are this probe's clips
+    source = features_file(cfg) if cfg.features else None
+    return launch(cfg, out, functools.partial(probe_parts, source=source), progress)
 
 
-def probe_parts(cfg: ProbeConfig, runtime: Runtime, out: Path, progress: bool) -> Parts:
-    """The cached features (this run's own when resuming, another probe's with `features`, else
-    computed and saved) and a linear layer to train on them."""
+def probe_parts(
+    cfg: ProbeConfig, runtime: Runtime, out: Path, progress: bool, source: Path | None
+) -> Parts:
+    """The cached features (this run's own when resuming, else those of `source`, another
+    probe's, else computed; saved in the run folder) and a linear layer to train on them."""
     index = load_index(cfg.data, cfg.split)
-    if cfg.resume and (out / FEATURES).is_file():
-        cached = load_features(out / FEATURES)
-    elif cfg.features:
-        cached = load_features(features_file(cfg))
+    resumed = cfg.resume and (out / FEATURES).is_file()
+    if resumed or source:
+        cached = load_features(out / FEATURES if resumed else source)
     else:
         cached = probe_features(cfg, runtime, index, progress)
-    if runtime.is_main and not (cfg.resume and (out / FEATURES).is_file()):
+    if runtime.is_main and not resumed:
         torch.save(cached, out / FEATURES)
     names = [str(r) for r in RATES] if cfg.target == "speed" else list(index.classes)
     return linear_parts(cfg, cached, names, runtime)
