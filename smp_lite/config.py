@@ -169,8 +169,9 @@ class RunConfig:
 
 @dataclass
 class LoopConfig(RunConfig):
-    """What a trained run adds (engine.LoopSettings): the optimiser's settings and how long and
-    how often it saves. Defaults: PRP/SMP pretraining's; each task's presets set its own."""
+    """What a trained run adds, and the loop reads (engine.Run.settings): the optimiser's
+    settings, how long it trains and how often it saves. Defaults: PRP/SMP pretraining's; each
+    task's presets set its own."""
 
     epochs: int = setting(300, "Epochs.", check=positive("epochs"))
     batch_size: int = setting(

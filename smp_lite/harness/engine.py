@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import torch
 import torch.distributed as dist
@@ -38,7 +37,7 @@ from torchmetrics import MeanMetric, Metric, MetricCollection, SumMetric
 from torchmetrics.wrappers.abstract import WrapperMetric
 from tqdm import tqdm  # text bars: the same in a terminal and a notebook
 
-from ..config import RATES
+from ..config import RATES, LoopConfig
 from ..data import to_float
 from .checkpoint import RunState, load_run, save_run
 from .errors import RunInterrupted, TrainError
@@ -360,22 +359,12 @@ def precise_bn(model: nn.Module, clips: Iterable[torch.Tensor], runtime: Runtime
 # The training loop
 
 
-class LoopSettings(Protocol):
-    """What the loop reads of a run's configuration (TrainConfig has it)."""
-
-    epochs: int
-    batch_size: int
-    save_every: int  # steps between mid-epoch saves of last.pt (0: at epoch ends only)
-    limit_batches: int  # >0: each epoch's training and validation stop after so many batches
-    precise_bn: int  # training batches that recompute the BatchNorm statistics at epoch ends
-
-
 @dataclass
 class Run:
     """One training run as the loop sees it; `state` says where it stands. A checkpoint holds the
     state of `objects()`, `state`, and `config` (the run's settings as JSON values)."""
 
-    settings: LoopSettings
+    settings: LoopConfig  # what the loop reads: epochs, batch size, saving, limits, precise BN
     config: dict
     step_for: Callable[[int, bool], StepFn]  # the task's step at a 0-based epoch, training or not
     runtime: Runtime

@@ -26,6 +26,7 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics import MetricCollection
 
+from ..config import LoopConfig, RunConfig
 from ..data import EpochSampler
 from ..tools.synth import ensure_default_dataset
 from .engine import Run, StepFn, fit, hold_run_folder, make_loader
@@ -55,7 +56,7 @@ class Parts:
 
 
 @contextmanager
-def started(cfg: Any, out: Path) -> Iterator[tuple[Any, Runtime]]:
+def started(cfg: RunConfig, out: Path) -> Iterator[tuple[Any, Runtime]]:
     """(`cfg` with its loader workers settled, the runtime), with the run folder `out` held and
     the data at hand; under torchrun the process group is left once the run is done."""
     runtime = make_runtime(cfg.device, cfg.precision, cfg.channels_last, cfg.compile)
@@ -68,13 +69,16 @@ def started(cfg: Any, out: Path) -> Iterator[tuple[Any, Runtime]]:
 
 
 def launch(
-    cfg: Any, out: Path, build_parts: Callable[[Any, Runtime, Path, bool], Parts], progress: bool
+    cfg: LoopConfig,
+    out: Path,
+    build_parts: Callable[[Any, Runtime, Path, bool], Parts],
+    progress: bool,
 ) -> dict:
     """Run (or resume) a trained run: results.json's contents, or where the task computes no
     results (pretraining) the last epoch's row with the run's folder and best validation loss.
 
-    `cfg` needs the settings the loop reads (engine.LoopSettings) and seed, workers, data,
-    device, precision, channels_last, compile, resume and overwrite. Ctrl-C or SIGTERM stops
+    `cfg` is a trained run's config (config.LoopConfig: TrainConfig, ProbeConfig or
+    FinetuneConfig). Ctrl-C or SIGTERM stops
     between two steps after saving last.pt, by raising RunInterrupted (a KeyboardInterrupt).
     """
     with started(cfg, out) as (cfg, runtime):
@@ -93,7 +97,7 @@ def launch(
         return results
 
 
-def new_run(cfg: Any, parts: Parts, runtime: Runtime, out: Path) -> Run:
+def new_run(cfg: LoopConfig, parts: Parts, runtime: Runtime, out: Path) -> Run:
     """The parts as a `Run`: loaders, the schedule over an epoch's batches, the gradient scaler
     (fp16 only); from last.pt when resuming; the model wrapped for the runtime (DDP, compile)."""
     loaders = make_loaders(
