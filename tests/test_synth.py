@@ -131,6 +131,16 @@ def test_render_deterministic():
     assert not np.array_equal(a, c)
 
 
+def test_generation_repeats_byte_for_byte(root, tmp_path):
+    # other worker processes than the fixture's: the encoder once differed between processes
+    again = synthesize(tmp_path / "again", preset="tiny", workers=2, progress=False)
+    files = sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+    assert len(files) == 4 + len(CLASSES) * 4
+    assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    differ = [f for f in files if (root / f).read_bytes() != (again / f).read_bytes()]
+    assert differ == []
+
+
 @pytest.mark.parametrize("class_name", CLASSES)
 def test_motion_present(class_name):
     frames, _ = render(class_name, 3)

@@ -54,10 +54,14 @@ class SynthConfig:
     height: int = 120  # every length in a scene scales with the height
     width: int = 160
     fps: int = 25
-    speed_range: tuple[float, float] = (0.4, 2.5)  # natural speed, log-uniform, for every class
+    # natural speed, log-uniform, the same for every class: 3.2 octaves against the rates' 1
+    # octave apart, so a clip's motion energy alone does not give its playback rate away
+    speed_range: tuple[float, float] = (0.33, 3.0)
     period: float = 24.0  # frames per cycle of an action at natural speed 1 and height 120
     static_camera: float = 0.4  # share of groups filmed by a still camera; the rest pan
-    pan_px: tuple[float, float] = (0.3, 1.2)  # a panning group's camera speed, px/frame at 120
+    # a panning group's camera speed, px/frame at 120, log-uniform: spread as widely as the
+    # actions' speeds, else a panned background's motion energy gives the playback rate away
+    pan_px: tuple[float, float] = (0.15, 1.5)
     occluder: float = 0.5  # share of videos with a foreground pole
     crf: int = 18
     gop: int = 32  # keyframe interval: cheap random access
@@ -93,7 +97,7 @@ def render_video(
         raise ValueError(f"unknown class {class_name!r}, expected one of {CLASSES}")
     T, H, W = cfg.frames, cfg.height, cfg.width
     unit = H / 120  # px at this height per px at the reference height 120
-    speed = float(math.exp(rng.uniform(*np.log(cfg.speed_range))))
+    speed = log_uniform(rng, cfg.speed_range)
     pan = look["pan"] * float(rng.uniform(0.7, 1.3)) * unit
     direction = float(rng.uniform(0, 2 * np.pi))
     frames = pan_camera(look["background"], pan, direction, T, H, W)  # (T, H, W, 3)
@@ -114,7 +118,7 @@ def render_video(
 
 def draw_look(rng: np.random.Generator, cfg: SynthConfig) -> dict:
     """A group's appearance, shared by all its classes: background, colours, camera speed."""
-    pan = 0.0 if rng.random() < cfg.static_camera else float(rng.uniform(*cfg.pan_px))
+    pan = 0.0 if rng.random() < cfg.static_camera else log_uniform(rng, cfg.pan_px)
     reach = math.ceil(pan * 1.3 * cfg.height / 120 * (cfg.frames - 1)) + 2  # px the camera travels
     background, kind = make_background(
         rng, cfg.height + reach, cfg.width + reach, cfg.grain
@@ -384,7 +388,7 @@ BALLS = {
 def flight(rng: np.random.Generator, cfg: SynthConfig) -> tuple:
     """The distractor: a small ball crossing the upper frame at its own steady speed."""
     T, H, W = cfg.frames, cfg.height, cfg.width
-    v = rng.uniform(0.4, 1.5) * H / 120 * rng.choice([-1, 1])
+    v = log_uniform(rng, (0.3, 2.0)) * H / 120 * rng.choice([-1, 1])
     x = rng.uniform(0, W) + v * np.arange(T)
     y = rng.uniform(0.1, 0.3) * H + rng.uniform(-0.1, 0.1) * np.arange(T) * H / 120
     return np.stack([x, y], -1), 0.03 * H, np.zeros(T)
@@ -521,6 +525,10 @@ def texture_mix(
     return (u - u.min()) / (u.max() - u.min())  # gradient
 
 
+def log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
+    return float(math.exp(rng.uniform(*np.log(bounds))))
+
+
 def random_colour(rng: np.random.Generator) -> torch.Tensor:
     return torch.as_tensor(rng.uniform(0, 1, 3), dtype=torch.float32)[:, None, None]  # (3, 1, 1)
 
@@ -534,8 +542,13 @@ def write_video(path: Path, frames: np.ndarray, fps: int, crf: int = 18, gop: in
         stream = container.add_stream("libx264", rate=fps)
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
-        # one encoder thread: parallelism comes from the process pool
-        stream.options = {"crf": str(crf), "g": str(gop), "preset": "veryfast", "threads": "1"}
+        # one encoder thread: parallelism comes from the process pool. Without macroblock-tree
+        # rate control the same frames encode to the same bytes in every process (with it, a
+        # third of the videos differed from one process to the next)
+        stream.options = {
+            "crf": str(crf), "g": str(gop), "preset": "veryfast", "threads": "1",
+            "x264-params": "mbtree=0",
+        }  # fmt: skip
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())  # flush
