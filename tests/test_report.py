@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -287,6 +288,13 @@ def test_differences_to_random_get_a_paired_spread(tmp_path) -> None:
     # a profile that re-estimates BatchNorm on some backbones only: their columns alone
     only_c3d = table1(summary | {"refit_bn_archs": ["c3d"]}).split("(weights frozen)")[1]
     assert "| Initialisation | C3D (`c3d`) |\n|---|---|\n" in only_c3d
+    none_here = table1(summary | {"refit_bn_archs": []}).split("normalised activations:")[1]
+    assert none_here.strip().split("\n\n")[0] == (
+        "Not run: the profile re-estimates BatchNorm on none of these backbones."
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an empty panel once warned of a singular x range
+        plot_table1(summary | {"refit_bn_archs": []}, tmp_path / "none.png")
     # retrieval: each query's hit at k, paired over the same queries
     as_retrieval = {
         init: {"top_k": {"1": r["accuracy"]}, "top_k_std": {"1": 0.02}, "hits": {"1": r["correct"]},

@@ -286,6 +286,16 @@ def init_rows(summary: dict, kind: str) -> list[str]:
     return rows
 
 
+def refit_rows(summary: dict) -> list[str]:
+    """The BatchNorm-refit probe's table, or why there is none (a profile runs it on some
+    backbones only)."""
+    if not archs_of(summary, "probe-speed-bn"):
+        return ["Not run: the profile re-estimates BatchNorm on none of these backbones."]
+    return arch_header(summary, "Initialisation", "probe-speed-bn") + init_rows(
+        summary, "probe-speed-bn"
+    )
+
+
 def energy_row(summary: dict) -> str:
     """Motion energy's row: one result in every column, compared with each column's Random."""
     energy = summary.get(ENERGY)
@@ -345,8 +355,7 @@ def table1(summary: dict) -> str:
         "otherwise keep BatchNorm's initial statistics (0 and 1), under which their features",
         "barely vary; the seed's Random row (41-42%) most likely saw normalised activations:",
         "",
-        *arch_header(summary, "Initialisation", "probe-speed-bn"),
-        *init_rows(summary, "probe-speed-bn"),
+        *refit_rows(summary),
         "",
         *per_rate_lines(summary),
         "",
@@ -486,7 +495,9 @@ def plot_table1(summary: dict, png: Path) -> None:
             ax.axhline(100 * energy["accuracy"], color="black", lw=1, ls="--", label=ENERGY_NAME)
         ax.axhline(25, color="gray", lw=0.8, ls=":", label="chance")
         ax.set_xticks(range(len(archs)), [f"{FAMILY.get(a, a)}\n({a})" for a in archs])
-        ax.set_xlim(-0.5, len(archs) - 0.5)  # the same groups in a panel not run yet
+        ax.set_xlim(-0.5, max(len(archs), 1) - 0.5)  # the same groups in a panel not run yet
+        if not archs:  # the profile runs this probe on other backbones only
+            ax.text(0.5, 0.5, "not run on these backbones", ha="center", transform=ax.transAxes)
         ax.set_title(f"Speed probe, {how} ({summary['profile']} profile)", fontsize=10)
     fig.axes[0].set_ylabel("speed probe accuracy (%)")
     fig.axes[0].legend(fontsize=8, ncol=3, loc="lower center")
