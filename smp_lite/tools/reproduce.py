@@ -109,7 +109,9 @@ PROFILES: dict[str, Profile] = {
     "synth": Profile(
         data=DEFAULT_DATA,
         synth="default",
-        pretrain=dict(preset="quick", epochs=6),
+        # no torch.compile on a GPU either: at 48x48 a run there waits on its loader (300-600
+        # clips/s, docs/reproduce.md), so compiling would only add its own time
+        pretrain=dict(preset="quick", epochs=6, compile=False),
         # action labels need more steps than the rate: 16 epochs take R3D to ~70% held out
         supervised=dict(epochs=16),
         evaluations={
@@ -119,7 +121,9 @@ PROFILES: dict[str, Profile] = {
             ENERGY: dict(epochs=300, lr=0.1),
             "probe-action": dict(preset="quick", train_views=1, test_views=3),
             "retrieve": dict(preset="quick", test_views=3),
-            "finetune": dict(preset="quick", epochs=4, lr_step_epoch=3, test_views=3),
+            "finetune": dict(
+                preset="quick", epochs=4, lr_step_epoch=3, test_views=3, compile=False
+            ),  # fmt: skip
         },
         # C3D answers which probe is closest to the seed's Random row; ~9 min saved
         refit_bn_archs=("c3d",),
