@@ -20,7 +20,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 # Every pretraining and evaluation behind Table 1, Table 2 and retrieval (smp_lite/tools/reproduce.py):
-# the generated-data profile, 106 min on 2 CPU cores (docs/reproduce.md), writes results/synth/. With
+# the generated-data profile, about 100 min on 2 CPU cores (docs/reproduce.md), writes results/synth/. With
 # DATA=ucf101:/path (or hmdb51:) the paper profile runs method.md's protocol on that dataset
 # instead (for GPUs), into results/paper/. A rerun reuses the finished steps.
 DATA ?=
