@@ -161,6 +161,8 @@ def test_an_epoch_row_gives_the_chance_level_of_each_heads_last_accuracy() -> No
         "epoch=3  train_loss=1.3  val_loss=1.25  train_acc_rate_c5=0.3  "
         "val_acc_rate_c5=0.41 (chance 0.25)  clips_per_s=12.5"
     )
+    # a probe's epoch on cached features runs at tens of thousands of clips a second
+    assert format_row({"epoch": 2, "clips_per_s": 35204.37}) == "epoch=2  clips_per_s=35204.4"
     # no validation (fine-tuning): the training accuracy; an action head: 1 / classes
     finetune = {"epoch": 1, "train_loss": 4.1, "train_acc_action": 0.05}
     assert format_row(finetune, classes=101).endswith("train_acc_action=0.05 (chance 0.0099)")

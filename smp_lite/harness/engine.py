@@ -585,6 +585,13 @@ def opening_line(config: dict, runtime: Runtime, out: Path, state: RunState | No
     )
 
 
+def number(key: str, value: object) -> str:
+    """4 significant digits; a speed with one decimal, never in scientific notation."""
+    if not isinstance(value, float):
+        return str(value)
+    return f"{value:.1f}" if key == "clips_per_s" else f"{value:.4g}"
+
+
 def format_row(row: dict, classes: int = 0) -> str:
     """An epoch's row in one line. The last accuracy shown of each head (validation, else
     training) says its chance level, so that 0.3 reads right at a glance: 1/4 for a playback
@@ -593,7 +600,7 @@ def format_row(row: dict, classes: int = 0) -> str:
     keys += ["train_acc_speed", "val_acc_speed", "train_acc_action", "val_acc_action"]
     keys += ["clips_per_s"]
     keys = [k for k in keys if k in row]
-    texts = [f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in keys]
+    texts = [f"{k}={number(k, row[k])}" for k in keys]
     last = {k.partition("_acc_")[2]: k for k in keys if "_acc_" in k}  # val after train
     for head, k in last.items():
         n = classes if head == "action" else len(RATES)
