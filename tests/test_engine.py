@@ -169,6 +169,11 @@ def test_an_epoch_row_gives_the_chance_level_of_each_heads_last_accuracy() -> No
     assert (
         format_row({"epoch": 1, "val_acc_speed": 0.5}) == "epoch=1  val_acc_speed=0.5 (chance 0.25)"
     )
+    # a probe evaluates on the test clips each epoch: its row says so
+    probe = {"epoch": 1, "train_loss": 1.2, "val_loss": 1.3, "val_acc_speed": 0.5}
+    assert format_row(probe, held_out="test") == (
+        "epoch=1  train_loss=1.2  test_loss=1.3  test_acc_speed=0.5 (chance 0.25)"
+    )
 
 
 def test_the_opening_line_says_what_where_and_how() -> None:

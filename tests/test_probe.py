@@ -65,10 +65,12 @@ def test_a_standardised_probe_sees_what_tiny_features_hold(tmp_path) -> None:
     assert accuracy[True] > 0.95 > 0.7 > accuracy[False]  # chance: 0.5
 
 
-def test_speed_probe_from_a_pretrained_checkpoint(ucf_tiny, pretrained, tmp_path) -> None:
+def test_speed_probe_from_a_pretrained_checkpoint(ucf_tiny, pretrained, tmp_path, capsys) -> None:
     out = tmp_path / "probe"
     common = dict(data=str(ucf_tiny), init=str(pretrained), arch="r3d10", out=str(out), **TINY)
     results = probe(make_eval_config("probe", epochs=2, **common), progress=False)
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch=")]
+    assert len(printed) == 2 and all(" test_acc_speed=" in line for line in printed), printed
     test_videos = len(load_index(ucf_tiny).test)
     assert results["items"] == len(RATES) * test_videos  # every test video at every rate
     assert set(results["per_class"]) == {"1", "2", "4", "8"}

@@ -417,7 +417,7 @@ def fit(run: Run, progress: bool = True) -> dict:
             row = train_epoch(run, epoch, stop, progress)
             row = end_epoch(run, epoch, row, stop)
             if run.runtime.is_main:
-                say(format_row(row, len(run.classes)))
+                say(format_row(row, len(run.classes), "val" if run.keep_best else "test"))
     return row
 
 
@@ -592,15 +592,16 @@ def number(key: str, value: object) -> str:
     return f"{value:.1f}" if key == "clips_per_s" else f"{value:.4g}"
 
 
-def format_row(row: dict, classes: int = 0) -> str:
+def format_row(row: dict, classes: int = 0, held_out: str = "val") -> str:
     """An epoch's row in one line. The last accuracy shown of each head (validation, else
     training) says its chance level, so that 0.3 reads right at a glance: 1/4 for a playback
-    rate head (rate_*, speed), 1/classes for the action."""
+    rate head (rate_*, speed), 1/classes for the action. `held_out` names the evaluated
+    clips: "test" where they are the test split (a probe), though metrics.jsonl keeps `val_`."""
     keys = ["epoch", "train_loss", "val_loss", "train_acc_rate_c5", "val_acc_rate_c5"]
     keys += ["train_acc_speed", "val_acc_speed", "train_acc_action", "val_acc_action"]
     keys += ["clips_per_s"]
     keys = [k for k in keys if k in row]
-    texts = [f"{k}={number(k, row[k])}" for k in keys]
+    texts = [f"{k.replace('val_', held_out + '_', 1)}={number(k, row[k])}" for k in keys]
     last = {k.partition("_acc_")[2]: k for k in keys if "_acc_" in k}  # val after train
     for head, k in last.items():
         n = classes if head == "action" else len(RATES)
