@@ -26,16 +26,7 @@ cd "$(dirname "$0")/.."
 out=${1:-${OUT:-/tmp/gpu_check}}
 shift || true
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1
-
-if ! python3 -c "import decord" 2>/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/smp-lite-site .whl/*.whl
-    export PYTHONPATH=/tmp/smp-lite-site:${PYTHONPATH:-}
-fi
-export PYTHONPATH=$PWD:${PYTHONPATH:-}  # smp_lite itself, from this checkout
-
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+source benchmarks/gpu_env.sh "decord" "$out"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
 # the generated dataset, 600 videos: carried, or made here where PyAV is installed

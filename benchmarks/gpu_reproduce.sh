@@ -18,15 +18,7 @@ cd "$(dirname "$0")/.."
 out=${1:-${OUT:-/tmp/gpu_reproduce}}
 archs=${2:-r3d18}
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1
-
-if ! python3 -c "import av, decord" 2>/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/smp-lite-site .whl/*.whl
-    export PYTHONPATH=/tmp/smp-lite-site:${PYTHONPATH:-}
-fi
-export PYTHONPATH=$PWD:${PYTHONPATH:-}  # smp_lite itself, from this checkout
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+source benchmarks/gpu_env.sh "av, decord" "$out"
 start=$(date +%s)
 python3 -c "from smp_lite.cli import app; app()" data synth --out data/synth --workers "$(nproc)" 2>/dev/null
 echo "data/synth generated in $(($(date +%s) - start)) s"
