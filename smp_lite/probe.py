@@ -64,7 +64,22 @@ def probe(cfg: ProbeConfig, progress: bool = True) -> dict:
     out = checked_eval(cfg)
     # another probe's features: refused before any work unless they are this probe's clips
     source = features_file(cfg) if cfg.features else None
+    if source:
+        refuse_older_features(source, cfg.init, f"--features {cfg.features}", "drop --features")
+    if cfg.resume and (out / FEATURES).is_file():
+        refuse_older_features(out / FEATURES, cfg.init, "--resume", "start over with --overwrite")
     return launch(cfg, out, functools.partial(probe_parts, source=source), progress)
+
+
+def refuse_older_features(features: Path, init: str, what: str, instead: str) -> None:
+    """Features cached before their `init` checkpoint was last written are another backbone's
+    (its pretraining rerun into the same folder): refused in one line, not silently reused."""
+    weights = Path(init)
+    if weights.is_file() and weights.stat().st_mtime_ns > features.stat().st_mtime_ns:
+        raise ConfigError(
+            f"{what}: {features} holds features of an older {weights}, written again since: "
+            f"{instead}"
+        )
 
 
 def probe_parts(

@@ -5,6 +5,7 @@ BatchNorm statistics re-estimated on the training clips, and the motion-energy b
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,26 @@ def test_a_probe_trains_on_another_probes_features(ucf_tiny, pretrained, tmp_pat
     with pytest.raises(DataError, match="is not a readable features file"):
         probe(make_eval_config("probe", features=str(cached), **refused))
     assert not (tmp_path / "c").exists()  # refused before a run folder was made
+
+
+def test_features_older_than_their_checkpoint_are_refused(ucf_tiny, pretrained, tmp_path) -> None:
+    """A pretraining rerun into the same folder rewrites the checkpoint a probe cached features
+    of: neither resuming that probe nor reusing its features may give the old backbone's
+    numbers."""
+    weights = tmp_path / "best.pt"
+    weights.write_bytes(pretrained.read_bytes())
+    common = dict(data=str(ucf_tiny), init=str(weights), arch="r3d10", epochs=1, **TINY)
+    probe(make_eval_config("probe", out=str(tmp_path / "a"), **common), progress=False)
+    later = (tmp_path / "a" / "features.pt").stat().st_mtime_ns + 10**9
+    os.utime(weights, ns=(later, later))  # the checkpoint written again after the probe
+    resumed = dict(common, epochs=2, out=str(tmp_path / "a"), resume=True)
+    with pytest.raises(ConfigError, match="--resume: .* older .*best.pt.*--overwrite"):
+        probe(make_eval_config("probe", **resumed), progress=False)
+    reused = dict(common, out=str(tmp_path / "b"), features=str(tmp_path / "a"))
+    with pytest.raises(ConfigError, match="--features .*: .* older .*best.pt.*drop --features"):
+        probe(make_eval_config("probe", **reused), progress=False)
+    assert [r["epoch"] for r in read_metrics(tmp_path / "a")] == [1]  # the run left as it was
+    assert not (tmp_path / "b").exists()
 
 
 def test_older_features_without_refit_bn_count_as_not_refitted(ucf_tiny, tmp_path) -> None:
