@@ -346,6 +346,8 @@ def evaluation(
 
     if settings["resize"] is not None:
         settings["resize"] = parse_size(settings["resize"])
+    if settings.get("features"):
+        settings |= settings_of_features(ctx, settings["features"])
     cfg = evaluate.make_eval_config(kind, **settings)  # the other settings checked first
     chosen = {}
     if settings["init"] is None:
@@ -358,18 +360,30 @@ def evaluation(
         typer.echo(f"done: {evaluate.eval_out(cfg)} ({evaluate.summary(results)})")
 
 
+def settings_of_features(ctx: typer.Context, features: str) -> dict:
+    """The settings that decide a probe's clips (its init too) which the command line leaves
+    unset, as the `--features` run used them: its clips must be this probe's, so they need not
+    be typed again. probe.features_file checks those given; nothing here for a path without a
+    readable config.json, which it refuses."""
+    from . import evaluate
+    from .probe import FEATURE_FIELDS
+
+    source = Path(features)
+    theirs = evaluate.run_config(source if source.is_dir() else source.parent)
+    unset = [
+        name
+        for name in ("preset", "test_views", *FEATURE_FIELDS)
+        if name in theirs and ctx.get_parameter_source(name).name == "DEFAULT"
+    ]
+    return {name: tuple(v) if isinstance(v := theirs[name], list) else v for name in unset}
+
+
 def default_init(cfg: EvalConfig) -> str:
-    """The backbone an evaluation given no --init evaluates: a probe on another probe's
-    features, that probe's (the features must be of it); else the latest pretraining of the
+    """The backbone an evaluation given no --init evaluates: the latest pretraining of the
     arch under runs/ (the newcomer's path: pretrain, then probe), said in one line. With none,
     an error: an evaluation of random weights should be asked for, not stumbled into."""
     from . import evaluate
 
-    if getattr(cfg, "features", ""):
-        source = Path(cfg.features)
-        return evaluate.run_config(source if source.is_dir() else source.parent).get(
-            "init", "random"
-        )  # features_file checks the rest
     latest = evaluate.latest_pretraining(cfg.arch)
     if latest is None:
         raise TrainError(

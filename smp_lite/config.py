@@ -360,7 +360,8 @@ class ProbeConfig(EvalConfig, LoopConfig):
         "",
         "Train on the features another probe run cached (its folder or features.pt) instead "
         "of computing them: to try --standardize, --lr or --epochs in seconds. Its clips must "
-        "be this run's (same arch, init, data, clips, views, seed, refit-bn): checked.",
+        "be this run's (same arch, init, data, clips, views, seed, refit-bn): those not given "
+        "are taken from that run, those given are checked.",
         keep=True,
         metavar="PATH",
     )

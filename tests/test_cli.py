@@ -654,6 +654,33 @@ def test_a_probe_on_cached_features_defaults_to_their_init(pretrainings, monkeyp
     assert configs[0].init == "random" and not result.output.startswith("init:")
 
 
+def test_a_probe_on_cached_features_takes_the_clip_settings_not_given_from_them(
+    tmp_path, monkeypatch
+) -> None:
+    """Only --features and what changes (--standardize): the clips are the source run's; an
+    option given stays as given, for probe.features_file to check against the source."""
+    monkeypatch.chdir(tmp_path)
+    configs = record_evaluations(monkeypatch)
+    source = {"task": "probe-speed", "arch": "c3d", "init": "random", "data": "synth:clips"}
+    source |= {"preset": "paper", "clip_len": 8, "resize": [32, 40], "crop": 32, "seed": 3}
+    source["resume"] = False
+    (tmp_path / "probe-a").mkdir()
+    write_run_folder(tmp_path / "probe-a", source, 0)
+    args = ["probe", "--features", "probe-a", "--standardize", "--out", "std"]
+    assert runner.invoke(app, args).exit_code == 0
+    assert runner.invoke(app, [*args, "--crop", "16", "--overwrite"]).exit_code == 0
+    taken, given = configs
+    assert (taken.arch, taken.init, taken.data, taken.preset) == (
+        "c3d",
+        "random",
+        "synth:clips",
+        "paper",
+    )
+    assert (taken.clip_len, taken.resize, taken.crop, taken.seed) == (8, (32, 40), 32, 3)
+    assert taken.standardize and taken.features == "probe-a"
+    assert given.crop == 16 and given.clip_len == 8
+
+
 @pytest.mark.parametrize(
     "files, chosen",
     [(("best.pt", "last.pt"), "best.pt"), (("last.pt",), "last.pt")],
