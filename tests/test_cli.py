@@ -494,6 +494,20 @@ def test_the_stop_message_starts_on_a_line_of_its_own(ucf_tiny, tmp_path, monkey
     assert lines[lines.index(bar[-1]) + 1].startswith(f"interrupted: saved {out / 'last.pt'}")
 
 
+def test_the_bar_redraws_at_its_own_pace_not_at_every_step(ucf_tiny, tmp_path) -> None:
+    """The loss shown beside the bar waits for the bar's next redraw: a notebook, which keeps
+    every redraw, holds a few lines an epoch (TQDM_MININTERVAL, read when tqdm is imported,
+    hence a process of its own), not one per step."""
+    command = pretrain_command(ucf_tiny, tmp_path / "run", "--progress", "--val-fraction", "0")
+    env = ENV | {"TQDM_MININTERVAL": "1000"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for epoch in ("epoch 1/2", "epoch 2/2"):  # 3 steps each
+        # text=True reads each "\r" as a line end: one line a redraw
+        redraws = [line for line in done.stderr.splitlines() if epoch in line]
+        assert 1 <= len(redraws) <= 2, redraws  # the first and perhaps the last, not per step
+
+
 # ---------------------------------------------------------------------------------------------
 # One run per folder, a full disk (docs/reliability.md)
 

@@ -447,7 +447,7 @@ def train_epoch(run: Run, epoch: int, stop: threading.Event, progress: bool) -> 
             state.step += 1
             state.batches_done += 1
             clips += n * runtime.world
-            bar.set_postfix(loss=f"{loss:.4f}")
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)  # drawn at the bar's own pace
             if stop_requested(stop, runtime):
                 save_mid_epoch(run, metrics)
                 raise RunInterrupted(run.out / "last.pt")
