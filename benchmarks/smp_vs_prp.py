@@ -1,6 +1,6 @@
 """SMP against PRP, the SMP paper's own claim, on every evaluation of `make reproduce`: the
 difference of the two initialisations' accuracy (retrieval: top-1) with its paired bootstrap
-std, the same test videos drawn for both (docs/reproduce.md).
+std, the same test groups and videos drawn for both (docs/reproduce.md).
 
     python benchmarks/smp_vs_prp.py [--runs runs/reproduce-synth]
 """
@@ -31,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     print("| evaluation | arch | SMP - PRP (points) |\n|---|---|---|")
     for kind in KINDS:
-        for arch in ("c3d", "r3d10", "r21d10"):
+        for arch in ("c3d", "r3d10", "r21d10", "r3d18"):
             paths = [
                 args.runs / f"{kind}-{arch}-{init}" / "results.json" for init in ("smp", "prp")
             ]
@@ -41,7 +41,7 @@ def main() -> None:
             (acc_smp, hit_smp), (acc_prp, hit_prp) = correctness(smp), correctness(prp)
             videos = torch.tensor(smp["video"])
             spread = paired_bootstrap_std(
-                torch.tensor(hit_smp), torch.tensor(hit_prp), videos, seed=0
+                torch.tensor(hit_smp), torch.tensor(hit_prp), videos, smp["group"], seed=0
             )
             print(f"| {kind} | `{arch}` | {100 * (acc_smp - acc_prp):+.1f} ± {100 * spread:.1f} |")
 

@@ -21,6 +21,7 @@ ARCHS: tuple[str, ...] = ("c3d", "r3d10", "r21d10", "r3d18", "r21d18")  # models
 RATES = (1, 2, 4, 8)  # playback rates: frame steps of a sampled clip (data.sample_dilated_clip)
 LAMBDA_SCHEDULES = ("exp", "log", "sigmoid", "plinear", "linear", "dpau", "cam")  # masks.py
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+INITS = ("pytorch", "torchvision", "zero-residual")  # models.build_backbone
 DEFAULT_DATA = "data/synth"  # where `smp-lite data synth` writes and training reads by default
 
 Check = tuple[Callable[[Any], bool], str]  # (is the value usable, what it must be)
@@ -111,6 +112,14 @@ class RunConfig:
         "quick (a few CPU minutes) or paper (method.md) [default: quick on generated data, "
         "paper on real data]. The options below override it.",
         choices=("paper", "quick"),
+    )
+    weight_init: str = setting(
+        "pytorch",
+        "How a new backbone's weights are drawn: pytorch (each layer's default, as in the "
+        "original PRP/SMP code) or torchvision (Kaiming fan-out, as torchvision's video nets).",
+        keep=True,
+        choices=INITS,
+        label="weight init",
     )
     clip_len: int = setting(
         16,
@@ -224,6 +233,18 @@ class TrainConfig(LoopConfig):
         keep=True,
         check=positive("head lr scale"),
     )
+    recon_weight: float = setting(
+        1.0, "Weight of the masked reconstruction loss (PRP/SMP: 1).", keep=True,
+        check=(lambda v: 0 <= v < math.inf, "recon weight must be 0 or more"),
+    )  # fmt: skip
+    rate_weight: float = setting(
+        0.1, "Weight of the c5 rate head's cross-entropy (PRP/SMP: 0.1).", keep=True,
+        check=(lambda v: 0 <= v < math.inf, "rate weight must be 0 or more"),
+    )  # fmt: skip
+    mg_weight: float = setting(
+        0.1, "Weight of the mean cross-entropy of SMP's c4, c3, c2 rate heads (SMP: 0.1).",
+        keep=True, check=(lambda v: 0 <= v < math.inf, "mg weight must be 0 or more"),
+    )  # fmt: skip
     schedule: str = setting(
         "plateau",  # plateau (PRP/SMP) or cosine with warm-up (supervised)
         "Learning-rate schedule: plateau (on the validation loss) or cosine (warm-up).",

@@ -194,7 +194,7 @@ def checked_eval(cfg: EvalConfig) -> Path:
 def initial_backbone(cfg: EvalConfig) -> nn.Module:
     """The backbone to evaluate: seeded random weights, or those of the `init` checkpoint."""
     torch.manual_seed(cfg.seed)
-    backbone = build_backbone(cfg.arch)
+    backbone = build_backbone(cfg.arch, cfg.weight_init)
     if cfg.init != "random":
         load_backbone(backbone, cfg.init, cfg.arch)
     return backbone
@@ -270,6 +270,11 @@ class FeatureSet(Dataset):
         return {"feature": self.features[index], "label": self.labels[index]}
 
 
+def test_groups(index) -> list[str]:
+    """Each test video's group (what the spreads resample, `bootstrap_std`)."""
+    return [v.group for v in index.test]
+
+
 def video_mean(values: torch.Tensor, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Average the rows of `values` (N, D) per video id: (videos, D) and the ids, sorted."""
     ids, where = torch.unique(video, return_inverse=True)
@@ -309,49 +314,76 @@ def summary(results: dict) -> str:
     )
 
 
-def bootstrap_std(correct: torch.Tensor, video: torch.Tensor, seed: int, n: int = 1000) -> float:
-    """Standard deviation of the accuracy over `n` resamplings of the test videos (with
-    replacement): the spread a different draw of test videos would give."""
-    return resampled_means(correct.float(), video, seed, n).std().item()
+def bootstrap_std(
+    values: torch.Tensor, video: torch.Tensor, group: list[str], seed: int, n: int = 1000
+) -> float:
+    """Standard deviation of the mean of `values` (one per test item, e.g. 0/1 correctness) over
+    `n` two-level resamplings: the test groups with replacement, then the videos within each
+    drawn group with replacement, every item of a drawn video counted. A group's videos share
+    their look and camera (UCF101's gGG), so they are not independent draws: resampling videos
+    alone understates the spread. With one video per group it is the plain video bootstrap."""
+    vids, where = torch.unique(video, return_inverse=True)
+    sums = torch.zeros(len(vids), dtype=torch.float64).index_add_(0, where, values.double())
+    counts = torch.bincount(where, minlength=len(vids)).double()
+    group_of = {int(v): g for v, g in zip(video.tolist(), group, strict=True)}
+    names = sorted(set(group_of.values()))
+    members = [
+        torch.tensor([i for i, v in enumerate(vids.tolist()) if group_of[v] == g]) for g in names
+    ]
+    gen = torch.Generator().manual_seed(seed)
+    picks = torch.randint(len(names), (n, len(names)), generator=gen)  # groups drawn
+    total_sum = torch.zeros(n, dtype=torch.float64)
+    total_count = torch.zeros(n, dtype=torch.float64)
+    for g, videos in enumerate(members):
+        # a group drawn k times gives k * m videos drawn among its m: k resamplings of it
+        times = (picks == g).sum(1)  # (n,)
+        m = len(videos)
+        draws = videos[torch.randint(m, (n, int(times.max()) * m), generator=gen)]
+        used = torch.arange(draws.shape[1]) < (times * m)[:, None]  # (n, max draws)
+        total_sum += (sums[draws] * used).sum(1)
+        total_count += (counts[draws] * used).sum(1)
+    return (total_sum / total_count).std().item()
 
 
 def paired_bootstrap_std(
-    correct_a: torch.Tensor, correct_b: torch.Tensor, video: torch.Tensor, seed: int, n: int = 1000
+    correct_a: torch.Tensor,
+    correct_b: torch.Tensor,
+    video: torch.Tensor,
+    group: list[str],
+    seed: int,
+    n: int = 1000,
 ) -> float:
-    """Standard deviation of accuracy a - accuracy b over `n` resamplings of the test videos,
-    the same videos for both (items aligned, `video` of each). Two models tested on the same
-    videos find the same ones hard, so the difference varies less than either accuracy."""
-    return resampled_means(correct_a.float() - correct_b.float(), video, seed, n).std().item()
-
-
-def resampled_means(values: torch.Tensor, video: torch.Tensor, seed: int, n: int) -> torch.Tensor:
-    """The mean of `values` (one per item) over each of `n` draws of the test videos with
-    replacement, every item of a drawn video counted: (n,)."""
-    ids, where = torch.unique(video, return_inverse=True)
-    sums = torch.zeros(len(ids)).index_add_(0, where, values)
-    totals = torch.bincount(where, minlength=len(ids)).float()
-    g = torch.Generator().manual_seed(seed)
-    picks = torch.randint(len(ids), (n, len(ids)), generator=g)
-    return sums[picks].sum(1) / totals[picks].sum(1)
+    """Standard deviation of accuracy a - accuracy b under `bootstrap_std`'s resampling, the same
+    groups and videos drawn for both (items aligned). Two models tested on the same videos find
+    the same ones hard, so the difference varies less than either accuracy."""
+    return bootstrap_std(correct_a.float() - correct_b.float(), video, group, seed, n)
 
 
 def accuracy_report(
-    logits: torch.Tensor, labels: torch.Tensor, video: torch.Tensor, names: list[str], seed: int
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    video: torch.Tensor,
+    groups: list[str],
+    names: list[str],
+    seed: int,
 ) -> dict:
     """Accuracy with its bootstrap spread, accuracy per class, the confusion matrix, and each
-    test item's correctness (0/1) and video: what a paired comparison of two runs needs."""
+    test item's correctness (0/1), video and group (`groups`: each test video's): what a paired
+    comparison of two runs needs."""
+    group = [groups[v] for v in video.tolist()]
     k = len(names)
     correct = logits.argmax(1) == labels
     per_class = MulticlassAccuracy(k, average="none")(logits, labels)
     confusion = MulticlassConfusionMatrix(k)
     return {
         "accuracy": correct.float().mean().item(),
-        "accuracy_std": bootstrap_std(correct, video, seed),
+        "accuracy_std": bootstrap_std(correct.float(), video, group, seed),
         "items": len(labels),
         "per_class": dict(zip(names, per_class.tolist(), strict=True)),
         "confusion": confusion(logits, labels).tolist(),  # rows: true class, columns: predicted
         "correct": correct.int().tolist(),
         "video": video.tolist(),
+        "group": group,
     }
 
 
@@ -369,7 +401,7 @@ def finetuning_parts(cfg: FinetuneConfig, runtime: Runtime, out: Path, progress:
     index = load_index(cfg.data, cfg.split)
     train_set = clip_dataset(cfg, index.train, "clip", 1, train=True, random_crop=True)
     backbone = initial_backbone(cfg)  # seeds first: the new head's weights follow from the seed
-    model = ActionNet(cfg.arch, len(index.classes))
+    model = ActionNet(cfg.arch, len(index.classes), weight_init=cfg.weight_init)
     model.backbone = backbone
     model = runtime.prepare(model)
     return Parts(
@@ -404,7 +436,7 @@ def finetuning_results(
     labels = clips["label"][first_of_each(clips["video"], ids)]
     return {
         "kind": "finetune",
-        **accuracy_report(logits, labels, ids, list(index.classes), cfg.seed),
+        **accuracy_report(logits, labels, ids, test_groups(index), list(index.classes), cfg.seed),
         "views_dropped": test_set.views_dropped,
     }
 
@@ -426,18 +458,21 @@ def retrieve(cfg: RetrieveConfig, progress: bool = True) -> dict:
         index = load_index(cfg.data, cfg.split)
         videos = retrieval_videos(cfg, runtime, index, progress)
         hits = retrieval_hits(videos["queries"][:2], videos["gallery"][:2], TOP_K)  # (Q, K)
+        query_ids = videos["queries"][2]
+        group = [test_groups(index)[v] for v in query_ids.tolist()]
         results = {
             "kind": "retrieve",
             "top_k": {str(k): hits[:, i].float().mean().item() for i, k in enumerate(TOP_K)},
             "top_k_std": {
-                str(k): bootstrap_std(hits[:, i], videos["queries"][2], cfg.seed)
+                str(k): bootstrap_std(hits[:, i].float(), query_ids, group, cfg.seed)
                 for i, k in enumerate(TOP_K)
             },
             "queries": len(videos["queries"][2]),
             "gallery": len(videos["gallery"][2]),
             # per query (test video), for paired comparisons: whether it hit at each k
             "hits": {str(k): hits[:, i].int().tolist() for i, k in enumerate(TOP_K)},
-            "video": videos["queries"][2].tolist(),
+            "video": query_ids.tolist(),
+            "group": group,
             "neighbours": neighbours(videos, index),
             "seconds": time.perf_counter() - t0,
             "device": str(runtime.device),

@@ -230,12 +230,14 @@ def read_csv_list(path: Path) -> DatasetIndex:
 def split_by_group(
     videos: tuple[Video, ...], val_fraction: float, seed: int
 ) -> tuple[tuple[Video, ...], tuple[Video, ...]]:
-    """Hold out whole groups for validation (the original split by clip and leaked, method.md 7)."""
-    groups = sorted({(v.label, v.group) for v in videos})
+    """Hold out whole groups, across every class, for validation: the original split by clip
+    and leaked (method.md 7), and a UCF101 group number (like a generated dataset's) names one
+    look and camera shared by all its classes."""
+    groups = sorted({v.group for v in videos})
     rng = random.Random(seed)
     rng.shuffle(groups)
     n_val = max(1, round(val_fraction * len(groups))) if val_fraction > 0 else 0
     held = set(groups[:n_val])
-    train = tuple(v for v in videos if (v.label, v.group) not in held)
-    val = tuple(v for v in videos if (v.label, v.group) in held)
+    train = tuple(v for v in videos if v.group not in held)
+    val = tuple(v for v in videos if v.group in held)
     return train, val

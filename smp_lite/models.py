@@ -17,7 +17,7 @@ from torchvision.models.video.resnet import (
     VideoResNet,
 )
 
-from .config import ARCHS
+from .config import ARCHS, INITS
 
 NUM_RATES = 4  # playback rates 1, 2, 4, 8
 
@@ -49,7 +49,28 @@ class Backbone(nn.Module):
         return tuple(maps)
 
 
-def build_backbone(arch: str) -> Backbone:
+def build_backbone(arch: str, weight_init: str = "pytorch") -> Backbone:
+    """The backbone `arch`, its weights drawn as `weight_init` says: "pytorch", each layer's own
+    default (the original PRP/SMP code has no init code); "torchvision" (Kaiming fan-out); or
+    "zero-residual", PyTorch's default with each residual branch's last BatchNorm scale at 0,
+    so that every block starts as its shortcut (Goyal et al. 2017; C3D has no such branch)."""
+    if weight_init not in INITS:
+        raise ValueError(f"unknown weight init {weight_init!r}; valid: {', '.join(INITS)}")
+    backbone = _build_stages(arch)
+    for m in backbone.modules():
+        if isinstance(m, (nn.Conv3d, nn.BatchNorm3d)):
+            if weight_init == "torchvision":
+                _init_like_torchvision(m)
+            else:
+                m.reset_parameters()
+    if weight_init == "zero-residual":
+        for block in backbone.modules():
+            if isinstance(block, BasicBlock):
+                nn.init.zeros_(block.conv2[1].weight)  # conv2 is (conv, BatchNorm)
+    return backbone
+
+
+def _build_stages(arch: str) -> Backbone:
     if arch == "c3d":
         return Backbone(_c3d_stages(), (64, 128, 256, 512, 512))
     resnet_widths = (64, 64, 128, 256, 512)
@@ -74,7 +95,6 @@ def _c3d_stages() -> list[nn.Module]:
         nn.Sequential(conv_bn_relu(256, 512), conv_bn_relu(512, 512), nn.MaxPool3d(2)),  # T/8, H/16
         nn.Sequential(conv_bn_relu(512, 512), conv_bn_relu(512, 512)),  # (B, 512, T/8, H/16, W/16)
     ]
-    _init_like_torchvision(stages)
     return stages
 
 
@@ -101,9 +121,7 @@ def _vcop_r2plus1d_10_stages() -> list[nn.Module]:
         _factored_conv(3, 64, 3, 7, 1, 2), nn.BatchNorm3d(64), nn.ReLU(inplace=True)
     )
     widths = [(64, 64), (64, 128), (128, 256), (256, 512)]
-    stages = [stem, *(nn.Sequential(block(i, o)) for i, o in widths)]
-    _init_like_torchvision(stages)
-    return stages
+    return [stem, *(nn.Sequential(block(i, o)) for i, o in widths)]
 
 
 def _tran_midplanes(in_ch: int, out_ch: int, t: int, d: int) -> int:
@@ -125,15 +143,14 @@ def _factored_conv(
     )
 
 
-def _init_like_torchvision(modules: list[nn.Module]) -> None:
-    for m in nn.ModuleList(modules).modules():
-        if isinstance(m, nn.Conv3d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm3d):
-            nn.init.ones_(m.weight)
+def _init_like_torchvision(m: nn.Module) -> None:
+    if isinstance(m, nn.Conv3d):
+        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if m.bias is not None:
             nn.init.zeros_(m.bias)
+    else:
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
 
 
 # -----------------------------------------------------------------------------
@@ -234,9 +251,11 @@ class MotionNet(nn.Module):
     """Backbone + rate head on c5 (+ multiple-granularity rate heads on c4, c3, c2 when mg=True)
     + decoder (when decoder=True): PRP is mg=False, SMP is mg=True."""
 
-    def __init__(self, arch: str, mg: bool = True, decoder: bool = True):
+    def __init__(
+        self, arch: str, mg: bool = True, decoder: bool = True, weight_init: str = "pytorch"
+    ):
         super().__init__()
-        self.backbone = build_backbone(arch)
+        self.backbone = build_backbone(arch, weight_init)
         w = self.backbone.widths
         head_widths = (w[4], w[3], w[2], w[1]) if mg else (w[4],)  # c5 first, then c4, c3, c2
         self.rate_heads = nn.ModuleList(RateHead(c) for c in head_widths)
@@ -261,9 +280,11 @@ class ActionNet(nn.Module):
     """Backbone + Linear(512, num_classes) on the pooled c5 feature (supervised pretraining,
     fine-tuning, linear probe)."""
 
-    def __init__(self, arch: str, num_classes: int, dropout: float = 0.0):
+    def __init__(
+        self, arch: str, num_classes: int, dropout: float = 0.0, weight_init: str = "pytorch"
+    ):
         super().__init__()
-        self.backbone = build_backbone(arch)
+        self.backbone = build_backbone(arch, weight_init)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(self.backbone.widths[-1], num_classes)
 

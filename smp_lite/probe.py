@@ -48,6 +48,7 @@ from .evaluate import (
     frozen_outputs,
     initial_backbone,
     same_step,
+    test_groups,
     video_mean,
 )
 from .harness.checkpoint import CONFIG, FEATURES, RunState
@@ -95,6 +96,7 @@ def probe_parts(
         cached = probe_features(cfg, runtime, index, progress)
     if runtime.is_main and not resumed:
         torch.save(cached, out / FEATURES)
+    cached["test_groups"] = test_groups(index)  # what the spreads resample
     names = [str(r) for r in RATES] if cfg.target == "speed" else list(index.classes)
     return linear_parts(cfg, cached, names, runtime)
 
@@ -185,7 +187,7 @@ def probe_results(cfg: ProbeConfig, cached: dict, names: list[str], run: Run) ->
         labels = test["label"][first_of_each(test["video"], video)]
     return {
         "kind": eval_kind(cfg),
-        **accuracy_report(logits, labels, video, names, cfg.seed),
+        **accuracy_report(logits, labels, video, cached["test_groups"], names, cfg.seed),
         "views_dropped": cached["views_dropped"],
     }
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -127,29 +127,48 @@ def default_out(cfg: TrainConfig) -> Path:
 
 def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     if cfg.task == "supervised":
-        return ActionNet(cfg.arch, num_classes)
-    return MotionNet(cfg.arch, mg=cfg.task == "smp" and cfg.mg, decoder=True)
+        return ActionNet(cfg.arch, num_classes, weight_init=cfg.weight_init)
+    mg = cfg.task == "smp" and cfg.mg
+    return MotionNet(cfg.arch, mg=mg, decoder=True, weight_init=cfg.weight_init)
 
 
-def motion_step(model: nn.Module, batch: dict, lam: float) -> StepOutput:
+@dataclass(frozen=True)
+class LossWeights:
+    """The weights of PRP/SMP's loss terms; the defaults are the original's (TrainConfig's)."""
+
+    recon: float = TrainConfig.recon_weight
+    rate: float = TrainConfig.rate_weight
+    mg: float = TrainConfig.mg_weight
+
+
+ORIGINAL_WEIGHTS = LossWeights()
+
+
+def motion_step(
+    model: nn.Module, batch: dict, lam: float, weights: LossWeights = ORIGINAL_WEIGHTS
+) -> StepOutput:
     """One PRP/SMP step's forward and loss, with the CAM mask weighted `lam` (0: PRP's DPAU
     alone); the loop (engine.train_steps) does the backward and the optimiser's step."""
     out = model(to_float(batch["clip"]))  # each rate head's logits, the c5 head's map, recon
     targets = {k: batch[k] for k in ("target_weight", "dpau", "rate")}
     targets["target"] = to_float(batch["target"])  # (B, 3, 2T, H, W): at twice the frame rate
     rate_fc = unwrap(model).rate_heads[0].fc.weight  # (4, C): the c5 head's, for CAM
-    loss, terms = motion_loss(out, targets, lam, rate_fc)
+    loss, terms = motion_loss(out, targets, lam, rate_fc, weights)
     heads = {name: (z, batch["rate"]) for name, z in zip(HEAD_NAMES, out["logits"], strict=False)}
     heads["at_rate"] = heads["rate_c5"]  # the c5 head's accuracy at each rate
     return loss, terms, heads
 
 
 def motion_loss(
-    out: dict, targets: dict, lam: float, rate_fc: torch.Tensor
+    out: dict,
+    targets: dict,
+    lam: float,
+    rate_fc: torch.Tensor,
+    weights: LossWeights = ORIGINAL_WEIGHTS,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PRP/SMP loss (method.md 2-3): the reconstruction error weighted by the motion mask (DPAU
     blended with CAM by `lam`), averaged over each sample's supervised target frames and then
-    over the batch, + 0.1 CE of the c5 head + 0.1 mean CE of the c4, c3, c2 heads.
+    over the batch, + 0.1 CE of the c5 head + 0.1 mean CE of the c4, c3, c2 heads (`weights`).
 
     targets: "target" (B, 3, 2T, H, W) float in [0, 1], "target_weight" (B, 2T) 1 where a
     target frame is supervised, "dpau" (B, 3, 2T, 13, 13), "rate" (B,) rate index. `rate_fc`:
@@ -168,11 +187,11 @@ def motion_loss(
     supervised = weight.flatten(1).sum(1) * 3 * size[1] * size[2]  # (B,)
     recon = (sq_err.flatten(1).sum(1) / supervised.clamp_min(1)).mean()
     ces = [F.cross_entropy(logits.float(), rate) for logits in out["logits"]]
-    loss = recon + 0.1 * ces[0]
+    loss = weights.recon * recon + weights.rate * ces[0]
     terms = {"recon": recon.detach(), "ce": ces[0].detach()}
-    if len(ces) > 1:  # multiple granularity: the c4, c3, c2 heads share one 0.1 weight
+    if len(ces) > 1:  # multiple granularity: the c4, c3, c2 heads share one weight
         ce_mg = torch.stack(ces[1:]).mean()
-        loss = loss + 0.1 * ce_mg
+        loss = loss + weights.mg * ce_mg
         terms["ce_mg"] = ce_mg.detach()
     return loss, terms
 
@@ -190,7 +209,8 @@ def make_step(cfg: TrainConfig, epoch: int, training: bool = True) -> StepFn:
         return supervised_step
     smp_training = cfg.task == "smp" and training
     lam = blend_lambda(cfg.lam_schedule, epoch + 1, cfg.epochs) if smp_training else 0.0
-    return functools.partial(motion_step, lam=lam)
+    weights = LossWeights(cfg.recon_weight, cfg.rate_weight, cfg.mg_weight)
+    return functools.partial(motion_step, lam=lam, weights=weights)
 
 
 def task_metrics(cfg: TrainConfig, num_classes: int) -> MetricCollection:
@@ -284,7 +304,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     """
     validate(cfg)
     if cfg.init_from and not cfg.resume:  # a wrong checkpoint is refused before any data is read
-        load_backbone(build_backbone(cfg.arch), cfg.init_from, cfg.arch)
+        load_backbone(build_backbone(cfg.arch, cfg.weight_init), cfg.init_from, cfg.arch)
     return launch(cfg, Path(cfg.out) if cfg.out else default_out(cfg), pretraining_parts, progress)
 
 

@@ -88,29 +88,47 @@ def test_video_means_and_first_rows() -> None:
 
 def test_bootstrap_spread_over_videos() -> None:
     video = torch.arange(40).repeat_interleave(4)  # 40 videos, 4 clips each
-    assert bootstrap_std(torch.ones(160, dtype=torch.bool), video, seed=0) == 0.0
-    half = torch.arange(160) % 8 < 4  # half the videos right, half wrong
-    spread = bootstrap_std(half, video, seed=0)
+    alone = [str(v) for v in video.tolist()]  # every video its own group: the video bootstrap
+    assert bootstrap_std(torch.ones(160), video, alone, seed=0) == 0.0
+    half = (torch.arange(160) % 8 < 4).float()  # half the videos right, half wrong
+    spread = bootstrap_std(half, video, alone, seed=0)
     assert 0.05 < spread < 0.11  # sqrt(0.25 / 40) = 0.079
-    assert spread == bootstrap_std(half, video, seed=0)
+    assert spread == bootstrap_std(half, video, alone, seed=0)
+
+
+def test_the_bootstrap_resamples_groups_then_videos() -> None:
+    """Videos of one group that are right or wrong together are one draw, not ten: resampling
+    the groups gives the spread a new draw of groups would, wider than the videos' own."""
+    video = torch.arange(40).repeat_interleave(4)  # 40 videos in 4 groups of 10
+    groups = [f"g{v // 10}" for v in video.tolist()]
+    alone = [str(v) for v in video.tolist()]
+    right = (video // 10 < 2).float()  # two groups all right, two all wrong
+    clustered = bootstrap_std(right, video, groups, seed=0)
+    assert clustered > 2.5 * bootstrap_std(right, video, alone, seed=0)
+    assert 0.18 < clustered < 0.32  # sqrt(0.25 / 4) = 0.25
+    # within groups that are each half right, the videos' draw alone makes the spread
+    mixed = (video % 2 == 0).float()
+    assert 0.02 < bootstrap_std(mixed, video, groups, seed=0) < 0.12
 
 
 def test_a_paired_bootstrap_sees_two_rows_on_the_same_videos() -> None:
     """Two models that find the same videos hard: their accuracies move together over draws
     of test videos, so their difference varies much less than either accuracy."""
     g = torch.Generator().manual_seed(0)
-    video = torch.arange(50).repeat_interleave(4)  # 50 videos, 4 clips each
+    video = torch.arange(50).repeat_interleave(4)  # 50 videos, 4 clips each, 10 groups
+    groups = [f"g{v // 5}" for v in video.tolist()]
     easy = torch.rand(50, generator=g) < 0.5  # per video: every clip right, or every clip wrong
     a = easy.repeat_interleave(4)
     b = a.clone()
     b[torch.randperm(200, generator=g)[:10]] ^= True  # 10 clips of 200 differ
-    assert paired_bootstrap_std(a, a.clone(), video, seed=0) == 0.0
-    paired = paired_bootstrap_std(a, b, video, seed=0)
-    assert 0 < paired < 0.3 * min(bootstrap_std(a, video, 0), bootstrap_std(b, video, 0))
+    assert paired_bootstrap_std(a, a.clone(), video, groups, seed=0) == 0.0
+    paired = paired_bootstrap_std(a, b, video, groups, seed=0)
+    alone = min(bootstrap_std(x.float(), video, groups, 0) for x in (a, b))
+    assert 0 < paired < 0.5 * alone
     # against a row of zeros, the difference is the accuracy itself: the same draws
     zeros = torch.zeros(200, dtype=torch.bool)
-    assert paired_bootstrap_std(a, zeros, video, seed=0) == pytest.approx(
-        bootstrap_std(a, video, seed=0)
+    assert paired_bootstrap_std(a, zeros, video, groups, seed=0) == pytest.approx(
+        bootstrap_std(a.float(), video, groups, seed=0)
     )
 
 

@@ -249,10 +249,11 @@ def test_tables_of_a_pipeline_still_running(tmp_path) -> None:
 
 
 def with_items(numbers: dict, correct: list[int]) -> dict:
-    """`numbers` as newer results.json have them: each test item's correctness and video."""
+    """`numbers` with each test item's correctness, video and group, as results.json has them."""
     video = [i // 4 for i in range(len(correct))]  # 4 clips a video, as the speed probe's
+    group = [f"g{v // 3}" for v in video]  # 3 videos a group
     accuracy = sum(correct) / len(correct)
-    return numbers | {"accuracy": accuracy, "correct": correct, "video": video}
+    return numbers | {"accuracy": accuracy, "correct": correct, "video": video, "group": group}
 
 
 def test_differences_to_random_get_a_paired_spread(tmp_path) -> None:
@@ -269,7 +270,7 @@ def test_differences_to_random_get_a_paired_spread(tmp_path) -> None:
     }  # fmt: skip
     text = table1(summary)
     tensors = [torch.tensor(x) for x in (smp["correct"], random["correct"], random["video"])]
-    spread = 100 * paired_bootstrap_std(*tensors, seed=0)
+    spread = 100 * paired_bootstrap_std(*tensors, random["group"], seed=0)
     diff = 100 * (smp["accuracy"] - random["accuracy"])
     raw = text.split("cached features standardised")[0]
     assert f"| SMP | {100 * smp['accuracy']:.1f} ± 2.0 ({diff:+.1f} ± {spread:.1f}) |" in raw
@@ -298,7 +299,7 @@ def test_differences_to_random_get_a_paired_spread(tmp_path) -> None:
     # retrieval: each query's hit at k, paired over the same queries
     as_retrieval = {
         init: {"top_k": {"1": r["accuracy"]}, "top_k_std": {"1": 0.02}, "hits": {"1": r["correct"]},
-               "video": r["video"]}
+               "video": r["video"], "group": r["group"]}
         for init, r in (("random", random), ("smp", smp))
     }  # fmt: skip
     retrieval = retrieval_table(summary | {"retrieve": {"c3d": as_retrieval}})

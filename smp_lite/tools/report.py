@@ -271,7 +271,7 @@ def paired_spread(a: dict, b: dict) -> float | None:
     if "correct" not in a or "correct" not in b or a["video"] != b["video"]:
         return None
     correct_a, correct_b = torch.tensor(a["correct"]), torch.tensor(b["correct"])
-    return paired_bootstrap_std(correct_a, correct_b, torch.tensor(a["video"]), seed=0)
+    return paired_bootstrap_std(correct_a, correct_b, torch.tensor(a["video"]), a["group"], seed=0)
 
 
 def init_rows(summary: dict, kind: str) -> list[str]:
@@ -301,6 +301,34 @@ def energy_row(summary: dict) -> str:
     energy = summary.get(ENERGY)
     randoms = [summary["probe-speed"].get(arch, {}).get("random") for arch in summary["archs"]]
     return f"| {ENERGY_NAME} | " + " | ".join(accuracy_cell(energy, r) for r in randoms) + " |"
+
+
+CEILING_NAMES = {  # tools/synth.rate_ceilings's keys
+    "actor": "Ceiling: the actor's speed",
+    "actor + distractor": "Ceiling: + the distractor's",
+    "actor + distractor + pan": "Ceiling: + the camera's pan",
+}
+
+
+def ceiling_rows(summary: dict) -> list[str]:
+    """A generated dataset's simulated ceilings, one row each, the same in every column."""
+    cells = len(summary["archs"])
+    return [
+        f"| {CEILING_NAMES[name]} | " + " | ".join([f"{100 * value:.1f}"] * cells) + " |"
+        for name, value in summary.get("rate_ceilings", {}).items()
+    ]
+
+
+def ceiling_note(summary: dict) -> list[str]:
+    if not summary.get("rate_ceilings"):
+        return []
+    return [
+        "The ceilings are simulated, no video involved: the best any classifier can do that",
+        "measures exactly the actor's speed, then also the distractor ball's, then also the",
+        "camera's pan, given the ranges the generator draws them from (`tools/synth.py`,",
+        "`rate_ceilings`). A network beats motion energy only by telling these speeds apart.",
+        "",
+    ]
 
 
 def archs_of(summary: dict, kind: str) -> list[str]:
@@ -339,7 +367,9 @@ def table1(summary: dict) -> str:
         *arch_header(summary, "Initialisation"),
         *init_rows(summary, "probe-speed"),
         energy_row(summary),
+        *ceiling_rows(summary),
         "",
+        *ceiling_note(summary),
         "The same linear layer trained on the same cached features standardised (each dimension",
         "less the training clips' mean, over their std; not the seed's protocol). With plain SGD",
         "at one learning rate a layer learns faster on larger features, so the table above ranks",
@@ -454,10 +484,12 @@ def retrieval_table(summary: dict) -> str:
 
 def at_k(numbers: dict | None, k: str) -> dict | None:
     """A retrieval result at top-k in the form of an accuracy: hit rate, its std, and each
-    query's hit and video where results.json has them."""
+    query's hit, video and group."""
     if not numbers:
         return None
-    hits = {"correct": numbers["hits"][k], "video": numbers["video"]} if "hits" in numbers else {}
+    hits = {}
+    if "hits" in numbers:
+        hits = {"correct": numbers["hits"][k], "video": numbers["video"], "group": numbers["group"]}
     return {"accuracy": numbers["top_k"][k], "accuracy_std": numbers["top_k_std"][k], **hits}
 
 

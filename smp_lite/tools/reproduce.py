@@ -434,6 +434,8 @@ def collect(
         "pretrain": {},
         **{kind: {} for kind in EVALUATIONS},
     }
+    if prof.synth:  # how well the rate can be told at all on this data (Table 1's last rows)
+        summary["rate_ceilings"] = synth.rate_ceilings(synth.PRESETS[prof.synth])
     for step in [s for s in steps if is_done(s, records, runs)]:
         out = runs / step.name
         if step.kind == "pretrain":

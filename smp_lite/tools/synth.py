@@ -4,13 +4,15 @@ Each video shows a stick figure, two balls, a flying distractor and sometimes a 
 over a textured background that a camera may pan across. The class is defined, as in real action
 datasets, by WHAT moves and HOW: the figure waves, claps, does jumping jacks, squats, walks or
 boxes; juggles, dribbles, throws or kicks a ball; or stands by while a ball rolls past or two
-balls collide. Appearance (background, colours, camera style) is drawn per group and shared by
-all classes of that group, so no class can be told from a single frame's look, and the test
-groups show appearances never seen in training. Every video has its own natural speed, drawn
-log-uniformly over a factor ~6 and with the same distribution for every class, so how fast
-things move says little about the playback rate on its own.
+balls collide. As in UCF101, the clips of a group share a look (background, colours, camera),
+each class's groups have looks of their own, and the test groups show looks never seen in
+training. Every video has its own natural speed, drawn log-uniformly over a factor 2.7 (a
+tempo that varies from person to person) and with the same distribution for every class; the
+camera pans and the distractor ball move at speeds of their own, spread wider, so a clip's
+motion energy tells its playback rate less well than the actor's own motion does
+(`rate_ceilings`, docs/data.md).
 
-    from smp_lite.synth import synthesize
+    from smp_lite.tools.synth import synthesize
     root = synthesize("data/synth")  # root/videos, root/classInd.txt, root/trainlist01.txt, ...
 """
 
@@ -34,7 +36,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .. import __version__
-from ..config import DEFAULT_DATA
+from ..config import DEFAULT_DATA, RATES
 from ..harness.errors import DataError
 from ..harness.runtime import Runtime
 
@@ -54,18 +56,22 @@ class SynthConfig:
     height: int = 120  # every length in a scene scales with the height
     width: int = 160
     fps: int = 25
-    # natural speed, log-uniform, the same for every class: 3.2 octaves against the rates' 1
-    # octave apart, so a clip's motion energy alone does not give its playback rate away
-    speed_range: tuple[float, float] = (0.33, 3.0)
+    # natural speed, log-uniform, the same for every class: 1.4 octaves against the rates' 1
+    # octave apart, so the actor's speed tells the rate 79% of the time at best (rate_ceilings)
+    speed_range: tuple[float, float] = (0.6, 1.6)
     period: float = 24.0  # frames per cycle of an action at natural speed 1 and height 120
     static_camera: float = 0.4  # share of groups filmed by a still camera; the rest pan
     # a panning group's camera speed, px/frame at 120, log-uniform: spread as widely as the
     # actions' speeds, else a panned background's motion energy gives the playback rate away
     pan_px: tuple[float, float] = (0.15, 1.5)
+    pan_jitter: tuple[float, float] = (0.7, 1.3)  # a video's pan: its group's times this, uniform
+    # the distractor ball's own speed, px/frame at 120, log-uniform, independent of the actor's
+    distractor_px: tuple[float, float] = (0.3, 2.0)
     occluder: float = 0.5  # share of videos with a foreground pole
     crf: int = 18
     gop: int = 32  # keyframe interval: cheap random access
     grain: float = 0.2  # amplitude of the backgrounds' fine detail, which shows the camera motion
+    limb: float = 0.045  # the figure's limb half-thickness, in figure heights
 
 
 PRESETS: dict[str, SynthConfig] = {
@@ -80,7 +86,7 @@ PRESETS: dict[str, SynthConfig] = {
 # frame's height. Shoulders and hips sit a little off the body's axis.
 FIGURE = 0.65
 HEAD, NECK, TORSO, UPPER_ARM, FOREARM, THIGH, SHIN = 0.09, 0.03, 0.32, 0.18, 0.17, 0.22, 0.22
-LIMB, SHOULDER, HIP = 0.045, 0.07, 0.05  # limb half-thickness, shoulder and hip half-widths
+SHOULDER, HIP = 0.07, 0.05  # shoulder and hip half-widths
 BALL = 0.1  # ball radius
 
 
@@ -98,7 +104,7 @@ def render_video(
     T, H, W = cfg.frames, cfg.height, cfg.width
     unit = H / 120  # px at this height per px at the reference height 120
     speed = log_uniform(rng, cfg.speed_range)
-    pan = look["pan"] * float(rng.uniform(0.7, 1.3)) * unit
+    pan = look["pan"] * float(rng.uniform(*cfg.pan_jitter)) * unit
     direction = float(rng.uniform(0, 2 * np.pi))
     frames = pan_camera(look["background"], pan, direction, T, H, W)  # (T, H, W, 3)
     scene = act(class_name, rng, cfg, speed)
@@ -106,7 +112,7 @@ def render_video(
     draw_ball(frames, fly, look["distractor"], look["distractor"] * 0.6)
     for ball, colour in zip(scene["balls"], look["balls"], strict=True):
         draw_ball(frames, ball, colour, torch.ones(3))
-    draw_figure(frames, scene["joints"], FIGURE * H * LIMB, look["figure"], look["head"])
+    draw_figure(frames, scene["joints"], FIGURE * H * cfg.limb, look["figure"], look["head"])
     pole = bool(rng.random() < cfg.occluder)
     if pole:  # fixed in the world: moves across the screen with the camera
         x = rng.uniform(0.1, 0.9) * W - math.cos(direction) * pan * (np.arange(T) - (T - 1) / 2)
@@ -119,7 +125,8 @@ def render_video(
 def draw_look(rng: np.random.Generator, cfg: SynthConfig) -> dict:
     """A group's appearance, shared by all its classes: background, colours, camera speed."""
     pan = 0.0 if rng.random() < cfg.static_camera else log_uniform(rng, cfg.pan_px)
-    reach = math.ceil(pan * 1.3 * cfg.height / 120 * (cfg.frames - 1)) + 2  # px the camera travels
+    fastest = pan * cfg.pan_jitter[1] * cfg.height / 120
+    reach = math.ceil(fastest * (cfg.frames - 1)) + 2  # px the camera travels
     background, kind = make_background(
         rng, cfg.height + reach, cfg.width + reach, cfg.grain
     )  # fmt: skip
@@ -388,7 +395,7 @@ BALLS = {
 def flight(rng: np.random.Generator, cfg: SynthConfig) -> tuple:
     """The distractor: a small ball crossing the upper frame at its own steady speed."""
     T, H, W = cfg.frames, cfg.height, cfg.width
-    v = log_uniform(rng, (0.3, 2.0)) * H / 120 * rng.choice([-1, 1])
+    v = log_uniform(rng, cfg.distractor_px) * H / 120 * rng.choice([-1, 1])
     x = rng.uniform(0, W) + v * np.arange(T)
     y = rng.uniform(0.1, 0.3) * H + rng.uniform(-0.1, 0.1) * np.arange(T) * H / 120
     return np.stack([x, y], -1), 0.03 * H, np.zeros(T)
@@ -647,7 +654,7 @@ def generate_videos(
 
 def make_video(job: tuple[str, int, int], root: Path, cfg: SynthConfig, seed: int) -> dict:
     name, group, clip = job
-    look = draw_look(np.random.default_rng([seed, group]), cfg)  # the same for every class
+    look = draw_look(look_rng(seed, name, group), cfg)
     frames, info = render_video(name, look, video_rng(seed, name, group, clip), cfg)
     path = f"{name}/v_{name}_g{group:02d}_c{clip:02d}.mp4"
     write_video(root / "videos" / path, frames, cfg.fps, cfg.crf, cfg.gop)
@@ -655,6 +662,13 @@ def make_video(job: tuple[str, int, int], root: Path, cfg: SynthConfig, seed: in
     label = cfg.classes.index(name) + 1
     record = {"path": path, "class": name, "label": label, "group": group, "clip": clip}
     return record | {"split": split, "frames": len(frames)} | info
+
+
+def look_rng(seed: int, class_name: str, group: int) -> np.random.Generator:
+    """The RNG of a group's look in one class: as in UCF101, a group (one actor, scene and
+    camera) is its own in each class, so training sees 12x as many looks as groups, and a
+    network cannot learn a rate by remembering each look's motion energy."""
+    return np.random.default_rng([seed, zlib.crc32(class_name.encode()), group, 0])  # clips: 1..
 
 
 def video_rng(seed: int, class_name: str, group: int, clip: int) -> np.random.Generator:
@@ -670,6 +684,54 @@ def write_lists(root: Path, cfg: SynthConfig, records: list[dict]) -> None:
     (root / "trainlist01.txt").write_text("\n".join(train) + "\n")
     test = [r["path"] for r in records if r["split"] == "test"]
     (root / "testlist01.txt").write_text("\n".join(test) + "\n")
+
+
+# -----------------------------------------------------------------------------
+# how well the playback rate can be told at all
+
+
+def rate_ceilings(cfg: SynthConfig, samples: int = 200_000, seed: int = 0) -> dict[str, float]:
+    """The best accuracy any classifier of the 4 playback rates can reach on `cfg`'s videos
+    when it measures exactly the speed of: the actor alone; the actor and the distractor ball;
+    both and the camera pan (in the groups that pan). Simulated: a clip at rate r shows each
+    speed times r, so a speed tells r only as far as its natural range allows; the ideal
+    observer picks the rate most likely under every measured speed (ties shared). The rest of
+    the clip (the balls, the pole) follows the actor or the camera and adds nothing."""
+    rng = np.random.default_rng(seed)
+    log_rates = np.log(np.array(RATES, dtype=np.float64))
+    rate = rng.integers(len(log_rates), size=samples)
+
+    def log_speeds(bounds: tuple[float, float], jitter: tuple[float, float] | None = None):
+        speeds = rng.uniform(*np.log(bounds), size=samples)
+        return speeds + np.log(rng.uniform(*jitter, size=samples)) if jitter else speeds
+
+    cues = [
+        ("actor", log_speeds(cfg.speed_range), np.ones(samples, bool)),
+        ("actor + distractor", log_speeds(cfg.distractor_px), np.ones(samples, bool)),
+        ("actor + distractor + pan", log_speeds(cfg.pan_px, cfg.pan_jitter),
+         rng.random(samples) >= cfg.static_camera),
+    ]  # fmt: skip
+    posterior, result = np.ones((samples, len(log_rates))), {}
+    for name, natural, seen in cues:
+        density = histogram_density(natural)  # of log speed, from the draws themselves
+        observed = natural + log_rates[rate]
+        likelihood = np.stack([density(observed - lr) for lr in log_rates], 1)
+        posterior *= np.where(seen[:, None], likelihood, 1.0)
+        best = posterior >= posterior.max(1, keepdims=True) * (1 - 1e-9)
+        result[name] = float(np.mean(best[np.arange(samples), rate] / best.sum(1)))
+    return result
+
+
+def histogram_density(x: np.ndarray, bins: int = 400):
+    """The density of the samples `x` as a step function (0 outside their range)."""
+    counts, edges = np.histogram(x, bins=bins, density=True)
+
+    def density(v: np.ndarray) -> np.ndarray:
+        i = np.searchsorted(edges, v, side="right") - 1
+        inside = (i >= 0) & (i < bins)
+        return np.where(inside, counts[np.clip(i, 0, bins - 1)], 0.0)
+
+    return density
 
 
 # -----------------------------------------------------------------------------
