@@ -152,12 +152,12 @@ def data_check(
 # The --help panels, in order, and the settings each shows (of the commands that have them);
 # the commands' own options (--progress) go to Run.
 PANELS = {
-    "Task": "arch task target init init_from preset".split(),
+    "Task": "arch weight_init task target init init_from preset".split(),
     "Data": "data split val_fraction".split(),
     "Clips": "clip_len resize crop train_crop clips_per_video train_views test_views".split(),
     "Optimisation": "epochs batch_size lr head_lr_scale momentum weight_decay schedule "
     "warmup_epochs plateau_patience lr_step_epoch precise_bn".split(),
-    "SMP": "lam_schedule mg".split(),
+    "Losses": "recon_weight rate_weight mg_weight lam_schedule mg".split(),
     "Probe": "features standardize refit_bn".split(),
     "Hardware": "workers device precision channels_last compile".split(),
     "Run": "out seed resume overwrite save_every limit_batches".split(),

@@ -418,12 +418,14 @@ def test_help_shows_every_setting_with_its_default_from_the_config() -> None:
 
 def test_help_groups_the_options_in_panels_and_shows_the_choices() -> None:
     panels = help_panels("pretrain")
-    titles = ["Options", "Task", "Data", "Clips", "Optimisation", "SMP", "Hardware", "Run"]
+    titles = ["Options", "Task", "Data", "Clips", "Optimisation", "Losses", "Hardware", "Run"]
     assert list(panels) == titles
     assert "--arch" in panels["Task"] and f"[{'|'.join(ARCHS)}]" in panels["Task"]
     assert "[smp|prp|supervised]" in panels["Task"] and "[paper|quick]" in panels["Task"]
-    assert "--lam-schedule" in panels["SMP"] and "--mg" in panels["SMP"]
-    assert "[exp|log|sigmoid|plinear|linear|dpau|cam]" in panels["SMP"]
+    assert "--lam-schedule" in panels["Losses"] and "--mg " in panels["Losses"]
+    assert "--rate-weight" in panels["Losses"] and "--mg-weight" in panels["Losses"]
+    assert "[exp|log|sigmoid|plinear|linear|dpau|cam]" in panels["Losses"]
+    assert "[pytorch|torchvision|zero-residual]" in panels["Task"]
     assert "[plateau|cosine]" in panels["Optimisation"] and "--lr " in panels["Optimisation"]
     assert "[random|center]" in panels["Clips"]
     assert "[auto|bf16|fp16|fp32]" in panels["Hardware"]
@@ -431,7 +433,7 @@ def test_help_groups_the_options_in_panels_and_shows_the_choices() -> None:
     assert "--no-progress" in panels["Run"] and "--resume" in panels["Run"]
     assert "STR " not in "".join(panels.values())  # every text setting says what it takes
     probe = help_panels("probe")
-    assert "SMP" not in probe and "[speed|action]" in probe["Task"]
+    assert "Losses" not in probe and "[speed|action]" in probe["Task"]
     for option in ("--features", "--standardize", "--refit-bn"):
         assert option in probe["Probe"], option
 

@@ -52,7 +52,8 @@ def test_a_standardised_probe_sees_what_tiny_features_hold(tmp_path) -> None:
         return {"output": 1e-3 * features, "label": labels, "rate": labels,
                 "video": torch.arange(n)}  # fmt: skip
 
-    cached = {"train": split(256), "test": split(128), "views_dropped": {"train": 0, "test": 0}}
+    cached = {"train": split(256), "test": split(128), "views_dropped": {"train": 0, "test": 0},
+              "test_groups": [f"g{v % 8}" for v in range(128)]}  # fmt: skip
     accuracy = {}
     for standardize in (False, True):
         (tmp_path / str(standardize)).mkdir()

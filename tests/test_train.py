@@ -16,6 +16,7 @@ from threading import Event
 import pytest
 import torch
 from torchmetrics.classification import MulticlassAccuracy
+from video_files import write_ucf_layout
 
 import smp_lite.tools.synth
 import smp_lite.train
@@ -306,9 +307,9 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
 ):
     calls, motion_step = [], smp_lite.train.motion_step
 
-    def nan_at_step_3(model, batch, lam):
+    def nan_at_step_3(model, batch, lam, weights):
         calls.extend([1] if model.training else [])  # count training steps only
-        loss, terms, heads = motion_step(model, batch, lam)
+        loss, terms, heads = motion_step(model, batch, lam, weights)
         return (loss * math.nan if len(calls) == 3 else loss), terms, heads
 
     monkeypatch.setattr(smp_lite.train, "motion_step", nan_at_step_3)
@@ -323,11 +324,11 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
 def test_sigterm_stops_after_the_step_with_last_pt_saved(ucf_tiny, tmp_path, monkeypatch):
     calls, motion_step = [], smp_lite.train.motion_step
 
-    def terminated_in_step_2(model, batch, lam):
+    def terminated_in_step_2(model, batch, lam, weights):
         calls.extend([1] if model.training else [])
         if len(calls) == 2:
             os.kill(os.getpid(), signal.SIGTERM)  # e.g. a cluster's time limit
-        return motion_step(model, batch, lam)
+        return motion_step(model, batch, lam, weights)
 
     monkeypatch.setattr(smp_lite.train, "motion_step", terminated_in_step_2)
     cfg = tiny_config(ucf_tiny, tmp_path / "run", batch_size=2, limit_batches=0, save_every=0)
@@ -467,9 +468,9 @@ def test_non_finite_gradients_stop_before_they_reach_the_weights(
 ) -> None:
     calls, motion_step = [], smp_lite.train.motion_step
 
-    def nan_gradients_at_step_3(model, batch, lam):
+    def nan_gradients_at_step_3(model, batch, lam, weights):
         calls.extend([1] if model.training else [])
-        loss, terms, heads = motion_step(model, batch, lam)
+        loss, terms, heads = motion_step(model, batch, lam, weights)
         if len(calls) == 3:  # + 0 * sqrt(|w - w|^2): a finite loss whose gradient is NaN
             w = next(model.parameters())
             loss = loss + 0.0 * torch.sqrt((w - w.detach()).pow(2).sum())
@@ -484,17 +485,19 @@ def test_non_finite_gradients_stop_before_they_reach_the_weights(
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
-def test_validation_under_torchrun_counts_each_clip_once(ucf_tiny, tmp_path) -> None:
-    """3 held-out videos over 2 ranks: the validation row equals a single-process evaluation
-    of the validated weights (last.pt), clip for clip."""
+def test_validation_under_torchrun_counts_each_clip_once(tmp_path) -> None:
+    """3 held-out videos (one group of 3 classes) over 2 ranks: the validation row equals a
+    single-process evaluation of the validated weights (last.pt), clip for clip."""
+    groups = {"train": [2, 3, 4, 5], "test": [1]}
+    ucf_tiny = write_ucf_layout(tmp_path / "data", ["A", "B", "C"], groups)
     out = tmp_path / "run"
-    options = ["--task", "supervised", "--epochs", "1", "--val-fraction", "0.375"]
+    options = ["--task", "supervised", "--epochs", "1", "--val-fraction", "0.25"]
     done = torchrun(tiny_pretrain_args(ucf_tiny, out, *options), tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     row = read_metrics(out)[0]
     assert row["val_clips"] == 3  # not 4: no clip is repeated to even the shards
 
-    cfg = tiny_config(ucf_tiny, tmp_path / "x", task="supervised", val_fraction=0.375)
+    cfg = tiny_config(ucf_tiny, tmp_path / "x", task="supervised", val_fraction=0.25)
     cfg = replace(cfg, batch_size=2, limit_batches=0)
     runtime = Runtime(torch.device("cpu"), "fp32", False)
     index = load_index(ucf_tiny)
