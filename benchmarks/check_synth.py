@@ -1,7 +1,7 @@
-"""Is the generated dataset a well-posed stand-in for UCF101? Four checks, figures in
-docs/synth_checks.md:
+"""Is the generated dataset a well-posed stand-in for UCF101? Five checks; the script exits 1,
+naming what failed, when the data is not well posed (figures in docs/data.md):
 
-    python benchmarks/check_synth.py [--data data/synth] [--write docs/synth_checks.md]
+    python benchmarks/check_synth.py [--data data/synth] [--write FILE.md]
 
 1. The natural speed has the same distribution in every class (quartiles per class).
 2. Class motion at the trained size (48 px high): how fast the figure's joints and the balls
@@ -12,6 +12,9 @@ docs/synth_checks.md:
 4. A tiny 3D CNN trained on the action labels from (a) RGB clips, (b) their frame differences,
    (c) one frame repeated 16 times (appearance only). The actions must be learnable from motion
    and not from a single frame's look; RGB must not find a shortcut the differences lack.
+5. The simulated rate ceilings (`synth.rate_ceilings`): the best accuracy from the actor's speed
+   alone, adding the distractor's, adding the pan's. The rate must be learnable well beyond
+   motion energy: the full ceiling at least 20 points above it.
 """
 
 from __future__ import annotations
@@ -28,12 +31,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from smp_lite.data import RATES, VideoDataset, to_float
+from smp_lite.data import RATES, VideoDataset
+from smp_lite.harness.batches import to_float
 from smp_lite.index import load_index
-from smp_lite.tools.synth import PRESETS, act, video_rng
+from smp_lite.tools.synth import PRESETS, act, rate_ceilings, video_rng
 
 SIZE = (48, 64)  # the quick preset's resize: what make reproduce trains on
 CROP = 48
+ENERGY_TARGET = 0.45  # above it, one number per clip tells the rate about as well as a network
+CEILING_MARGIN = 0.20  # the rate must be learnable this far beyond motion energy
 
 
 def speed_quartiles(meta: dict) -> dict[str, tuple[float, float, float]]:
@@ -158,7 +164,8 @@ def cnn_accuracy(train, test, how: str, classes: int, epochs: int, seed: int = 0
     return tuple(s.float().mean().item() for s in scores)
 
 
-def report(data: str, epochs: int) -> str:
+def report(data: str, epochs: int) -> tuple[str, list[str]]:
+    """The report's text and what makes the data ill posed (empty when it is well posed)."""
     meta = json.loads(Path(data, "meta.json").read_text())
     index = load_index(data)
     t0 = time.perf_counter()
@@ -179,17 +186,30 @@ def report(data: str, epochs: int) -> str:
     lines += [
         f"Test accuracy of the 1-D logistic regression: **{100 * energy:.1f}%** (chance 25%)."
     ]
+    failures = []
+    if energy > ENERGY_TARGET:
+        failures.append(f"motion energy tells the rate at {100 * energy:.1f}% (target <= 45%)")
+    ceilings = rate_ceilings(PRESETS[meta["preset"]])
+    lines += ["", "## 5. Rate ceilings (ideal observer of each speed, simulated)", ""]
+    lines += ["| what is measured | best accuracy |", "|---|---|"]
+    lines += [f"| {name} | {100 * value:.1f}% |" for name, value in ceilings.items()]
+    if max(ceilings.values()) < energy + CEILING_MARGIN:
+        failures.append(f"the rate is too ambiguous: ceiling {100 * max(ceilings.values()):.1f}%")
     train = clips(index.train, "clip", 4)
     test = clips(index.test, "clip", 3)
     lines += ["", f"## 4. A tiny 3D CNN on the action labels ({epochs} epochs, per clip)", ""]
     lines += ["| input | train accuracy | test accuracy |", "|---|---|---|"]
+    tested = {}
     for how in INPUTS:
         tr, te = cnn_accuracy(train, test, how, len(index.classes), epochs)
+        tested[how] = te
         lines.append(f"| {how} | {100 * tr:.1f}% | {100 * te:.1f}% |")
         print(lines[-1], flush=True)
+    if tested["one frame repeated"] >= tested["frame differences"]:
+        failures.append("one frame tells the action as well as the motion does")
     chance = 100 / len(index.classes)
     lines += ["", f"Chance is {chance:.1f}%. Took {(time.perf_counter() - t0) / 60:.1f} min."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n", failures
 
 
 def main() -> None:
@@ -198,10 +218,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--write", type=Path, help="also write the report to this file")
     args = parser.parse_args()
-    text = report(args.data, args.epochs)
+    text, failures = report(args.data, args.epochs)
     print(text)
     if args.write:
         args.write.write_text(text)
+    if failures:
+        raise SystemExit("not well posed: " + "; ".join(failures))
 
 
 if __name__ == "__main__":

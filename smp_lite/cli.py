@@ -30,7 +30,7 @@ from .config import (
     RetrieveConfig,
     TrainConfig,
 )
-from .harness.errors import DataError, RunInterrupted, TrainError
+from .errors import DataError, RunInterrupted, TrainError
 
 app = typer.Typer(
     help="Self-supervised motion perception (SMP) and playback-rate perception (PRP) for video.",
@@ -401,7 +401,10 @@ def interruptible(
     ctx: typer.Context, run: Callable, cfg: object, progress: bool, chosen: dict | None = None
 ) -> dict:
     """`run(cfg)`; on Ctrl-C or SIGTERM, print how to go on (with the options in `chosen`,
-    picked for the user) and exit 130."""
+    picked for the user) and exit 130. The default dataset is generated first if missing."""
+    from .tools.synth import ensure_default_dataset
+
+    ensure_default_dataset(cfg.data)
     try:
         return run(cfg, progress=progress)
     except RunInterrupted as stopped:

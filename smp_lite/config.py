@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from .harness.errors import ConfigError
+from .errors import ConfigError
 
 ARCHS: tuple[str, ...] = ("c3d", "r3d10", "r21d10", "r3d18", "r21d18")  # models.build_backbone
 RATES = (1, 2, 4, 8)  # playback rates: frame steps of a sampled clip (data.sample_dilated_clip)

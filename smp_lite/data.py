@@ -6,7 +6,8 @@ One dataset class, `VideoDataset`, serves every task. Its `mode` picks what a sa
   random rate s in {1, 2, 4, 8}, its 32-frame twice-as-dense reconstruction target with the
   supervision flags, and the low-resolution difference motion mask (DPAU);
 - "clip": 16 consecutive frames and the action label (supervised pretraining, fine-tuning).
-Frames travel as uint8 and become floats in [0, 1] on the training device (`to_float`).
+Frames travel as uint8 and become floats in [0, 1] on the training device
+(`harness.batches.to_float`).
 
 Real datasets have flawed files. A video that cannot be decoded, or that has fewer than
 clip_len + 1 frames (17 for 16-frame clips: not even rate 1 fits), is skipped: the dataset draws
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -32,13 +33,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 # isort: split
 import decord  # after torch: decord's CUDA NVBLAS would take over torch's CPU BLAS and crash
 
 from .config import RATES
-from .harness.errors import DataError
+from .errors import DataError
 from .index import Video
 from .masks import motion_mask_dpau
 
@@ -423,55 +424,3 @@ def check_rates_fit(
                 f"no training video has the {need(rate)} frames playback rate {rate} needs "
                 f"(the longest has {max(frames)}): use shorter clips (--clip-len) or longer videos"
             )
-
-
-def to_float(clip: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, T, H, W) -> float in [0, 1]; no mean/std normalisation (method.md 1)."""
-    return clip.float().div_(255)
-
-
-class EpochSampler(Sampler):
-    """Yields `(index, epoch)` keys: a permutation per epoch from (seed, epoch), sharded over
-    `world_size` ranks, starting `skip` keys in. Training pads the shards by repeating keys so
-    every rank takes as many steps (DDP needs it); evaluation (pad=False) gives each key to one
-    rank only, so every clip counts once.
-
-    With `repeats` = K > 1 (repeated sampling, training only) each index comes K times in a row,
-    as `(index, epoch)` then `(index, epoch, k)` for k = 1..K-1: K clips of one video, drawn
-    independently, that `VideoDataset` decodes in one pass when they share a batch. An epoch
-    is then K times as long."""
-
-    def __init__(
-        self,
-        n: int,
-        seed: int = 0,
-        shuffle: bool = True,
-        rank: int = 0,
-        world_size: int = 1,
-        pad: bool = True,
-        repeats: int = 1,
-    ) -> None:
-        self.n, self.seed, self.shuffle, self.pad = n, seed, shuffle, pad
-        self.rank, self.world_size, self.repeats = rank, world_size, repeats
-        self.epoch, self.skip = 0, 0
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.epoch, self.skip = epoch, skip
-
-    def __len__(self) -> int:
-        if self.pad:
-            return -(-self.n // self.world_size) * self.repeats - self.skip
-        return len(range(self.rank, self.n, self.world_size)) * self.repeats - self.skip
-
-    def __iter__(self) -> Iterator[tuple[int, ...]]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
-        if self.pad:
-            per_rank = -(-self.n // self.world_size)
-            order += order[: per_rank * self.world_size - self.n]
-        mine = order[self.rank :: self.world_size]  # whole videos per rank, then the repeats
-        keys = [(i, self.epoch, *([k] if k else [])) for i in mine for k in range(self.repeats)]
-        return iter(keys[self.skip :])

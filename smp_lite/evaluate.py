@@ -48,10 +48,11 @@ from .config import (
     RetrieveConfig,
     check_settings,
 )
-from .data import EpochSampler, VideoDataset, to_float
+from .data import VideoDataset
+from .errors import ConfigError
+from .harness.batches import EpochSampler, to_float
 from .harness.checkpoint import BEST, CONFIG, LAST, load_backbone
 from .harness.engine import Run, loss_metrics, make_loader, opening_line, say
-from .harness.errors import ConfigError
 from .harness.folders import write_results, write_run_folder
 from .harness.launch import Parts, launch, started
 from .harness.runtime import Runtime, unwrap

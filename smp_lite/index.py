@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .harness.errors import DataError
+from .errors import DataError
 
 
 @dataclass(frozen=True)

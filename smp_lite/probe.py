@@ -34,7 +34,8 @@ from torch import nn
 from tqdm import tqdm
 
 from .config import MOTION_ENERGY, RATES, ProbeConfig
-from .data import EpochSampler, VideoDataset
+from .data import VideoDataset
+from .errors import ConfigError, DataError
 from .evaluate import (
     BackboneFeature,
     FeatureSet,
@@ -51,9 +52,9 @@ from .evaluate import (
     test_groups,
     video_mean,
 )
+from .harness.batches import EpochSampler
 from .harness.checkpoint import CONFIG, FEATURES, RunState
 from .harness.engine import Run, StepOutput, make_loader, precise_bn, training_clips
-from .harness.errors import ConfigError, DataError
 from .harness.launch import Parts, launch
 from .harness.runtime import Runtime, unwrap
 from .index import load_index

@@ -41,10 +41,11 @@ from .config import (
     TrainConfig,
     check_settings,
 )
-from .data import VideoDataset, to_float
+from .data import VideoDataset
+from .errors import ConfigError, DataError
+from .harness.batches import to_float
 from .harness.checkpoint import load_backbone
 from .harness.engine import StepFn, StepOutput, loss_metrics
-from .harness.errors import ConfigError, DataError
 from .harness.launch import Parts, launch
 from .harness.runtime import Runtime, unwrap
 from .index import load_index, split_by_group

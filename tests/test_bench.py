@@ -5,7 +5,7 @@ from typer.testing import CliRunner
 
 from smp_lite.cli import app
 from smp_lite.config import BenchConfig
-from smp_lite.harness.errors import ConfigError
+from smp_lite.errors import ConfigError
 from smp_lite.tools.bench import SECTION_END, SECTION_START, bench, format_report, write_section
 
 

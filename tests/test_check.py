@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from smp_lite.cli import app
-from smp_lite.harness.errors import DataError
+from smp_lite.errors import DataError
 from smp_lite.tools.check import check_dataset, format_report
 
 runner = CliRunner()

@@ -8,13 +8,13 @@ import torch
 from test_train import tiny_config
 
 import smp_lite.harness.checkpoint
+from smp_lite.errors import TrainError
 from smp_lite.harness.checkpoint import (
     CHECKPOINT_FORMAT,
     load_backbone,
     load_checkpoint,
     save_checkpoint,
 )
-from smp_lite.harness.errors import TrainError
 from smp_lite.models import ActionNet, MotionNet, build_backbone
 from smp_lite.train import train
 

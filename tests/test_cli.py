@@ -16,10 +16,12 @@ import torch
 from typer.testing import CliRunner
 
 import smp_lite.probe
+import smp_lite.tools.synth
 from smp_lite import evaluate
 from smp_lite.cli import PANELS, app
 from smp_lite.config import (
     ARCHS,
+    DEFAULT_DATA,
     PRESETS,
     BenchConfig,
     FinetuneConfig,
@@ -28,6 +30,7 @@ from smp_lite.config import (
     TrainConfig,
     check_settings,
 )
+from smp_lite.errors import ConfigError, RunInterrupted
 from smp_lite.harness import engine
 from smp_lite.harness.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -35,9 +38,9 @@ from smp_lite.harness.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from smp_lite.harness.errors import ConfigError, RunInterrupted
 from smp_lite.harness.folders import read_metrics, write_run_folder
 from smp_lite.models import MotionNet
+from smp_lite.tools.synth import synthesize
 
 runner = CliRunner()
 
@@ -134,6 +137,22 @@ TINY = [
     "fp32",
     "--no-progress",
 ]
+
+
+def test_pretrain_with_no_data_given_generates_the_default_dataset(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    made = []
+
+    def tiny_synthesize(out):  # the tiny preset: the default one takes minutes
+        made.append(out)
+        return synthesize(out, preset="tiny", progress=False)
+
+    monkeypatch.setattr(smp_lite.tools.synth, "synthesize", tiny_synthesize)
+    result = runner.invoke(app, ["pretrain", *TINY, "--limit-batches", "1", "--out", "run"])
+    assert result.exit_code == 0, result.output
+    assert made == [DEFAULT_DATA] and (tmp_path / DEFAULT_DATA / "classInd.txt").is_file()
+    assert "generating the default one in data/synth" in result.output
+    assert len(read_metrics(tmp_path / "run")) == 1
 
 
 def test_pretrain_end_to_end(ucf_tiny, tmp_path) -> None:

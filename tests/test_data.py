@@ -15,7 +15,6 @@ from video_files import distinct_frames, write_ucf_layout
 from smp_lite import data as data_module
 from smp_lite.config import RATES
 from smp_lite.data import (
-    EpochSampler,
     VideoDataset,
     allowed_rates,
     open_video,
@@ -23,8 +22,9 @@ from smp_lite.data import (
     resize_frames,
     sample_dilated_clip,
 )
+from smp_lite.errors import DataError
+from smp_lite.harness.batches import EpochSampler
 from smp_lite.harness.checkpoint import load_checkpoint
-from smp_lite.harness.errors import DataError
 from smp_lite.index import load_index, split_by_group
 from smp_lite.train import train
 

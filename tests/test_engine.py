@@ -11,7 +11,7 @@ import torch
 from test_train import tiny_config, torchrun
 from torchmetrics import MeanMetric, MetricCollection
 
-from smp_lite.data import EpochSampler
+from smp_lite.harness.batches import EpochSampler
 from smp_lite.harness.checkpoint import RunState, load_checkpoint
 from smp_lite.harness.engine import (
     format_row,

@@ -11,6 +11,7 @@ from torchmetrics.retrieval import RetrievalHitRate
 from typer.testing import CliRunner
 
 from smp_lite.cli import app
+from smp_lite.errors import ConfigError
 from smp_lite.evaluate import (
     TOP_K,
     bootstrap_std,
@@ -25,7 +26,6 @@ from smp_lite.evaluate import (
     retrieve,
     video_mean,
 )
-from smp_lite.harness.errors import ConfigError
 from smp_lite.harness.folders import json_text, read_metrics
 from smp_lite.index import DatasetIndex, Video, load_index
 from smp_lite.probe import probe

@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
+from smp_lite.errors import TrainError
 from smp_lite.harness.checkpoint import RunState, save_run
-from smp_lite.harness.errors import TrainError
 from smp_lite.harness.folders import read_metrics, run_folder
 
 # ---------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from smp_lite.harness.errors import DataError
+from smp_lite.errors import DataError
 from smp_lite.index import load_index, split_by_group
 
 

@@ -15,6 +15,7 @@ from test_evaluate import TINY
 
 from smp_lite.config import RATES
 from smp_lite.data import VideoDataset
+from smp_lite.errors import ConfigError, DataError
 from smp_lite.evaluate import (
     BackboneFeature,
     clip_dataset,
@@ -24,7 +25,6 @@ from smp_lite.evaluate import (
     make_eval_config,
 )
 from smp_lite.harness.engine import fit
-from smp_lite.harness.errors import ConfigError, DataError
 from smp_lite.harness.folders import read_metrics
 from smp_lite.harness.launch import new_run
 from smp_lite.harness.runtime import make_runtime

@@ -8,8 +8,8 @@ import torch
 from typer.testing import CliRunner
 
 from smp_lite.cli import app
+from smp_lite.errors import TrainError
 from smp_lite.evaluate import paired_bootstrap_std
-from smp_lite.harness.errors import TrainError
 from smp_lite.harness.folders import append_metrics, read_metrics, write_results, write_run_folder
 from smp_lite.tools.report import (
     plot_curves,

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 import smp_lite.tools.reproduce
 from smp_lite.cli import app
+from smp_lite.errors import ConfigError, DataError
 from smp_lite.harness.checkpoint import BEST, LAST, RESULTS
-from smp_lite.harness.errors import ConfigError, DataError
 from smp_lite.tools.reproduce import (
     EVALUATIONS,
     INITS,

@@ -21,7 +21,6 @@ from video_files import write_ucf_layout
 import smp_lite.tools.synth
 import smp_lite.train
 from smp_lite.config import (
-    DEFAULT_DATA,
     KEPT_ON_RESUME,
     RATES,
     FinetuneConfig,
@@ -29,16 +28,15 @@ from smp_lite.config import (
     TrainConfig,
 )
 from smp_lite.data import VideoDataset
+from smp_lite.errors import ConfigError, DataError, RunInterrupted, TrainError
 from smp_lite.harness.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from smp_lite.harness.engine import evaluate_batches, metrics_row
-from smp_lite.harness.errors import ConfigError, DataError, RunInterrupted, TrainError
 from smp_lite.harness.folders import read_metrics
 from smp_lite.harness.launch import make_loaders
 from smp_lite.harness.runtime import Runtime
 from smp_lite.index import load_index, split_by_group
 from smp_lite.masks import motion_mask_cam
 from smp_lite.models import NUM_RATES, MotionNet
-from smp_lite.tools.synth import synthesize
 from smp_lite.train import (
     AccuracyPerClass,
     build_model,
@@ -408,23 +406,6 @@ def test_plateau_schedule_divides_every_rate_by_ten_after_patience() -> None:
         assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.01, 0.1]), epoch
     scheduler.step(1.0)  # a third epoch no better: more than the patience
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.001, 0.01])
-
-
-def test_the_python_api_creates_the_default_dataset_as_the_command_does(
-    ucf_tiny, tmp_path, monkeypatch
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    made = []
-
-    def tiny_synthesize(out):  # the tiny preset: the default one takes a minute
-        made.append(out)
-        return synthesize(out, preset="tiny", progress=False)
-
-    monkeypatch.setattr(smp_lite.tools.synth, "synthesize", tiny_synthesize)
-    cfg = tiny_config(DEFAULT_DATA, tmp_path / "run", epochs=1)
-    train(cfg, progress=False)
-    assert made == [DEFAULT_DATA] and (tmp_path / DEFAULT_DATA / "classInd.txt").is_file()
-    assert len(read_metrics(tmp_path / "run")) == 1
 
 
 def test_each_task_crops_as_its_original() -> None:

@@ -27,7 +27,7 @@ from torch import nn
 
 from .. import __version__
 from ..config import KEPT_ON_RESUME
-from .errors import TrainError
+from ..errors import TrainError
 
 CHECKPOINT_FORMAT = "smp-lite/1"
 CONFIG, METRICS, BEST, LAST = "config.json", "metrics.jsonl", "best.pt", "last.pt"

@@ -38,9 +38,9 @@ from torchmetrics.wrappers.abstract import WrapperMetric
 from tqdm import tqdm  # text bars: the same in a terminal and a notebook
 
 from ..config import RATES, LoopConfig
-from ..data import to_float
+from ..errors import RunInterrupted, TrainError
+from .batches import to_float
 from .checkpoint import RunState, load_run, save_run
-from .errors import RunInterrupted, TrainError
 from .folders import append_metrics, run_folder
 from .runtime import Runtime, unwrap
 

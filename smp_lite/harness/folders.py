@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .. import __version__
+from ..errors import TrainError
 from .checkpoint import (
     BEST,
     CONFIG,
@@ -32,7 +33,6 @@ from .checkpoint import (
     out_of_space,
     write_atomic,
 )
-from .errors import TrainError
 
 LOCK = "run.lock"  # while a run holds its folder
 MOVING = ".previous-moving"  # files on their way into or out of .previous

@@ -1,7 +1,7 @@
 """How every run starts, written once.
 
 - `started(cfg, out)`: where the run computes (runtime.py), its folder held (folders.py: the
-  refusals come before any data is read or made), the default dataset made on first use;
+  refusals come before any data is read);
 - `launch(cfg, out, build_parts)`: a trained run. The task's `build_parts` brings its `Parts`
   (datasets, model, optimiser, schedule, step, metrics, and what to compute once trained);
   `launch` builds the loaders and the `Run`, resumes it from last.pt when asked, writes
@@ -27,8 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchmetrics import MetricCollection
 
 from ..config import LoopConfig, RunConfig
-from ..data import EpochSampler
-from ..tools.synth import ensure_default_dataset
+from .batches import EpochSampler
 from .engine import Run, StepFn, fit, hold_run_folder, make_loader
 from .folders import write_results, write_run_folder
 from .runtime import Runtime, loader_workers, make_runtime
@@ -57,12 +56,11 @@ class Parts:
 
 @contextmanager
 def started(cfg: RunConfig, out: Path) -> Iterator[tuple[Any, Runtime]]:
-    """(`cfg` with its loader workers settled, the runtime), with the run folder `out` held and
-    the data at hand; under torchrun the process group is left once the run is done."""
+    """(`cfg` with its loader workers settled, the runtime), with the run folder `out` held;
+    under torchrun the process group is left once the run is done."""
     runtime = make_runtime(cfg.device, cfg.precision, cfg.channels_last, cfg.compile)
     cfg = replace(cfg, workers=loader_workers(cfg.workers, runtime))
     with hold_run_folder(out, cfg.resume, cfg.overwrite, runtime):
-        ensure_default_dataset(cfg.data, runtime)
         yield cfg, runtime
     if runtime.world > 1:
         torch.distributed.destroy_process_group()

@@ -39,7 +39,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import decord  # after torch: decord's CUDA NVBLAS would take over torch's CPU BLAS and crash
 
 from ..config import RATES, BenchConfig, TrainConfig, check_settings
-from ..data import EpochSampler, VideoDataset, sample_dilated_clip
+from ..data import VideoDataset, sample_dilated_clip
+from ..harness.batches import EpochSampler
 from ..harness.engine import make_loader, train_steps
 from ..harness.runtime import Runtime, loader_workers, make_runtime
 from ..index import load_index
@@ -56,7 +57,7 @@ def bench(cfg: BenchConfig, progress: bool = True) -> dict:
     """Measure every part; returns the numbers `format_report` prints."""
     check_settings(cfg)
     runtime = make_runtime(cfg.device)
-    ensure_default_dataset(cfg.data, runtime)
+    ensure_default_dataset(cfg.data)
     preset = cfg.preset or ("paper" if runtime.device.type == "cuda" else "quick")
     sizes = task_config(cfg, preset, "smp")
     say = print if progress else (lambda *_: None)

@@ -32,9 +32,9 @@ from pathlib import Path
 import torch
 
 from ..config import ARCHS, DEFAULT_DATA, MOTION_ENERGY
+from ..errors import ConfigError, DataError
 from ..evaluate import finetune, make_eval_config, retrieve
 from ..harness.checkpoint import BEST, FEATURES, LAST, RESULTS
-from ..harness.errors import ConfigError, DataError
 from ..harness.folders import read_metrics, write_text
 from ..index import load_index
 from ..probe import probe

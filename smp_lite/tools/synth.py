@@ -37,8 +37,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..config import DEFAULT_DATA, RATES
-from ..harness.errors import DataError
-from ..harness.runtime import Runtime
+from ..errors import DataError
 
 CLASSES: tuple[str, ...] = (
     "Wave", "Clap", "JumpingJack", "Squat", "Walk", "Box",
@@ -618,11 +617,11 @@ def synthesize(
     return out
 
 
-def ensure_default_dataset(data: str, runtime: Runtime) -> None:
-    """The default dataset is generated on first use, by the command and the Python API alike."""
+def ensure_default_dataset(data: str) -> None:
+    """The default dataset is generated on first use by the commands (Python: `synthesize`)."""
     if data != DEFAULT_DATA or Path(DEFAULT_DATA).exists():
         return
-    if runtime.world > 1:  # the ranks would all write it at once
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # the ranks would all write it at once
         raise DataError(
             f"no dataset in {DEFAULT_DATA}: under torchrun, run `smp-lite data synth` first"
         )
