@@ -2,9 +2,10 @@
 
     python benchmarks/bench_train.py --archs r3d18,c3d --size 48 --batch 8
 
-Prints clips/s of one SGD step (forward, backward, update; no data loading) for fp32 and bf16
-autocast (with smp-lite's depth-2 conv guard), and the relative error of bf16 conv3d weight
-gradients against fp32 for inputs of depth 1..4, with and without the guard.
+Prints clips/s of one SGD step (forward, backward, update; no data loading; the decoder composed
+as in training) for fp32 and bf16 autocast (with smp-lite's depth-2 conv guard), and the relative
+error of bf16 conv3d weight gradients against fp32 for inputs of depth 1..4, with and without
+the guard.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import time
 import torch
 from torch import nn
 
-from smp_lite.harness.runtime import guard_cpu_bf16_conv3d
+from smp_lite.harness.accel import compose_upsample_convs, guard_cpu_bf16_conv3d
 from smp_lite.models import MotionNet
 
 
 def step_throughput(arch: str, size: int, batch: int, bf16: bool, steps: int) -> float:
     torch.manual_seed(0)
-    model = MotionNet(arch).to(memory_format=torch.channels_last_3d)
+    model = compose_upsample_convs(MotionNet(arch)).to(memory_format=torch.channels_last_3d)
     if bf16:
         guard_cpu_bf16_conv3d(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)

@@ -18,8 +18,8 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
+from smp_lite.harness.accel import upsample_then_conv
 from smp_lite.harness.runtime import Runtime, make_runtime
-from smp_lite.models import upsample_then_conv
 from smp_lite.tools.bench import bare_step, matmul_peak, synchronize, synthetic_batch, timed
 from smp_lite.train import build_model, make_config, make_optimizer, make_step
 
@@ -150,7 +150,7 @@ def decoder_alternatives(batch_size: int, clip_len: int, crop: int, runtime: Run
     """The decoder's last two linear layers, ConvTranspose3d(64, 64, 2, stride 2) and
     Conv3d(64, 3, 3) at full size, where the SMP step lost most (docs/benchmarks.md, "On a
     GPU"): one after the other (in channels_last and in NCDHW) against the one composed
-    transposed conv the decoder now runs (`models.upsample_then_conv`), eager and compiled.
+    transposed conv the decoder now runs (`accel.upsample_then_conv`), eager and compiled.
     (Measured before and dropped: padding the 3 channels to 8 or 16; the transposed conv as a
     matmul and a copy; the 3-channel conv as a sum of taps.)"""
     shape = (batch_size, 64, clip_len, crop // 2, crop // 2)
@@ -191,7 +191,7 @@ def main() -> None:
         "--forms",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="the GPU forms of slow convs (runtime.reform_cuda_convs)",
+        help="the GPU forms of slow convs (accel.reform_cuda_convs)",
     )
     parser.add_argument(
         "--layers",

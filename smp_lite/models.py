@@ -4,7 +4,6 @@ Every backbone maps a clip (B, 3, T, H, W) to five stage maps c1..c5, with c5 of
 (B, 512, T/8, H/16, W/16): 512x2x7x7 for the standard 16x112x112 clip.
 """
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
@@ -203,44 +202,8 @@ class Decoder(nn.Module):
             conv_bn_relu(64, 3),  # (B, 3, 2T, H, W)
         )
 
-    def extra_repr(self) -> str:
-        return "layers 4 and 5's convs computed as one composed transposed conv"
-
     def forward(self, c5: Tensor) -> Tensor:
-        x = self.layers[:4](c5)  # (B, 64, T, H/2, W/2)
-        up, (conv, bn, relu) = self.layers[4], self.layers[5]
-        return relu(bn(upsample_then_conv(x, up, conv)))  # (B, 3, 2T, H, W)
-
-
-def upsample_then_conv(x: Tensor, up: nn.ConvTranspose3d, conv: nn.Conv3d) -> Tensor:
-    """conv(up(x)) for a kernel-2 stride-2 transposed conv and a kernel-3 padding-1 conv, two
-    linear maps with nothing between them, as the one transposed conv (kernel 4, stride 2,
-    padding 1) whose kernel is their composition, plus the bias they add. It skips the
-    full-size map of the middle channels and costs 8 taps an output voxel, not 27
-    (the decoder's time either way: docs/benchmarks.md)."""
-    taps = torch.arange(4, device=x.device)
-    # one_hot[r, d, m] = 1 where the upsampling tap r then the conv tap d is the composed tap m
-    one_hot = taps == torch.arange(2, device=x.device)[:, None, None] - taps[:3, None] + 2
-    e = one_hot.to(up.weight.dtype)
-    # under autocast in bf16 with fp32 sums, rounded once, as the two convs round their weights
-    kernel = torch.einsum(  # (C_in, C_out, 4, 4, 4)
-        "icxyz,ocuvw,xup,yvq,zwr->iopqr", up.weight, conv.weight, e, e, e
-    )
-    y = F.conv_transpose3d(x, kernel, stride=2, padding=1)  # (B, C_out, 2T, 2H, 2W)
-    return y + bias_of_upsample_then_conv(up, conv, y.shape[2:]).to(y.dtype)
-
-
-def bias_of_upsample_then_conv(up: nn.ConvTranspose3d, conv: nn.Conv3d, size) -> Tensor:
-    """(1, C_out, *size): conv(up(0)), constant inside and another value along each border,
-    where the conv's zero padding meets the upsampled bias; taken from a 3x3x3 volume."""
-    bias = up.bias.view(1, -1, 1, 1, 1).expand(1, -1, 3, 3, 3)
-    small = F.conv3d(bias, conv.weight, conv.bias, padding=1)  # (1, C_out, 3, 3, 3)
-    index = []
-    for n in size:  # the first position, the inner ones, the last
-        i = torch.ones(n, dtype=torch.long, device=small.device)
-        i[0], i[-1] = 0, 2
-        index.append(i)
-    return small[:, :, index[0]][:, :, :, index[1]][:, :, :, :, index[2]]
+        return self.layers(c5)  # (B, 3, 2T, H, W)
 
 
 # -----------------------------------------------------------------------------

@@ -110,26 +110,6 @@ def test_decoder_output_is_nonnegative():
     assert recon.min() >= 0 and recon.max() > 0
 
 
-@pytest.mark.parametrize("size", [(1, 2, 2), (2, 3, 4)])
-def test_the_decoder_computes_its_last_two_layers_as_one(size):
-    """The decoder's transposed conv and 3-channel conv run as one composed transposed conv
-    (`upsample_then_conv`): the same output and the same gradients, for every parameter and
-    the input, as the layers one after the other (in float64, so rounding cannot hide a border
-    or a tap wrong by one)."""
-    torch.manual_seed(0)
-    decoder = Decoder().double()
-    c5 = torch.randn(2, 512, *size, dtype=torch.double, requires_grad=True)
-    layers = nn.Sequential(*decoder.layers)
-    expected, got = layers(c5), decoder(c5)
-    assert got.shape == expected.shape
-    assert torch.allclose(got, expected, rtol=0, atol=1e-10)
-    grad = torch.rand_like(expected)
-    inputs = [c5, *decoder.parameters()]
-    wanted = torch.autograd.grad(expected, inputs, grad)
-    for a, b in zip(torch.autograd.grad(got, inputs, grad), wanted, strict=True):
-        assert torch.allclose(a, b, rtol=1e-7, atol=1e-9)
-
-
 def test_unknown_arch_raises_naming_valid_ones():
     with pytest.raises(ValueError, match="r21d10"):
         build_backbone("resnet50")

@@ -18,9 +18,9 @@ import torch
 
 from ..config import MOTION_ENERGY, TASKS
 from ..data import open_video, read_frames
+from ..errors import TrainError
 from ..evaluate import paired_bootstrap_std
 from ..harness.checkpoint import CONFIG, METRICS, RESULTS
-from ..harness.errors import TrainError
 from ..harness.folders import json_text, read_metrics
 from ..index import load_index
 
