@@ -302,8 +302,8 @@ class TrainConfig(LoopConfig):
 
 # Presets, (motion tasks, supervised) each: "paper" is method.md; "quick" keeps a pretraining run
 # on the generated dataset to minutes on 2 CPU cores (48x48 crops, 10 epochs). Its supervised lr
-# is the motion tasks' 0.01: at batch 8, 0.05 left `r21d10` and `r3d18` at chance
-# (docs/arch_sweep.md).
+# is the motion tasks' 0.01: at batch 8, 0.05 left `r21d10` and `r3d18` at chance (an H200
+# sweep, in git history as docs/arch_sweep.md).
 PAPER = TrainConfig()
 QUICK = replace(PAPER, preset="quick", epochs=10, resize=(48, 64), crop=48)
 PRESETS: dict[str, tuple[TrainConfig, TrainConfig]] = {
