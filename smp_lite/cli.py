@@ -29,6 +29,7 @@ from .config import (
     ProbeConfig,
     RetrieveConfig,
     TrainConfig,
+    check_settings,
 )
 from .errors import DataError, RunInterrupted, TrainError
 
@@ -259,8 +260,23 @@ def with_config_options(
             )
         )
     params += [p for p in own if p.kind is p.KEYWORD_ONLY]  # the command's own options last
-    command.__signature__ = inspect.Signature(params)
-    return command
+
+    @functools.wraps(command)
+    def checked(*args, **settings):
+        refuse_bad_settings(config, settings)  # in well under a second: nothing heavy loaded
+        return command(*args, **settings)
+
+    checked.__signature__ = inspect.Signature(params)
+    return checked
+
+
+def refuse_bad_settings(config: type, settings: dict) -> None:
+    """ConfigError for the first setting given whose value fails its own check or choices, as
+    config.check_settings would after the heavy imports. Sizes and lists are parsed later."""
+    scalar = {f.name for f in fields(config) if not isinstance(f.default, tuple)}
+    for name, value in settings.items():
+        if name in scalar and value is not None:
+            check_settings(replace(config(), **{name: value}))
 
 
 def metavar(setting: Field, hint: object) -> str:

@@ -90,7 +90,12 @@ class RunConfig:
     """The settings of every run: backbone, data, clips, hardware, folder."""
 
     arch: str = setting(
-        "r3d18", f"Backbone: {', '.join(ARCHS)}.", keep=True, choices=ARCHS, label="architecture"
+        "r3d18",
+        "Backbone: c3d (C3D), r3d10 and r21d10 (R3D-10, R(2+1)D-10: one block a stage, the "
+        "papers' nets), r3d18 and r21d18 (R3D-18, R(2+1)D-18: torchvision's).",
+        keep=True,
+        choices=ARCHS,
+        label="architecture",
     )
     data: str = setting(
         DEFAULT_DATA,
@@ -99,7 +104,10 @@ class RunConfig:
         metavar="[KIND:]PATH",
     )
     split: int = setting(
-        1, "Official train/test split (1, 2 or 3).", keep=True, check=positive("split")
+        1,
+        "Official train/test split (1, 2 or 3).",
+        keep=True,
+        check=(lambda v: v in (1, 2, 3), "split must be 1, 2 or 3 (UCF101's and HMDB51's)"),
     )
     out: str = setting(
         "",

@@ -1,5 +1,6 @@
-"""Errors a user can act on. The CLI prints their message as one line: exit code 1, or 2 for a
-ConfigError (a bad option value), 130 for an interrupted run."""
+"""Errors a user can act on. The CLI prints their message as one line and exits 2 for a usage
+mistake (a ValueError: a bad option value, ConfigError; a path given that does not exist,
+MissingPath), 1 for a failure at run time (DataError, TrainError), 130 for an interrupted run."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ from pathlib import Path
 
 class DataError(Exception):
     """A dataset that cannot be read as given: the message names the path and the problem."""
+
+
+class MissingPath(DataError, ValueError):
+    """A path given on the command line (a dataset, a list) that does not exist."""
 
 
 class TrainError(Exception):

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DataError
+from .errors import ConfigError, DataError, MissingPath
 
 
 @dataclass(frozen=True)
@@ -64,14 +64,14 @@ def load_index(spec: str | Path, split: int = 1) -> DatasetIndex:
         kind = detect_kind(path)
     if kind == "csv":
         if not path.is_file():
-            raise DataError(f"video list {path} does not exist or is not a file")
+            raise MissingPath(f"video list {path} does not exist or is not a file")
         if split != 1:
-            raise DataError(f"{path}: a csv list has one split, got split {split}")
+            raise ConfigError(f"{path}: a csv list has one split, got split {split}")
         return read_csv_list(path)
     if not path.is_dir():
-        raise DataError(f"data root {path} does not exist or is not a folder")
+        raise MissingPath(f"data root {path} does not exist or is not a folder")
     if kind in ("ucf101", "hmdb51") and split not in OFFICIAL_SPLITS:
-        raise DataError(f"{kind} has splits 1, 2 and 3, got split {split} for {path}")
+        raise ConfigError(f"{kind} has splits 1, 2 and 3, got split {split} for {path}")
     if kind == "synth":
         return read_ucf_layout("synth", path, path / "videos", path, split)
     if kind == "hmdb51":

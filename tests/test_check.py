@@ -82,21 +82,23 @@ def test_data_check_command_writes_json_and_exits_0(official_hmdb, tmp_path) -> 
 
 
 @pytest.mark.parametrize(
-    "args, message",
+    "args, code, message",
     [
-        (["hmdb51:{hmdb}", "--split", "4"], "hmdb51 has splits 1, 2 and 3"),
-        (["hmdb51:{tmp}"], "no <class>_test_split1.txt files"),
-        (["ucf101:{tmp}"], "classInd.txt is missing"),
-        (["{tmp}/nowhere"], "does not exist"),
-        (["csv:{tmp}/only_broken.csv"], "none of the 1 training videos can be sampled"),
+        (["hmdb51:{hmdb}", "--split", "4"], 2, "hmdb51 has splits 1, 2 and 3"),
+        (["hmdb51:{tmp}"], 1, "no <class>_test_split1.txt files"),
+        (["ucf101:{tmp}"], 1, "classInd.txt is missing"),
+        (["{tmp}/nowhere"], 2, "does not exist"),
+        (["csv:{tmp}/only_broken.csv"], 1, "none of the 1 training videos can be sampled"),
     ],
 )
-def test_data_check_command_fails_in_one_line(official_hmdb, tmp_path, args, message) -> None:
+def test_data_check_command_fails_in_one_line(official_hmdb, tmp_path, args, code, message) -> None:
+    """Exit code 2 for a usage mistake (a split out of range, a path that does not exist), 1 for
+    a dataset that cannot be used."""
     (tmp_path / "only_broken.csv").write_text("path,label\nbroken.avi,x\n")
     (tmp_path / "broken.avi").write_bytes(b"junk" * 100)
     args = [a.format(hmdb=official_hmdb, tmp=tmp_path) for a in args]
     result = runner.invoke(app, ["data", "check", *args, "--workers", "1"])
-    assert result.exit_code == 1
+    assert result.exit_code == code, result.output
     error = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and message in error[0], result.output
 

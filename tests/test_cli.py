@@ -188,9 +188,9 @@ def test_pretrain_end_to_end(ucf_tiny, tmp_path) -> None:
     load_backbone(model, out / "backbone.pt", "c3d")
     for key, value in model.backbone.state_dict().items():
         assert torch.equal(value, exported["model"][f"backbone.{key}"])
-    for bad in (out / "metrics.jsonl", tmp_path / "none"):
+    for bad, code in ((out / "metrics.jsonl", 1), (tmp_path / "none", 2)):
         result = runner.invoke(app, ["export", str(bad)])
-        assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+        assert result.exit_code == code and len(result.output.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(
@@ -205,7 +205,8 @@ def test_pretrain_end_to_end(ucf_tiny, tmp_path) -> None:
         (["--crop", "50"], 2, "divisible by 16"),
         (["--resize", "big"], 2, "is not HxW"),
         (["--save-every", "-1"], 2, "save every must be 0 or more"),
-        (["--data", "/no/such/folder"], 1, "does not exist"),
+        (["--data", "/no/such/folder"], 2, "does not exist"),
+        (["--split", "4"], 2, "split must be 1, 2 or 3"),
         (["--crop", "0"], 2, "crop must be positive and divisible by 16, got 0"),
         (["--crop", "-32"], 2, "crop must be positive and divisible by 16, got -32"),
         (["--lr", "inf"], 2, "learning rate must be positive, got inf"),
@@ -227,6 +228,16 @@ def test_bad_input_is_one_line_and_nonzero(args, code, message, tmp_path) -> Non
     assert len(lines) == 1 and message in lines[0], result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+def test_a_bad_setting_is_refused_before_pytorch_loads() -> None:
+    code = (
+        "import sys\nfrom typer.testing import CliRunner\nfrom smp_lite.cli import app\n"
+        "result = CliRunner().invoke(app, ['pretrain', '--arch', 'vgg16'])\n"
+        "print(result.exit_code, 'torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.split() == ["2", "False"], done.stderr
 
 
 @pytest.mark.parametrize(

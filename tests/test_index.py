@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from smp_lite.errors import DataError
+from smp_lite.errors import ConfigError, DataError
 from smp_lite.index import load_index, split_by_group
 
 
@@ -56,7 +56,6 @@ def write_ucf_lists(
 @pytest.mark.parametrize(
     "files, split, message",
     [
-        (dict(), 4, "splits 1, 2 and 3"),
         (dict(), 2, "trainlist02.txt is missing"),
         (dict(classes=""), 1, "names no classes"),
         (dict(train="\n"), 1, "trainlist01.txt lists no videos"),
@@ -94,8 +93,10 @@ def test_hmdb51_flags_names_and_groups(official_hmdb) -> None:
 
 
 def test_hmdb51_layout_errors(official_hmdb, tmp_path) -> None:
-    with pytest.raises(DataError, match="splits 1, 2 and 3"):
+    with pytest.raises(ConfigError, match="splits 1, 2 and 3"):  # a usage mistake: exit 2
         load_index(f"hmdb51:{official_hmdb}", 0)
+    with pytest.raises(ConfigError, match="splits 1, 2 and 3"):
+        load_index(f"ucf101:{official_hmdb}", 4)
     with pytest.raises(DataError, match="_test_split3.txt files"):
         load_index(f"hmdb51:{official_hmdb}", 3)
     lists = tmp_path / "testTrainMulti_7030_splits"

@@ -224,7 +224,7 @@ def test_tables_of_a_pipeline_still_running(tmp_path) -> None:
         },
     }
     text = table1(summary)
-    assert "| Initialisation | C3D (`c3d`) | 3D-R18 (`r3d10`) |" in text
+    assert "| Initialisation | C3D (`c3d`) | R3D-10 (`r3d10`) |" in text
     assert "| Random | 42.5 ± 1.2 | not run yet |" in text
     assert "| Fully-supervised | 50.0 ± 2.0 (+7.5) | not run yet |" in text
     assert "| Fully-supervised | 48.83 (+6.35) | 45.97 (+5.08) | 51.27 (+9.74) |" in text
@@ -241,7 +241,7 @@ def test_tables_of_a_pipeline_still_running(tmp_path) -> None:
     assert "| SMP | not run yet | 30.0 ± 5.0 |" in table2(summary)
     retrieval = retrieval_table(summary)
     assert "| PRP | 25.0 ± 3.0 | 50.0 ± 4.0 |" in retrieval and "| SMP | not run yet |" in retrieval
-    assert "## 3D-R18 (`r3d10`)\n\nNot run yet." in retrieval
+    assert "## R3D-10 (`r3d10`)\n\nNot run yet." in retrieval
     plot_table1(summary, tmp_path / "t1.png")
     plot_speed_confusions(summary, tmp_path / "confusion.png")
     assert (tmp_path / "t1.png").read_bytes()[:4] == b"\x89PNG"
@@ -285,7 +285,7 @@ def test_differences_to_random_get_a_paired_spread(tmp_path) -> None:
         assert f"({100 * (energy['accuracy'] - base['accuracy']):+.1f} ± " in cell
     refit = text.split("BatchNorm statistics re-estimated on training clips (weights frozen)")[1]
     assert f"| SMP | {100 * random['accuracy']:.1f} ± 2.0 ({-diff:+.1f} ± {spread:.1f}) |" in refit
-    assert "| Initialisation | C3D (`c3d`) | 3D-R18 (`r3d10`) |" in refit
+    assert "| Initialisation | C3D (`c3d`) | R3D-10 (`r3d10`) |" in refit
     # a profile that re-estimates BatchNorm on some backbones only: their columns alone
     only_c3d = table1(summary | {"refit_bn_archs": ["c3d"]}).split("(weights frozen)")[1]
     assert "| Initialisation | C3D (`c3d`) |\n|---|---|\n" in only_c3d

@@ -27,7 +27,7 @@ from torch import nn
 
 from .. import __version__
 from ..config import KEPT_ON_RESUME
-from ..errors import TrainError
+from ..errors import MissingPath, TrainError
 
 CHECKPOINT_FORMAT = "smp-lite/1"
 CONFIG, METRICS, BEST, LAST = "config.json", "metrics.jsonl", "best.pt", "last.pt"
@@ -181,7 +181,7 @@ def read_torch_file(path: str | Path) -> object:
     if path.exists() and not path.is_file():
         raise TrainError(f"{path} is not a file: give a checkpoint file")
     if not path.is_file():
-        raise TrainError(f"checkpoint {path} does not exist")
+        raise MissingPath(f"checkpoint {path} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:

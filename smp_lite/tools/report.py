@@ -228,10 +228,10 @@ INIT_NAMES = {"random": "Random", "supervised": "Fully-supervised", "prp": "PRP"
 ENERGY, ENERGY_NAME = "probe-speed-energy", "Motion energy (no network)"  # one result, no arch
 FAMILY = {
     "c3d": "C3D",
-    "r3d10": "3D-R18",
-    "r21d10": "R(2+1)D",
-    "r3d18": "R3D-18 (torchvision)",
-    "r21d18": "R(2+1)D-18 (torchvision)",
+    "r3d10": "R3D-10",  # the papers' R3D, SMP's "3D-R18": one block a stage
+    "r21d10": "R(2+1)D-10",
+    "r3d18": "R3D-18",  # torchvision's r3d_18
+    "r21d18": "R(2+1)D-18",
 }
 
 
