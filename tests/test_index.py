@@ -142,7 +142,7 @@ def test_csv_list(csv_list, tmp_path) -> None:
         grouped.write_text(text)
         with pytest.raises(DataError, match=message):
             load_index(f"csv:{grouped}")
-    with pytest.raises(DataError, match="one split"):
+    with pytest.raises(ConfigError, match="one split"):
         load_index(csv_list, 2)
     with pytest.raises(DataError, match="is not a file"):
         load_index(f"csv:{tmp_path}/none.csv")
