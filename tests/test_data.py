@@ -335,6 +335,34 @@ def test_training_counts_the_corrupt_video(layout, request, tmp_path) -> None:
     assert "#122_Cleaning" in line or "broken.avi" in line
 
 
+def test_a_listed_but_missing_video_is_counted_and_named_like_a_corrupt_one(
+    csv_list, tmp_path, capfd
+) -> None:
+    """A CSV naming a file that is not on disk, beside the corrupt one: both skipped, counted,
+    named with why, and the decoder's own lines (decord's, FFmpeg's) not printed."""
+    listed = tmp_path / "list.csv"
+    header, *rows = csv_list.read_text().splitlines()
+    rows = [r if r.startswith("/") else f"{csv_list.parent}/{r}" for r in rows]
+    missing = f"{csv_list.parent}/gone/missing.avi,run,train"
+    listed.write_text("\n".join([header, *rows, missing]) + "\n")
+    cfg = tiny_config(f"csv:{listed}", tmp_path / "run", epochs=1, batch_size=8, val_fraction=0)
+    result = train(cfg, progress=False)
+    assert result["skipped_videos"] == 2
+    lines = sorted(load_checkpoint(tmp_path / "run" / "last.pt")["skipped_videos"])
+    assert "broken.avi" in lines[0] and "gone/missing.avi: no such file" in lines[1], lines
+    err = capfd.readouterr().err
+    assert "video_reader.cc" not in err and "moov atom" not in err, err
+
+
+def test_open_video_says_why_and_prints_nothing(csv_list, tmp_path, capfd) -> None:
+    with pytest.raises(OSError, match="no such file"):
+        open_video(tmp_path / "none.mp4")
+    with pytest.raises(OSError, match="Invalid data found"):
+        open_video(csv_list.parent / "clips/run/broken.avi")
+    assert capfd.readouterr().err == ""
+    assert len(open_video(csv_list.parent / "clips/run/run0.avi")) == 140
+
+
 def test_validation_counts_the_corrupt_video(official_hmdb, tmp_path) -> None:
     videos = load_index(official_hmdb).train
     # a seed whose validation part holds the corrupt video, and the training part does not

@@ -12,14 +12,10 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import torch  # noqa: F401  (loaded before decord, below)
 from tqdm import tqdm
 
-# isort: split
-import decord  # after torch: decord's CUDA NVBLAS would take over torch's CPU BLAS and crash
-
 from ..config import RATES
-from ..data import allowed_rates
+from ..data import allowed_rates, open_video
 from ..index import DatasetIndex, load_index
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov")
@@ -30,7 +26,7 @@ def probe_video(path: Path) -> tuple[int, str]:
     """(frame count, "") if the video opens and its last frame decodes, else (0, the error)."""
     stage = "cannot open"
     try:
-        reader = decord.VideoReader(str(path), num_threads=1)
+        reader = open_video(path)
         num_frames = len(reader)
         if num_frames == 0:
             return 0, "no frames"
