@@ -169,8 +169,9 @@ class RunConfig:
     )
     compile: bool | None = setting(
         None,
-        "Run the trained model through torch.compile (auto: on with a GPU; compiling takes a "
-        "minute or two there, and much longer on a CPU).",
+        "Run the trained model through torch.compile. Where the default is auto: on with a "
+        "GPU (compiling takes a minute or two there, much longer on a CPU); the probe's "
+        "linear layer is not worth compiling.",
     )
     seed: int = setting(
         0,

@@ -185,8 +185,10 @@ def read_torch_file(path: str | Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
+        said = (str(err).strip().splitlines() or [""])[0][:120]
         raise TrainError(
-            f"{path} is not a readable checkpoint: {str(err).strip().splitlines()[0]}"
+            f"{path} is not a readable checkpoint (cut short, or not a file torch.save wrote; "
+            f"torch.load said {type(err).__name__}: {said})"
         ) from None
 
 
