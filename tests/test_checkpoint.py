@@ -8,7 +8,7 @@ import torch
 from test_train import tiny_config
 
 import smp_lite.harness.checkpoint
-from smp_lite.errors import TrainError
+from smp_lite.errors import MissingPath, TrainError
 from smp_lite.harness.checkpoint import (
     CHECKPOINT_FORMAT,
     load_backbone,
@@ -26,7 +26,7 @@ def test_checkpoints_are_checked_on_load(tmp_path) -> None:
     (tmp_path / "junk.pt").write_bytes(b"\x00garbage")
     with pytest.raises(TrainError, match="not a readable checkpoint"):
         load_checkpoint(tmp_path / "junk.pt")
-    with pytest.raises(TrainError, match="does not exist"):
+    with pytest.raises(MissingPath, match="does not exist"):  # a usage mistake: exit code 2
         load_checkpoint(tmp_path / "none.pt")
     with pytest.raises(
         TrainError, match=r"is a folder, not a checkpoint: give a file, e.g. .*best"

@@ -304,7 +304,8 @@ def write_bad_checkpoints(folder):
         "list not utf-8",
     ],
 )
-def test_bad_runs_fail_in_one_line_with_exit_code_1(case, ucf_tiny, tmp_path) -> None:
+def test_bad_runs_fail_in_one_line_with_their_exit_code(case, ucf_tiny, tmp_path) -> None:
+    """1 for what fails at run time, 2 for a usage mistake (a path that does not exist)."""
     data, out, extra = str(ucf_tiny), tmp_path / "run", []
     if case == "empty data root":
         (tmp_path / "empty").mkdir()
@@ -329,7 +330,7 @@ def test_bad_runs_fail_in_one_line_with_exit_code_1(case, ucf_tiny, tmp_path) ->
         path, message = write_bad_checkpoints(tmp_path / "ckpt")[case.removeprefix("init-from ")]
         extra = ["--init-from", str(path)]
     result = runner.invoke(app, ["pretrain", "--data", data, "--out", str(out), *TINY, *extra])
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == (2 if case == "init-from missing" else 1), result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
     assert message in lines[0], lines[0]
