@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import json
 import shutil
 import warnings
 
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from smp_lite.cli import app
@@ -12,6 +14,8 @@ from smp_lite.errors import TrainError
 from smp_lite.evaluate import paired_bootstrap_std
 from smp_lite.harness.folders import append_metrics, read_metrics, write_results, write_run_folder
 from smp_lite.tools.report import (
+    EVAL_LEGEND,
+    PRETRAIN_LEGEND,
     plot_curves,
     plot_speed_confusions,
     plot_table1,
@@ -38,8 +42,10 @@ def two_runs(ucf_tiny, tmp_path_factory):
 
 def test_table_reports_best_pt_and_last_epoch(two_runs) -> None:
     smp, sup = two_runs
-    table = pretrain_table([smp, sup]).splitlines()
+    text = pretrain_table([smp, sup])
+    table = [line for line in text.splitlines() if line.startswith("|")]
     assert len(table) == 4 and table[0].startswith("| run | arch | task |")
+    assert "mean of last 3 smooths" in text  # each number explained under the table
     rows = read_metrics(smp)
     best = min(rows, key=lambda r: r["val_loss"])
     cells = [c.strip() for c in table[2].split("|")[1:-1]]
@@ -59,6 +65,21 @@ def test_table_reports_best_pt_and_last_epoch(two_runs) -> None:
 def test_curves_are_written_as_png(two_runs, tmp_path) -> None:
     out = plot_curves(list(two_runs), tmp_path / "figs" / "curves.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    # a probe's epochs are not a pretraining's: an axis of its own, beside the other
+    probe = shutil.copytree(two_runs[0], tmp_path / "probe")
+    config = json.loads((probe / "config.json").read_text())
+    (probe / "config.json").write_text(json.dumps({**config, "task": "probe"}))
+    both = plot_curves([*two_runs, probe], tmp_path / "both.png")
+    widths = [Image.open(png).size[0] for png in (out, both)]
+    assert widths == [700, 1400]
+
+
+def test_a_stopped_run_says_how_many_of_its_epochs_it_did(two_runs, tmp_path) -> None:
+    stopped = shutil.copytree(two_runs[0], tmp_path / "stopped")
+    config = json.loads((stopped / "config.json").read_text())
+    (stopped / "config.json").write_text(json.dumps({**config, "epochs": 10}))
+    rows = [line for line in pretrain_table([stopped, two_runs[0]]).splitlines()]
+    assert "| 3 of 10 (not finished) |" in rows[2] and "| smp | 3 |" in rows[3]
 
 
 def test_report_command_and_a_folder_that_is_no_run(two_runs, tmp_path) -> None:
@@ -148,6 +169,8 @@ def test_report_of_every_kind_of_run(two_runs, tmp_path) -> None:
         "| retrieval | `r3d10` | retrieve | random | - | - | - | "
         "top-1 25.0 ± 3.0, top-5 50.0 ± 4.0 |",
         "| running | `r3d10` | probe-action | random | 1 | 20.0% | - | not finished |",
+        "",
+        EVAL_LEGEND,
     ])  # fmt: skip
     assert result.output == tables + "\n" + "\n".join([
         "note: tune: fine-tuning validates on nothing: per epoch, training accuracy only; the "
@@ -171,7 +194,8 @@ def test_report_of_evaluations_alone_and_of_a_pretraining_without_validation(tmp
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[2] == "| blind | `r3d10` | smp | 1 | 1: - | - | - | - | - | 30.0% |"
-    assert lines[3] == "note: blind: no held-out accuracy (run with --val-fraction 0)"
+    assert lines[3:5] == ["", PRETRAIN_LEGEND]
+    assert lines[5] == "note: blind: no held-out accuracy (run with --val-fraction 0)"
 
 
 NOT_SMP_LITE = "config.json is not a smp-lite run's: it names no arch and task"

@@ -60,12 +60,27 @@ def pretrain_table(runs: list[str | Path]) -> str:
         if "val_acc_at_rate_1" in last:
             at_rate = " / ".join(pct(last[f"val_acc_at_rate_{r}"]) for r in (1, 2, 4, 8))
         lines.append(
-            f"| {Path(run).name} | `{config['arch']}` | {config['task']} | {last['epoch']} | "
+            f"| {Path(run).name} | `{config['arch']}` | {config['task']} | "
+            f"{epochs_cell(last['epoch'], config)} | "
             f"{best['epoch']}: {cell(best, f'val_acc_{head}')} | "
             f"{cell(last, f'val_acc_{head}')} | {mean} | {mg} | {at_rate} | "
             f"{cell(last, f'train_acc_{head}')} |"
         )
-    return "\n".join(lines)
+    return "\n".join([*lines, "", PRETRAIN_LEGEND])
+
+
+PRETRAIN_LEGEND = (
+    "Accuracies on held-out groups (val) at the end of an epoch, of the main head (the c5 rate "
+    "head; supervised: the action); best.pt is the epoch of lowest validation loss; mean of "
+    "last 3 smooths the epoch-to-epoch noise; last train acc is over the last epoch's training "
+    "batches."
+)
+
+
+def epochs_cell(done: int, config: dict) -> str:
+    """ "10", or "1 of 10 (not finished)" for a run stopped or still running."""
+    planned = config.get("epochs", done)
+    return str(done) if done >= planned else f"{done} of {planned} (not finished)"
 
 
 def eval_table(runs: list[str | Path]) -> str:
@@ -80,12 +95,21 @@ def eval_table(runs: list[str | Path]) -> str:
         last = rows[-1] if rows else {}
         head = main_head(rows) if rows else ""
         arch = "-" if config.get("init") == MOTION_ENERGY else f"`{config['arch']}`"
+        epochs = epochs_cell(last["epoch"], config) if last else "-"
         lines.append(
             f"| {Path(run).name} | {arch} | {config['task']} | {init_name(config)} | "
-            f"{last.get('epoch', '-')} | {cell(last, f'train_acc_{head}')} | "
+            f"{epochs} | {cell(last, f'train_acc_{head}')} | "
             f"{cell(last, f'val_acc_{head}')} | {result_cell(read_results(run))} |"
         )
-    return "\n".join(lines)
+    return "\n".join([*lines, "", EVAL_LEGEND])
+
+
+EVAL_LEGEND = (
+    "last train / test-clip acc: the metrics row of the last epoch, per clip, as training "
+    "logged it (a probe tests every epoch; fine-tuning tests only at the end). result: "
+    "results.json, the final weights on every test item (per video for action, averaging its "
+    "clips), ± the bootstrap std over test groups, then videos."
+)
 
 
 def result_cell(results: dict | None) -> str:
@@ -128,16 +152,32 @@ def run_notes(run: str | Path, config: dict, rows: list[dict]) -> list[str]:
 
 def plot_curves(runs: list[str | Path], out_png: str | Path) -> Path:
     """Per epoch, the held-out accuracy (solid: pretraining's validation, a probe's test clips)
-    and training accuracy (dashed) of each run's main head; runs without epochs are left out."""
+    and training accuracy (dashed) of each run's main head; pretrainings and evaluations on
+    axes of their own (their epochs are not the same thing); runs without epochs left out."""
     from matplotlib.figure import Figure  # no pyplot: works headless, no global state
 
-    fig = Figure(figsize=(7, 4), dpi=100)
-    ax = fig.subplots()
+    read = [(i, run, *read_run(run)) for i, run in enumerate(runs)]
+    groups = {
+        "pretraining": [r for r in read if r[3] and r[2]["task"] in TASKS],
+        "evaluation": [r for r in read if r[3] and r[2]["task"] not in TASKS],
+    }
+    groups = {title: group for title, group in groups.items() if group}
+    fig = Figure(figsize=(7 * max(1, len(groups)), 4), dpi=100)
+    axes = fig.subplots(1, len(groups), squeeze=False)[0] if groups else [fig.subplots()]
+    for ax, (title, group) in zip(axes, groups.items(), strict=False):
+        draw_curves(ax, group)
+        ax.set_title(f"{title} epochs", fontsize=10)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png)
+    return out_png
+
+
+def draw_curves(ax, runs: list[tuple[int, Path, dict, list[dict]]]) -> None:
+    """`plot_curves`' lines for (colour index, run, config, rows) on one axis."""
     heads = set()
-    for i, run in enumerate(runs):
-        config, rows = read_run(run)
-        if not rows:
-            continue  # a retrieval
+    for i, run, config, rows in runs:
         head = main_head(rows)
         heads.add(head)
         epochs, color, name = [r["epoch"] for r in rows], f"C{i}", Path(run).name
@@ -155,14 +195,9 @@ def plot_curves(runs: list[str | Path], out_png: str | Path) -> Path:
     ax.set_xlabel("epoch")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("accuracy (%), dashed: training")
-    if ax.get_legend_handles_labels()[0]:  # none: only retrievals
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png)
-    return out_png
 
 
 def read_run(run: str | Path) -> tuple[dict, list[dict]]:
