@@ -221,27 +221,53 @@ def clip_dataset(cfg: EvalConfig, videos: tuple, mode: str, views: int, **kw) ->
 
 @torch.no_grad()
 def frozen_outputs(
-    fn: nn.Module, dataset: VideoDataset, runtime: Runtime, desc: str, workers: int, progress: bool
+    fn: nn.Module,
+    dataset: VideoDataset,
+    runtime: Runtime,
+    desc: str,
+    workers: int,
+    progress: bool,
+    before: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """`fn` (a model or `backbone_feature`) on every item of `dataset` (views of its videos):
     "output" (N, D) float32, "label", "rate" (rate index in prp mode, else the label) and
-    "video" (the index of the video the item was read from)."""
+    "video" (the index of the video the item was read from). `before`: the outputs of the first
+    items, computed earlier; the pass goes on after them. Ctrl-C raises CachingInterrupted
+    with the outputs so far."""
     fn.eval()
-    loader = make_loader(
-        dataset, EpochSampler(len(dataset), shuffle=False), 16, workers, runtime, False
-    )
-    parts: dict[str, list[torch.Tensor]] = {"output": [], "label": [], "rate": [], "video": []}
+    sampler = EpochSampler(len(dataset), shuffle=False)
+    parts: dict[str, list[torch.Tensor]] = {
+        key: [before[key]] if before else [] for key in ("output", "label", "rate", "video")
+    }
+    sampler.set_epoch(0, skip=len(before["output"]) if before else 0)
+    loader = make_loader(dataset, sampler, 16, workers, runtime, False)
     bar = tqdm(
         loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=not progress
     )
-    for batch in bar:
-        batch = runtime.to_device(batch)
-        with runtime.autocast():
-            parts["output"].append(fn(to_float(batch["clip"])).float().cpu())
-        parts["label"].append(batch["label"].cpu())
-        parts["rate"].append(batch.get("rate", batch["label"]).cpu())
-        parts["video"].append(batch["index"].cpu())
-    return {k: torch.cat(v) for k, v in parts.items()}
+    try:
+        for batch in bar:
+            batch = runtime.to_device(batch)
+            with runtime.autocast():
+                output = fn(to_float(batch["clip"])).float().cpu()
+            parts["output"].append(output)
+            parts["label"].append(batch["label"].cpu())
+            parts["rate"].append(batch.get("rate", batch["label"]).cpu())
+            parts["video"].append(batch["index"].cpu())
+    except KeyboardInterrupt:
+        raise CachingInterrupted(concat(parts)) from None
+    return concat(parts)
+
+
+def concat(parts: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {k: torch.cat(v) if v else torch.empty(0) for k, v in parts.items()}
+
+
+class CachingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `frozen_outputs`, with the outputs of the items done (`done`)."""
+
+    def __init__(self, done: dict[str, torch.Tensor]) -> None:
+        super().__init__("interrupted while caching features")
+        self.done = done
 
 
 class BackboneFeature(nn.Module):

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -35,9 +35,10 @@ from tqdm import tqdm
 
 from .config import MOTION_ENERGY, RATES, ProbeConfig
 from .data import VideoDataset
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, RunInterrupted
 from .evaluate import (
     BackboneFeature,
+    CachingInterrupted,
     FeatureSet,
     accuracy_report,
     checked_eval,
@@ -53,8 +54,17 @@ from .evaluate import (
     video_mean,
 )
 from .harness.batches import EpochSampler
-from .harness.checkpoint import CONFIG, FEATURES, RunState
-from .harness.engine import Run, StepOutput, make_loader, precise_bn, training_clips
+from .harness.checkpoint import CONFIG, FEATURES, FEATURES_PARTIAL, RunState
+from .harness.engine import (
+    Run,
+    StepOutput,
+    make_loader,
+    opening_line,
+    precise_bn,
+    say,
+    training_clips,
+)
+from .harness.folders import write_run_folder
 from .harness.launch import Parts, launch
 from .harness.runtime import Runtime, unwrap
 from .index import load_index
@@ -68,8 +78,9 @@ def probe(cfg: ProbeConfig, progress: bool = True) -> dict:
     source = features_file(cfg) if cfg.features else None
     if source:
         refuse_older_features(source, cfg.init, f"--features {cfg.features}", "drop --features")
-    if cfg.resume and (out / FEATURES).is_file():
-        refuse_older_features(out / FEATURES, cfg.init, "--resume", "start over with --overwrite")
+    for cache in (FEATURES, FEATURES_PARTIAL):
+        if cfg.resume and (out / cache).is_file():
+            refuse_older_features(out / cache, cfg.init, "--resume", "start over with --overwrite")
     return launch(cfg, out, functools.partial(probe_parts, source=source), progress)
 
 
@@ -90,16 +101,23 @@ def probe_parts(
     """The cached features (this run's own when resuming, else those of `source`, another
     probe's, else computed; saved in the run folder) and a linear layer to train on them."""
     index = load_index(cfg.data, cfg.split)
+    if runtime.is_main:  # before the caching, which takes minutes: the folder and what runs
+        if not cfg.resume:  # a resume's config.json is there, and launch rewrites it
+            write_run_folder(out, eval_config_dict(cfg), 0)
+        say(opening_line(eval_config_dict(cfg), runtime, out))
     resumed = cfg.resume and (out / FEATURES).is_file()
     if resumed or source:
         cached = load_features(out / FEATURES if resumed else source)
     else:
-        cached = probe_features(cfg, runtime, index, progress)
+        partial = out / FEATURES_PARTIAL
+        done = load_features(partial) if cfg.resume and partial.is_file() else {}
+        cached = probe_features(cfg, runtime, index, progress, done, partial)
     if runtime.is_main and not resumed:
         torch.save(cached, out / FEATURES)
+        (out / FEATURES_PARTIAL).unlink(missing_ok=True)
     cached["test_groups"] = test_groups(index)  # what the spreads resample
     names = [str(r) for r in RATES] if cfg.target == "speed" else list(index.classes)
-    return linear_parts(cfg, cached, names, runtime)
+    return replace(linear_parts(cfg, cached, names, runtime), announced=True)
 
 
 def linear_parts(cfg: ProbeConfig, cached: dict, names: list[str], runtime: Runtime) -> Parts:
@@ -193,9 +211,18 @@ def probe_results(cfg: ProbeConfig, cached: dict, names: list[str], run: Run) ->
     }
 
 
-def probe_features(cfg: ProbeConfig, runtime: Runtime, index, progress: bool) -> dict:
+def probe_features(
+    cfg: ProbeConfig,
+    runtime: Runtime,
+    index,
+    progress: bool,
+    done: dict | None = None,
+    partial: Path | None = None,
+) -> dict:
     """The frozen backbone's pooled features of the probe's training and test clips (their
-    motion energy for `init="motion-energy"`), after `refit_bn` if asked."""
+    motion energy for `init="motion-energy"`), after `refit_bn` if asked. `done`: the features
+    of a pass cut short, which this one goes on from; Ctrl-C saves what is done to `partial`
+    and raises RunInterrupted."""
     mode = "prp" if cfg.target == "speed" else "clip"
     per_video = len(RATES) if mode == "prp" else 1
     train_views = per_video * cfg.train_views
@@ -210,12 +237,20 @@ def probe_features(cfg: ProbeConfig, runtime: Runtime, index, progress: bool) ->
         feature = runtime.prepare(BackboneFeature(initial_backbone(cfg)))
     if cfg.refit_bn:
         refit_batchnorm(feature, sets["train"], cfg, runtime, progress)
-    cached = {
-        name: frozen_outputs(
-            feature, ds, runtime, f"features of {name} clips", cfg.workers, progress
-        )
-        for name, ds in sets.items()
-    }
+    cached = {}
+    for name, ds in sets.items():
+        desc, before = f"features of {name} clips", (done or {}).get(name)
+        if runtime.is_main:  # one line, bar or not: a log shows this phase too
+            kept = f" ({len(before['output'])} done before)" if before else ""
+            say(f"caching the frozen features of {len(ds)} {name} clips{kept}")
+        try:
+            cached[name] = frozen_outputs(feature, ds, runtime, desc, cfg.workers, progress, before)
+        except CachingInterrupted as stopped:
+            if partial is None:
+                raise
+            if runtime.is_main:
+                torch.save({**cached, name: stopped.done}, partial)
+            raise RunInterrupted(partial) from None
     cached["views_dropped"] = {name: ds.views_dropped for name, ds in sets.items()}
     return cached
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from test_evaluate import TINY
 
 from smp_lite.config import RATES
 from smp_lite.data import VideoDataset
-from smp_lite.errors import ConfigError, DataError
+from smp_lite.errors import ConfigError, DataError, RunInterrupted
 from smp_lite.evaluate import (
     BackboneFeature,
     clip_dataset,
@@ -65,6 +66,43 @@ def test_a_standardised_probe_sees_what_tiny_features_hold(tmp_path) -> None:
         fit(run, progress=False)
         accuracy[standardize] = probe_results(cfg, cached, names, run)["accuracy"]
     assert accuracy[True] > 0.95 > 0.7 > accuracy[False]  # chance: 0.5
+
+
+def test_ctrl_c_while_caching_keeps_the_features_done_and_resume_goes_on(
+    ucf_tiny, pretrained, tmp_path, monkeypatch
+) -> None:
+    """Stopped at its third batch of clips, the probe saves the features done and says so; the
+    resume computes only the rest and gives the numbers of a run never stopped."""
+    cfg = make_eval_config(
+        "probe", preset="quick", data=str(ucf_tiny), arch="r3d10", init=str(pretrained),
+        epochs=2, workers=0, precision="fp32", clip_len=8, resize=(32, 40), crop=32,
+        out=str(tmp_path / "cut"),
+    )  # fmt: skip
+    whole = probe(replace(cfg, out=str(tmp_path / "whole")), progress=False)
+    forward, calls = BackboneFeature.forward, []
+
+    def ctrl_c_at_the_third_batch(self, clip):
+        calls.append(len(clip))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return forward(self, clip)
+
+    monkeypatch.setattr(BackboneFeature, "forward", ctrl_c_at_the_third_batch)
+    with pytest.raises(RunInterrupted, match="features.partial.pt"):
+        probe(cfg, progress=False)
+    cut = tmp_path / "cut"
+    done = torch.load(cut / "features.partial.pt")
+    assert sum(len(split["output"]) for split in done.values()) == sum(calls[:2])
+    assert (cut / "config.json").is_file() and not (cut / "features.pt").exists()
+    monkeypatch.undo()
+    calls.clear()
+    resumed = probe(replace(cfg, resume=True), progress=False)
+    assert resumed["correct"] == whole["correct"] and resumed["accuracy"] == whole["accuracy"]
+    ours, theirs = torch.load(cut / "features.pt"), torch.load(tmp_path / "whole" / "features.pt")
+    for split in ("train", "test"):
+        assert torch.equal(ours[split]["output"], theirs[split]["output"]), split
+        assert torch.equal(ours[split]["video"], theirs[split]["video"]), split
+    assert not (cut / "features.partial.pt").exists()
 
 
 def test_speed_probe_from_a_pretrained_checkpoint(ucf_tiny, pretrained, tmp_path, capsys) -> None:

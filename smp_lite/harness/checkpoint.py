@@ -33,8 +33,9 @@ CHECKPOINT_FORMAT = "smp-lite/1"
 CONFIG, METRICS, BEST, LAST = "config.json", "metrics.jsonl", "best.pt", "last.pt"
 BACKBONE = "backbone.pt"  # smp-lite export: the backbone alone
 RESULTS, FEATURES = "results.json", "features.pt"  # an evaluation's numbers, a probe's cache
+FEATURES_PARTIAL = "features.partial.pt"  # a probe's cache, cut short by Ctrl-C
 # what a run writes in its folder
-RUN_FILES = (CONFIG, METRICS, BEST, LAST, RESULTS, FEATURES, BACKBONE)
+RUN_FILES = (CONFIG, METRICS, BEST, LAST, RESULTS, FEATURES, FEATURES_PARTIAL, BACKBONE)
 PREVIOUS = ".previous"  # the run --overwrite replaces, until the new run saves last.pt
 ORIGINAL_ARCHS = ("c3d", "r3d10", "r21d10")  # the backbones the original PRP/SMP code has
 

@@ -400,22 +400,23 @@ class Run:
             save_run(self.out / name, self.config, self.classes, objects, self.state, row)
 
 
-def fit(run: Run, progress: bool = True) -> dict:
+def fit(run: Run, progress: bool = True, opening: bool = True) -> dict:
     """Train `run` from where it stands to its last epoch; returns the last epoch's row.
 
-    Prints the run's opening line, then after each epoch its row (with or without `progress`,
+    Prints the run's opening line (unless `opening` is off: the task said it), then after each
+    epoch its row (with or without `progress`,
     which shows the bars: a log without bars still needs the numbers). After each epoch:
     precise BatchNorm, validation, metrics.jsonl, best.pt (lowest validation loss) and
     last.pt. Ctrl-C or SIGTERM stops between two steps, after saving last.pt, by raising
     RunInterrupted (a KeyboardInterrupt).
     """
     row: dict = {}
-    if run.runtime.is_main:
+    if run.runtime.is_main and opening:
         say(opening_line(run.config, run.runtime, run.out, run.state))
     with stop_on_signals() as stop:
         for epoch in range(run.state.epoch, run.settings.epochs):
             row = train_epoch(run, epoch, stop, progress)
-            row = end_epoch(run, epoch, row, stop)
+            row = end_epoch(run, epoch, row, stop, progress)
             if run.runtime.is_main:
                 say(format_row(row, len(run.classes), "val" if run.keep_best else "test"))
     return row
@@ -509,21 +510,26 @@ def save_mid_epoch(run: Run, metrics: MetricCollection) -> None:
         run.save(["last.pt"], {})
 
 
-def end_epoch(run: Run, epoch: int, row: dict, stop: threading.Event) -> dict:
+def end_epoch(
+    run: Run, epoch: int, row: dict, stop: threading.Event, progress: bool = False
+) -> dict:
     """Precise BatchNorm, validation, the plateau schedule, then the epoch's row and checkpoints.
-    A stop during validation saves the epoch's training, which a resume then validates."""
+    A stop during validation saves the epoch's training, which a resume then validates. With
+    `progress`, each of the two phases under a bar of its own."""
     cfg, runtime, state = run.settings, run.runtime, run.state
     bn_batches = min(cfg.precise_bn, cfg.limit_batches or cfg.precise_bn)
+    show = dict(disable=not (progress and runtime.is_main), leave=False, dynamic_ncols=True)
     if bn_batches:  # before validation and saving: both should see the current weights
         run.loaders["bn"].sampler.set_epoch(epoch)
-        precise_bn(
-            unwrap(run.model),
-            training_clips(run.loaders["bn"], bn_batches, runtime, state),
-            runtime,
-        )
+        clips = training_clips(run.loaders["bn"], bn_batches, runtime, state)
+        desc = f"epoch {epoch + 1}: BatchNorm statistics"
+        precise_bn(unwrap(run.model), tqdm(clips, desc, bn_batches, **show), runtime)
     if run.loaders["val"] is not None:
         metrics = run.metrics.clone(prefix="val_")
-        batches = itertools.islice(run.loaders["val"], cfg.limit_batches or None)
+        val = run.loaders["val"]
+        total = min(len(val), cfg.limit_batches or len(val))
+        desc = f"epoch {epoch + 1}: validation" if run.keep_best else f"epoch {epoch + 1}: test"
+        batches = tqdm(itertools.islice(val, total), desc, total, **show)
         step = run.step_for(epoch, False)
         if not evaluate_batches(
             unwrap(run.model), batches, step, metrics, runtime, stop, state.skipped

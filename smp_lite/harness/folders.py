@@ -24,6 +24,8 @@ from ..errors import TrainError
 from .checkpoint import (
     BEST,
     CONFIG,
+    FEATURES,
+    FEATURES_PARTIAL,
     LAST,
     METRICS,
     PREVIOUS,
@@ -129,20 +131,27 @@ def holds_run(out: Path) -> bool:
     config.json alone is a start that failed or was killed before its first save."""
     metrics = out / METRICS
     rows = metrics.is_file() and metrics.stat().st_size > 0
-    return rows or any((out / name).is_file() for name in (LAST, BEST, RESULTS))
+    return rows or any((out / name).is_file() for name in (LAST, BEST, RESULTS, *CACHES))
+
+
+CACHES = (FEATURES, FEATURES_PARTIAL)  # a probe's features: a resume goes on from them
+
+
+def resumable(out: Path) -> bool:
+    return any((out / name).is_file() for name in (LAST, *CACHES))
 
 
 def check_out(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to mix two runs in one folder, to resume what is not there, and to write over a
     config.json that smp-lite did not write."""
-    if resume and not (out / LAST).is_file():
+    if resume and not resumable(out):
         raise TrainError(
             f"nothing to resume: {out / LAST} does not exist; "
             "start the run without --resume (with --overwrite to replace what is there)"
         )
     if resume or overwrite:
         return
-    if holds_run(out) and (out / LAST).is_file():
+    if holds_run(out) and resumable(out):
         raise TrainError(
             f"{out} already holds a run: pass --resume to continue it or --overwrite to replace it"
         )

@@ -28,6 +28,7 @@ from torchmetrics import MetricCollection
 
 from ..config import LoopConfig, RunConfig
 from .batches import EpochSampler
+from .checkpoint import LAST
 from .engine import Run, StepFn, fit, hold_run_folder, make_loader
 from .folders import write_results, write_run_folder
 from .runtime import Runtime, loader_workers, make_runtime
@@ -52,6 +53,7 @@ class Parts:
     repeats: int = 1  # training clips per video and epoch (repeated sampling)
     keep_best: bool = True  # best.pt by validation loss; not when "val" is the test set
     results: Callable[[Run], dict] | None = None  # once trained: results.json; None: none
+    announced: bool = False  # the task printed the opening line itself (before a long step)
 
 
 @contextmanager
@@ -85,7 +87,7 @@ def launch(
         run = new_run(cfg, parts, runtime, out)
         if runtime.is_main:
             write_run_folder(out, run.config, run.state.epoch)
-        row = fit(run, progress)
+        row = fit(run, progress, opening=not parts.announced)
         if parts.results is None:
             return {**row, "out": str(out), "best_val": run.state.best_val}
         results = parts.results(run)
@@ -118,7 +120,7 @@ def new_run(cfg: LoopConfig, parts: Parts, runtime: Runtime, out: Path) -> Run:
         epoch_batches=batches,
         keep_best=parts.keep_best,
     )
-    if cfg.resume:
+    if cfg.resume and (out / LAST).is_file():  # a probe may resume from its features alone
         run.resume()
     run.model = runtime.wrap(parts.model)
     return run
