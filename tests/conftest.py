@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from test_train import tiny_config
+from helpers import tiny_config
 from video_files import distinct_frames, write_ucf_layout
 
 from smp_lite.tools.synth import synthesize

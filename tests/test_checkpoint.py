@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from test_train import tiny_config
+from helpers import tiny_config
 
 import smp_lite.harness.checkpoint
 from smp_lite.errors import MissingPath, TrainError

@@ -13,6 +13,7 @@ from dataclasses import fields, replace
 
 import pytest
 import torch
+from helpers import write_run
 from typer.testing import CliRunner
 
 import smp_lite.probe
@@ -588,17 +589,6 @@ def test_a_full_disk_ends_in_one_line_and_keeps_the_saves_before(ucf_tiny, tmp_p
 
 # ---------------------------------------------------------------------------------------------
 # The newcomer's path: pretrain, then evaluate what was pretrained (no --init)
-
-
-def write_run(folder, task: str, arch: str = "r3d10", saved: float = 0.0, files=("best.pt",)):
-    """A run folder by hand: config.json as runs write it and tiny checkpoints `files`, saved
-    at `saved` seconds after 1e9 (their modification time)."""
-    folder.mkdir(parents=True)
-    write_run_folder(folder, {"arch": arch, "task": task, "init": "random", "resume": False}, 0)
-    for name in files:
-        save_checkpoint(folder / name, {"format": CHECKPOINT_FORMAT, "arch": arch, "task": task})
-        os.utime(folder / name, (1e9 + saved, 1e9 + saved))
-    return folder
 
 
 def record_evaluations(monkeypatch) -> list:

@@ -8,8 +8,8 @@ import av
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_config
 from PIL import Image
-from test_train import tiny_config
 from video_files import distinct_frames, write_ucf_layout
 
 from smp_lite import data as data_module

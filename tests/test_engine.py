@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import tiny_config, torchrun
+from helpers import tiny_config, torchrun
 from torchmetrics import MeanMetric, MetricCollection
 
 from smp_lite.harness.batches import EpochSampler

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli import write_run
+from helpers import TINY, write_run
 from torchmetrics.retrieval import RetrievalHitRate
 from typer.testing import CliRunner
 
@@ -29,8 +29,6 @@ from smp_lite.evaluate import (
 from smp_lite.harness.folders import json_text, read_metrics
 from smp_lite.index import DatasetIndex, Video, load_index
 from smp_lite.probe import probe
-
-TINY = dict(clip_len=8, resize=(32, 40), crop=32, workers=0, precision="fp32")
 
 
 def test_retrieval_hits_match_a_brute_force_search_and_torchmetrics() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_evaluate import TINY
+from helpers import TINY
 
 from smp_lite.config import RATES
 from smp_lite.data import VideoDataset

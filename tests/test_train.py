@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import fields, replace
 from pathlib import Path
@@ -15,6 +14,7 @@ from threading import Event
 
 import pytest
 import torch
+from helpers import TORCHRUN_ENV, tiny_config, tiny_pretrain_args, torchrun, torchrun_command
 from torchmetrics.classification import MulticlassAccuracy
 from video_files import write_ucf_layout
 
@@ -50,25 +50,6 @@ from smp_lite.train import (
     task_metrics,
     train,
 )
-
-
-def tiny_config(data, out, **kw):
-    """Clips of 8x32x32 and two batches per epoch: a step takes ~0.2 s on a CPU."""
-    settings = dict(
-        arch="r3d10",
-        data=str(data),
-        out=str(out),
-        epochs=3,
-        batch_size=4,
-        clip_len=8,
-        resize=(32, 40),
-        crop=32,
-        workers=0,
-        limit_batches=2,
-        val_fraction=0.25,
-        precision="fp32",
-    )
-    return make_config(kw.pop("task", "smp"), "quick", **(settings | kw))
 
 
 def test_accuracy_per_rate_is_torchmetrics_per_class_accuracy() -> None:
@@ -192,28 +173,6 @@ def test_precise_bn_changes_only_the_bn_statistics_of_a_run(ucf_tiny, tmp_path) 
             assert torch.equal(v, precise["model"][k]), k  # training itself is unchanged
     assert running["metrics"]["train_loss"] == precise["metrics"]["train_loss"]
     assert running["metrics"]["val_loss"] != precise["metrics"]["val_loss"]
-
-
-TORCHRUN_ENV = os.environ | {"OMP_NUM_THREADS": "1"}
-
-
-def torchrun_command(args: list[str], nproc: int = 2) -> list[str]:
-    """`nproc` real processes on this CPU in a gloo process group, as torchrun starts them."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    return [*command, "--nproc-per-node", str(nproc), *args]
-
-
-def torchrun(args: list[str], cwd) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        torchrun_command(args), cwd=cwd, env=TORCHRUN_ENV, capture_output=True, text=True
-    )
-
-
-def tiny_pretrain_args(data, out, *extra: str) -> list[str]:
-    args = ["-m", "smp_lite.cli", "pretrain", "--arch", "r3d10", "--data", f"synth:{data}"]
-    args += ["--out", str(out), "--batch-size", "2", "--clip-len", "8", "--resize", "32x40"]
-    args += ["--crop", "32", "--workers", "0", "--val-fraction", "0.25", "--precision", "fp32"]
-    return [*args, "--no-progress", *extra]
 
 
 def test_pretraining_under_torchrun_with_two_processes(ucf_tiny, tmp_path) -> None:
