@@ -31,7 +31,7 @@ from .config import (
     TrainConfig,
     check_settings,
 )
-from .errors import DataError, RunInterrupted, TrainError
+from .errors import DataError, MissingPath, RunInterrupted, TrainError
 
 app = typer.Typer(
     help="Self-supervised motion perception (SMP) and playback-rate perception (PRP) for video.",
@@ -417,17 +417,27 @@ def interruptible(
     ctx: typer.Context, run: Callable, cfg: object, progress: bool, chosen: dict | None = None
 ) -> dict:
     """`run(cfg)`; on Ctrl-C or SIGTERM, print how to go on (with the options in `chosen`,
-    picked for the user) and exit 130. The default dataset is generated first if missing."""
-    from .tools.synth import ensure_default_dataset
-
-    ensure_default_dataset(cfg.data)
+    picked for the user) and exit 130."""
     try:
-        return run(cfg, progress=progress)
+        return run_making_the_default_data(run, cfg, progress)
     except RunInterrupted as stopped:
         if is_main_process():
             command = resume_command(ctx, stopped.checkpoint.parent, chosen or {})
             typer.echo(f"{stopped}; to go on from there, run:\n  {command}", err=True)
         raise typer.Exit(130) from None
+
+
+def run_making_the_default_data(run: Callable, cfg: object, progress: bool) -> dict:
+    """`run(cfg)`; when it finds the default dataset missing (after its own refusals, before
+    it writes anything), the dataset is generated and the run started again."""
+    from .tools.synth import ensure_default_dataset
+
+    try:
+        return run(cfg, progress=progress)
+    except MissingPath as missing:
+        if missing.path != Path(cfg.data) or not ensure_default_dataset(cfg.data):
+            raise
+        return run(cfg, progress=progress)
 
 
 def is_main_process() -> bool:

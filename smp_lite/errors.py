@@ -12,7 +12,11 @@ class DataError(Exception):
 
 
 class MissingPath(DataError, ValueError):
-    """A path given on the command line (a dataset, a list) that does not exist."""
+    """A path given on the command line (a dataset, a list, a checkpoint) that does not exist."""
+
+    def __init__(self, message: str, path: Path) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class TrainError(Exception):

@@ -479,10 +479,10 @@ def retrieve(cfg: RetrieveConfig, progress: bool = True) -> dict:
     with started(cfg, out) as (cfg, runtime):
         t0 = time.perf_counter()
         config = eval_config_dict(cfg)
+        index = load_index(cfg.data, cfg.split)  # a missing dataset: before anything is written
         if runtime.is_main:  # no training loop to write config.json and open with its line
             write_run_folder(out, config, 0)
             say(opening_line(config, runtime, out))
-        index = load_index(cfg.data, cfg.split)
         videos = retrieval_videos(cfg, runtime, index, progress)
         hits = retrieval_hits(videos["queries"][:2], videos["gallery"][:2], TOP_K)  # (Q, K)
         query_ids = videos["queries"][2]

@@ -64,12 +64,12 @@ def load_index(spec: str | Path, split: int = 1) -> DatasetIndex:
         kind = detect_kind(path)
     if kind == "csv":
         if not path.is_file():
-            raise MissingPath(f"video list {path} does not exist or is not a file")
+            raise MissingPath(f"video list {path} does not exist or is not a file", path)
         if split != 1:
             raise ConfigError(f"{path}: a csv list has one split, got split {split}")
         return read_csv_list(path)
     if not path.is_dir():
-        raise MissingPath(f"data root {path} does not exist or is not a folder")
+        raise MissingPath(f"data root {path} does not exist or is not a folder", path)
     if kind in ("ucf101", "hmdb51") and split not in OFFICIAL_SPLITS:
         raise ConfigError(f"{kind} has splits 1, 2 and 3, got split {split} for {path}")
     if kind == "synth":

@@ -182,7 +182,7 @@ def read_torch_file(path: str | Path) -> object:
     if path.exists() and not path.is_file():
         raise TrainError(f"{path} is not a file: give a checkpoint file")
     if not path.is_file():
-        raise MissingPath(f"checkpoint {path} does not exist")
+        raise MissingPath(f"checkpoint {path} does not exist", path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:

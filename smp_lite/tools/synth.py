@@ -617,16 +617,18 @@ def synthesize(
     return out
 
 
-def ensure_default_dataset(data: str) -> None:
-    """The default dataset is generated on first use by the commands (Python: `synthesize`)."""
+def ensure_default_dataset(data: str) -> bool:
+    """The default dataset, generated on first use by the commands (Python: `synthesize`);
+    whether it was missing and is now made."""
     if data != DEFAULT_DATA or Path(DEFAULT_DATA).exists():
-        return
+        return False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # the ranks would all write it at once
         raise DataError(
             f"no dataset in {DEFAULT_DATA}: under torchrun, run `smp-lite data synth` first"
         )
     print(f"no dataset given: generating the default one in {DEFAULT_DATA}")
     synthesize(DEFAULT_DATA)
+    return True
 
 
 def generate_videos(
