@@ -22,10 +22,7 @@ given up after `decode_timeout` seconds and its video skipped the same way. `smp
 
 from __future__ import annotations
 
-import os
 import queue
-import sys
-import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -46,7 +43,7 @@ from .errors import DataError
 from .index import Video
 from .masks import motion_mask_dpau
 
-decord.logging.set_level(decord.logging.QUIET)  # FFmpeg's lines; decord's own: open_video
+decord.logging.set_level(decord.logging.QUIET)  # FFmpeg's lines (decord's own remain)
 
 # ---------------------------------------------------------------------------------------------
 # Sampling: which frame indices a sample needs
@@ -115,28 +112,15 @@ def to_clip(frames: np.ndarray) -> torch.Tensor:
 
 
 def open_video(path: Path | str):
-    """A decord reader at the video's own frame size; len() is the frame count. A file that is
-    missing or cannot be opened raises OSError saying why, and prints nothing: decord's own
-    error line is read from stderr into the message (FFmpeg's are silenced at import)."""
-    if not Path(path).is_file():
+    """A decord reader at the video's own frame size; len() is the frame count. A missing file
+    raises before the decoder sees it (which would print a line of its own); a file the decoder
+    cannot open raises OSError saying so. FFmpeg's log is silenced at import."""
+    if not Path(path).exists():
         raise FileNotFoundError("no such file")  # the callers name the video
-    with NATIVE_STDERR, tempfile.TemporaryFile() as said:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        os.dup2(said.fileno(), 2)  # C++ writes straight to fd 2
-        try:
-            return decord.VideoReader(str(path), num_threads=1)
-        except (decord.DECORDError, RuntimeError) as err:
-            said.seek(0)
-            lines = said.read().decode(errors="replace").splitlines()
-            why = lines[-1].rpartition(f"{path}, ")[2] if lines else str(err)
-            raise OSError(why) from None
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
-NATIVE_STDERR = threading.Lock()  # one redirection of fd 2 at a time
+    try:
+        return decord.VideoReader(str(path), num_threads=1)
+    except (decord.DECORDError, RuntimeError) as err:
+        raise OSError("the decoder cannot open it (not a video, or cut short)") from err
 
 
 def read_frames(reader, indices: list[int], size: tuple[int, int]) -> np.ndarray:

@@ -19,6 +19,7 @@ from smp_lite.models import Decoder, MotionNet
 
 
 @pytest.mark.parametrize("size", [(1, 2, 2), (2, 3, 4)])
+@pytest.mark.slow
 def test_the_composed_decoder_computes_what_its_plain_layers_compute(size) -> None:
     """The decoder's last transposed conv and 3-channel conv as one composed transposed conv:
     the same output and the same gradients, for every parameter and the input, as the plain
@@ -42,6 +43,7 @@ def test_the_composed_decoder_computes_what_its_plain_layers_compute(size) -> No
 
 
 @pytest.mark.parametrize("arch", ["r3d18", "c3d", "r21d10"])
+@pytest.mark.slow
 def test_bf16_on_cpu_gives_gradients_that_agree_with_fp32(arch) -> None:
     """The guard around depth-2 3D convs (c5 of a 16-frame clip) keeps bf16 weight gradients
     close to fp32's; without it oneDNN returns garbage there (docs/benchmarks.md)."""
@@ -122,6 +124,7 @@ def test_the_gpu_conv_forms_are_conv3d(form, in_ch, out_ch, kernel, stride, padd
             assert torch.allclose(a, b, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_gpu_conv_forms_replace_the_slow_convs_only_inside_a_compiled_graph() -> None:
     """On a GPU the stem and the strided shortcuts take their forms in torch.compile's graph
     (here traced by aot_eager, on the CPU), and only there: the eager model is the plain one,

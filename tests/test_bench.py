@@ -19,6 +19,7 @@ def small_bench(data, **overrides) -> BenchConfig:
     return BenchConfig(**(settings | overrides))
 
 
+@pytest.mark.slow
 def test_bench_measures_every_part_and_reports_it(synth_tiny) -> None:
     results = bench(small_bench(synth_tiny, variants=("fused",)), progress=False)
     assert results["peak_flops"] > 0 and results["preset"] == "quick"  # the CPU's default

@@ -50,6 +50,7 @@ def test_a_save_interrupted_before_the_rename_keeps_the_previous_file(tmp_path, 
     assert load_checkpoint(path)["step"] == 1
 
 
+@pytest.mark.slow
 def test_init_from_a_smp_lite_checkpoint_loads_the_backbone(ucf_tiny, tmp_path) -> None:
     torch.manual_seed(1)
     source = ActionNet("r3d10", num_classes=2)  # another task's checkpoint serves too

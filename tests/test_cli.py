@@ -140,6 +140,7 @@ TINY = [
 ]
 
 
+@pytest.mark.slow
 def test_pretrain_with_no_data_given_generates_the_default_dataset(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     made = []
@@ -156,6 +157,7 @@ def test_pretrain_with_no_data_given_generates_the_default_dataset(tmp_path, mon
     assert len(read_metrics(tmp_path / "run")) == 1
 
 
+@pytest.mark.slow
 def test_pretrain_end_to_end(ucf_tiny, tmp_path) -> None:
     out = tmp_path / "run"
     args = [
@@ -338,6 +340,7 @@ def test_bad_runs_fail_in_one_line_with_their_exit_code(case, ucf_tiny, tmp_path
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
+@pytest.mark.slow
 def test_data_synth_tiny(tmp_path) -> None:
     out = tmp_path / "synth"
     result = runner.invoke(app, ["data", "synth", "--out", str(out), "--preset", "tiny"])
@@ -395,6 +398,7 @@ def assert_same_run(out, uninterrupted) -> None:
         assert torch.equal(weights[name], value), name
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_epoch_resumes_to_the_same_numbers(ucf_tiny, tmp_path, uninterrupted):
     out = tmp_path / "run"
     killed = start_and_stop_mid_epoch(pretrain_command(ucf_tiny, out), out, signal.SIGKILL)
@@ -412,6 +416,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_numbers(ucf_tiny, tmp_path, 
     assert_same_run(out, uninterrupted)
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_and_prints_the_resume_command(ucf_tiny, tmp_path, uninterrupted):
     out = tmp_path / "run"
     stopped = start_and_stop_mid_epoch(pretrain_command(ucf_tiny, out), out, signal.SIGINT)
@@ -496,6 +501,7 @@ def test_each_setting_is_declared_once_with_its_help_and_its_choices_checked(con
                 check_settings(replace(config(), **{f.name: "other"}))
 
 
+@pytest.mark.slow
 def test_a_run_opens_with_one_line_and_prints_its_rows_without_bars(ucf_tiny, tmp_path) -> None:
     """--no-progress hides the bars only: a cluster log keeps the opening line and the rows."""
     out = tmp_path / "run"
@@ -515,6 +521,7 @@ def test_a_run_opens_with_one_line_and_prints_its_rows_without_bars(ucf_tiny, tm
     assert lines[-1].startswith(f"done: {out} ")
 
 
+@pytest.mark.slow
 def test_the_stop_message_starts_on_a_line_of_its_own(ucf_tiny, tmp_path, monkeypatch) -> None:
     """Not glued to the progress bar: the bar stays as it stopped and its line ends."""
     monkeypatch.setattr(engine, "stop_requested", lambda stop, runtime: True)  # Ctrl-C at step 1
@@ -528,6 +535,7 @@ def test_the_stop_message_starts_on_a_line_of_its_own(ucf_tiny, tmp_path, monkey
     assert lines[lines.index(bar[-1]) + 1].startswith(f"interrupted: saved {out / 'last.pt'}")
 
 
+@pytest.mark.slow
 def test_the_bar_redraws_at_its_own_pace_not_at_every_step(ucf_tiny, tmp_path) -> None:
     """The loss shown beside the bar waits for the bar's next redraw: a notebook, which keeps
     every redraw, holds a few lines an epoch (TQDM_MININTERVAL, read when tqdm is imported,
@@ -546,6 +554,7 @@ def test_the_bar_redraws_at_its_own_pace_not_at_every_step(ucf_tiny, tmp_path) -
 # One run per folder, a full disk (docs/reliability.md)
 
 
+@pytest.mark.slow
 def test_two_runs_into_one_folder_at_once_admit_one(ucf_tiny, tmp_path) -> None:
     out = tmp_path / "run"
     first = subprocess.Popen(pretrain_command(ucf_tiny, out), env=ENV, stderr=subprocess.PIPE)
@@ -563,6 +572,7 @@ def test_two_runs_into_one_folder_at_once_admit_one(ucf_tiny, tmp_path) -> None:
     assert not (out / "run.lock").exists()  # released at the end
 
 
+@pytest.mark.slow
 def test_a_full_disk_ends_in_one_line_and_keeps_the_saves_before(ucf_tiny, tmp_path, monkeypatch):
     out, calls, save = tmp_path / "run", [], torch.save
 
@@ -757,6 +767,7 @@ def test_a_folder_without_a_backbone_as_init_is_one_line(task, message, tmp_path
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_pretrain_then_retrieve_just_works(pretrained, ucf_tiny, tmp_path, monkeypatch) -> None:
     """The newcomer's path for real: a pretraining in runs/, then `retrieve` and `report`
     with no more than the clip settings."""

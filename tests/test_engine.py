@@ -45,6 +45,7 @@ def test_precise_bn_sets_the_statistics_of_the_current_weights() -> None:
         assert torch.equal(v, weights[k]), k
 
 
+@pytest.mark.slow
 def test_precise_bn_averages_the_statistics_over_ranks(tmp_path) -> None:
     script = tmp_path / "bn.py"
     script.write_text(
@@ -110,6 +111,7 @@ def test_loader_workers_leave_ctrl_c_to_the_main_process() -> None:
         signal.signal(signal.SIGINT, started_with)
 
 
+@pytest.mark.slow
 def test_the_loop_with_the_runtime_a_user_gets_and_worker_processes(ucf_tiny, tmp_path) -> None:
     """The defaults: automatic precision and layout (bf16 + channels_last_3d with the conv guard
     on a CPU with bf16 units) and DataLoader worker processes."""

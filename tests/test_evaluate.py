@@ -139,6 +139,7 @@ def test_results_json_keeps_lists_of_numbers_on_one_line() -> None:
     assert '"correct": [1, 0, 1, 0' in text and "[3, 1]" in text
 
 
+@pytest.mark.slow
 def test_action_probe_finetune_and_retrieval_from_random_weights(ucf_tiny, tmp_path) -> None:
     index = load_index(ucf_tiny)
     common = dict(data=str(ucf_tiny), arch="r3d10", test_views=2, **TINY)
@@ -165,6 +166,7 @@ def test_action_probe_finetune_and_retrieval_from_random_weights(ucf_tiny, tmp_p
     assert sum(found["hits"]["5"]) / found["queries"] == pytest.approx(found["top_k"]["5"])
 
 
+@pytest.mark.slow
 def test_finetuning_gives_the_same_numbers_whatever_ran_before(ucf_tiny, tmp_path) -> None:
     """The seed decides every weight, the new head's too: a process (a notebook, make
     reproduce) that drew random numbers before gets the same run."""
@@ -200,6 +202,7 @@ def test_bad_evaluation_input_is_one_line(args, message, tmp_path, monkeypatch) 
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_architecture_is_refused_in_one_line(
     pretrained, tmp_path, monkeypatch
 ):

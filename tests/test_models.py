@@ -126,6 +126,7 @@ def test_backward_reaches_backbone():
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.slow
 def test_channels_last_bf16_autocast(arch):
     model = MotionNet(arch).to(memory_format=torch.channels_last_3d)
     x = clip(8, 32).to(memory_format=torch.channels_last_3d)

@@ -41,6 +41,7 @@ from smp_lite.probe import (
 from smp_lite.tools.synth import write_video
 
 
+@pytest.mark.slow
 def test_a_standardised_probe_sees_what_tiny_features_hold(tmp_path) -> None:
     """Features 1000x smaller than usual, their class in one dimension: with the seed's SGD the
     linear layer hardly moves; standardised, it finds the class."""
@@ -68,6 +69,7 @@ def test_a_standardised_probe_sees_what_tiny_features_hold(tmp_path) -> None:
     assert accuracy[True] > 0.95 > 0.7 > accuracy[False]  # chance: 0.5
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_caching_keeps_the_features_done_and_resume_goes_on(
     ucf_tiny, pretrained, tmp_path, monkeypatch
 ) -> None:
@@ -105,6 +107,7 @@ def test_ctrl_c_while_caching_keeps_the_features_done_and_resume_goes_on(
     assert not (cut / "features.partial.pt").exists()
 
 
+@pytest.mark.slow
 def test_speed_probe_from_a_pretrained_checkpoint(ucf_tiny, pretrained, tmp_path, capsys) -> None:
     out = tmp_path / "probe"
     common = dict(data=str(ucf_tiny), init=str(pretrained), arch="r3d10", out=str(out), **TINY)
@@ -129,6 +132,7 @@ def test_speed_probe_from_a_pretrained_checkpoint(ucf_tiny, pretrained, tmp_path
     assert (out / "features.pt").stat().st_mtime_ns == features  # reused, not recomputed
 
 
+@pytest.mark.slow
 def test_a_probe_trains_on_another_probes_features(ucf_tiny, pretrained, tmp_path) -> None:
     common = dict(data=str(ucf_tiny), init=str(pretrained), arch="r3d10", epochs=2, **TINY)
     first = probe(make_eval_config("probe", out=str(tmp_path / "a"), **common), progress=False)
@@ -153,6 +157,7 @@ def test_a_probe_trains_on_another_probes_features(ucf_tiny, pretrained, tmp_pat
     assert not (tmp_path / "c").exists()  # refused before a run folder was made
 
 
+@pytest.mark.slow
 def test_features_older_than_their_checkpoint_are_refused(ucf_tiny, pretrained, tmp_path) -> None:
     """A pretraining rerun into the same folder rewrites the checkpoint a probe cached features
     of: neither resuming that probe nor reusing its features may give the old backbone's
@@ -173,6 +178,7 @@ def test_features_older_than_their_checkpoint_are_refused(ucf_tiny, pretrained, 
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 def test_older_features_without_refit_bn_count_as_not_refitted(ucf_tiny, tmp_path) -> None:
     """A run from before refit_bn existed has no such setting in its config.json: its features
     are the un-refitted ones, and reused as such."""
@@ -186,6 +192,7 @@ def test_older_features_without_refit_bn_count_as_not_refitted(ucf_tiny, tmp_pat
     assert results["items"] == len(RATES) * len(load_index(ucf_tiny).test)
 
 
+@pytest.mark.slow
 def test_refit_bn_spreads_random_features_and_keeps_the_weights(ucf_tiny) -> None:
     """Random weights under BatchNorm's initial statistics (0 and 1) give features that barely
     vary; re-estimated on the training clips, the same weights give normalised activations."""

@@ -40,6 +40,7 @@ def two_runs(ucf_tiny, tmp_path_factory):
     return root / "smp", root / "sup"
 
 
+@pytest.mark.slow
 def test_table_reports_best_pt_and_last_epoch(two_runs) -> None:
     smp, sup = two_runs
     text = pretrain_table([smp, sup])
@@ -62,6 +63,7 @@ def test_table_reports_best_pt_and_last_epoch(two_runs) -> None:
     assert sup_cells[5] == f"{100 * last_sup['val_acc_action']:.1f}%"
 
 
+@pytest.mark.slow
 def test_curves_are_written_as_png(two_runs, tmp_path) -> None:
     out = plot_curves(list(two_runs), tmp_path / "figs" / "curves.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
@@ -74,6 +76,7 @@ def test_curves_are_written_as_png(two_runs, tmp_path) -> None:
     assert widths == [700, 1400]
 
 
+@pytest.mark.slow
 def test_a_stopped_run_says_how_many_of_its_epochs_it_did(two_runs, tmp_path) -> None:
     stopped = shutil.copytree(two_runs[0], tmp_path / "stopped")
     config = json.loads((stopped / "config.json").read_text())
@@ -82,6 +85,7 @@ def test_a_stopped_run_says_how_many_of_its_epochs_it_did(two_runs, tmp_path) ->
     assert "| 3 of 10 (not finished) |" in rows[2] and "| smp | 3 |" in rows[3]
 
 
+@pytest.mark.slow
 def test_report_command_and_a_folder_that_is_no_run(two_runs, tmp_path) -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["report", *map(str, two_runs), "--table", str(tmp_path / "t.md")])
@@ -96,6 +100,7 @@ def test_report_command_and_a_folder_that_is_no_run(two_runs, tmp_path) -> None:
         pretrain_table([tmp_path / "missing"])
 
 
+@pytest.mark.slow
 def test_report_of_a_killed_run_and_of_torn_files(two_runs, tmp_path) -> None:
     runner = CliRunner()
     run = tmp_path / "smp"
@@ -151,6 +156,7 @@ def evaluation_runs(root) -> list:
     ]
 
 
+@pytest.mark.slow
 def test_report_of_every_kind_of_run(two_runs, tmp_path) -> None:
     """Pretraining and evaluation runs in one report: a table each, a note for what a run
     cannot show, the curves of every run with epochs."""

@@ -49,6 +49,7 @@ def tiny_reproduced(tmp_path_factory, synth_tiny):
     shutil.rmtree(root, ignore_errors=True)  # the checkpoints
 
 
+@pytest.mark.slow
 def test_tiny_profile_writes_every_table_picture_and_number(tiny_reproduced) -> None:
     summary, runs, results = tiny_reproduced
     names = {p.name for p in results.iterdir()}
@@ -116,6 +117,7 @@ def test_the_tiny_profile_deletes_its_checkpoints_and_keeps_its_results(tmp_path
     assert {p.name for p in tmp_path.glob("*/*")} == {"results.json", "config.json"}
 
 
+@pytest.mark.slow
 def test_a_rerun_reuses_what_finished_and_resumes_or_redoes_the_rest(tiny_reproduced, capsys):
     summary, runs, results = tiny_reproduced
     steps = json.loads((runs / "steps.json").read_text())

@@ -45,6 +45,7 @@ def psnr(a, b):
     return 10 * np.log10(255**2 / mse)
 
 
+@pytest.mark.slow
 def test_layout_and_list_files(root):
     class_ind = read_list(root / "classInd.txt")
     assert class_ind == [[str(i), name] for i, name in enumerate(CFG.classes, start=1)]
@@ -63,6 +64,7 @@ def test_layout_and_list_files(root):
     assert not list(root.parent.glob(".*partial*"))  # the temporary folder was renamed
 
 
+@pytest.mark.slow
 def test_splits_disjoint_and_cover_all_classes(root):
     def groups_and_classes(list_file):
         paths = [row[0] for row in read_list(root / list_file)]
@@ -77,6 +79,7 @@ def test_splits_disjoint_and_cover_all_classes(root):
     assert len(CFG.classes) >= 10 and set(CFG.classes) <= set(CLASSES)
 
 
+@pytest.mark.slow
 def test_meta(root, meta):
     assert (meta["preset"], meta["seed"], meta["version"]) == ("tiny", 0, __version__)
     assert meta["config"]["frames"] == CFG.frames
@@ -96,6 +99,7 @@ def test_a_groups_look_is_its_own_in_each_class():
     assert not torch.equal(a["figure"], other["figure"])
 
 
+@pytest.mark.slow
 def test_speeds_span_configured_range(meta):
     lo, hi = CFG.speed_range
     speeds = np.array([r["speed"] for r in meta["videos"]])
@@ -104,6 +108,7 @@ def test_speeds_span_configured_range(meta):
     assert lo <= speeds.min() < lo * 1.3 and hi / 1.3 < speeds.max() <= hi
 
 
+@pytest.mark.slow
 def test_videos_long_enough_and_close_to_rendered(root, meta):
     for r in meta["videos"]:
         decoded = read_video(root / "videos" / r["path"])  # (T, H, W, 3)
@@ -130,6 +135,7 @@ def test_render_deterministic():
     assert not np.array_equal(a, c)
 
 
+@pytest.mark.slow
 def test_generation_repeats_byte_for_byte(root, tmp_path):
     # other worker processes than the fixture's: the encoder once differed between processes
     again = synthesize(tmp_path / "again", preset="tiny", workers=2, progress=False)
@@ -214,6 +220,7 @@ def test_bad_preset_raises():
         synthesize("/nonexistent/never", preset="huge")
 
 
+@pytest.mark.slow
 def test_existing_dataset_is_returned_without_regenerating(root, meta):
     meta_file = root / "meta.json"
     mtime = meta_file.stat().st_mtime_ns
@@ -222,6 +229,7 @@ def test_existing_dataset_is_returned_without_regenerating(root, meta):
     assert meta_file.stat().st_mtime_ns == mtime
 
 
+@pytest.mark.slow
 def test_a_dataset_from_other_settings_is_named_when_reused(root, meta, monkeypatch):
     config = {**meta["config"], "grain": 0.0, "classes": tuple(meta["config"]["classes"])}
     monkeypatch.setitem(PRESETS, "tiny", SynthConfig(**config))
@@ -244,6 +252,7 @@ def micro(monkeypatch):
     return cfg
 
 
+@pytest.mark.slow
 def test_overwrite_and_interrupted_run(tmp_path, micro, monkeypatch):
     out = tmp_path / "micro"
     out.mkdir()

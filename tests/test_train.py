@@ -99,6 +99,7 @@ def test_bad_settings_are_refused(kw, message) -> None:
         make_config("jigsaw")
 
 
+@pytest.mark.slow
 def test_smp_run_writes_the_run_and_its_loss_goes_down(ucf_tiny, tmp_path) -> None:
     cfg = tiny_config(ucf_tiny, tmp_path / "run", epochs=5, lr=0.05)
     result = train(cfg, progress=False)
@@ -138,6 +139,7 @@ def test_smp_run_writes_the_run_and_its_loss_goes_down(ucf_tiny, tmp_path) -> No
     assert result["best_val"] == pytest.approx(best["best_val"])
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers(ucf_tiny, tmp_path) -> None:
     def run(name: str, seed: int) -> list[dict]:
         train(
@@ -151,6 +153,7 @@ def test_same_seed_same_numbers(ucf_tiny, tmp_path) -> None:
     assert a != c
 
 
+@pytest.mark.slow
 def test_repeated_sampling_makes_an_epoch_pass_each_video_that_many_times(ucf_tiny, tmp_path):
     steps = {}
     for k in (1, 2):
@@ -160,6 +163,7 @@ def test_repeated_sampling_makes_an_epoch_pass_each_video_that_many_times(ucf_ti
     assert steps[1] > 0 and steps[2] in (2 * steps[1], 2 * steps[1] + 1)  # drop_last
 
 
+@pytest.mark.slow
 def test_precise_bn_changes_only_the_bn_statistics_of_a_run(ucf_tiny, tmp_path) -> None:
     for name, batches in (("running", 0), ("precise", 2)):
         cfg = tiny_config(ucf_tiny, tmp_path / name, task="prp", epochs=1, precise_bn=batches)
@@ -175,6 +179,7 @@ def test_precise_bn_changes_only_the_bn_statistics_of_a_run(ucf_tiny, tmp_path) 
     assert running["metrics"]["val_loss"] != precise["metrics"]["val_loss"]
 
 
+@pytest.mark.slow
 def test_pretraining_under_torchrun_with_two_processes(ucf_tiny, tmp_path) -> None:
     """Real DistributedDataParallel over gloo: metrics count the clips of both ranks."""
     done = torchrun(tiny_pretrain_args(ucf_tiny, tmp_path / "run", "--epochs", "2"), tmp_path)
@@ -189,6 +194,7 @@ def test_pretraining_under_torchrun_with_two_processes(ucf_tiny, tmp_path) -> No
     assert state["epoch"] == 2 and state["step"] == 2 * steps
 
 
+@pytest.mark.slow
 def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_resume_goes_on(ucf_tiny, tmp_path):
     out = tmp_path / "run"
     args = tiny_pretrain_args(ucf_tiny, out, "--epochs", "40", "--save-every", "1")
@@ -219,6 +225,7 @@ def test_supervised_run(ucf_tiny, tmp_path) -> None:
     assert load_checkpoint(tmp_path / "sup" / "best.pt")["task"] == "supervised"
 
 
+@pytest.mark.slow
 def test_a_compiled_run_trains_as_the_eager_one_and_saves_a_plain_checkpoint(
     ucf_tiny, tmp_path
 ) -> None:
@@ -247,6 +254,7 @@ def test_a_model_torch_compile_cannot_compile_is_one_line_naming_no_compile(
         train(cfg, progress=False)
 
 
+@pytest.mark.slow
 def test_a_second_run_in_the_same_folder_is_refused(ucf_tiny, tmp_path) -> None:
     train(tiny_config(ucf_tiny, tmp_path / "r", epochs=1), progress=False)
     with pytest.raises(TrainError, match="already holds a run"):
@@ -259,6 +267,7 @@ def test_a_second_run_in_the_same_folder_is_refused(ucf_tiny, tmp_path) -> None:
 # Reliability (docs/reliability.md)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
     ucf_tiny, tmp_path, monkeypatch
 ):
@@ -278,6 +287,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
+@pytest.mark.slow
 def test_sigterm_stops_after_the_step_with_last_pt_saved(ucf_tiny, tmp_path, monkeypatch):
     calls, motion_step = [], smp_lite.train.motion_step
 
@@ -320,6 +330,7 @@ def test_resume_refuses_or_applies_each_changed_setting(setting) -> None:
     assert set(MUST_KEEP) <= set(KEPT_ON_RESUME)
 
 
+@pytest.mark.slow
 def test_resume_refuses_what_would_not_continue_the_run(ucf_tiny, tmp_path) -> None:
     with pytest.raises(TrainError, match="nothing to resume"):
         train(tiny_config(ucf_tiny, tmp_path / "r", epochs=1, resume=True), progress=False)
@@ -376,6 +387,7 @@ def test_each_task_crops_as_its_original() -> None:
         make_config("prp", train_crop="corner")
 
 
+@pytest.mark.slow
 def test_smp_validation_loss_means_the_same_at_every_epoch(ucf_tiny) -> None:
     """Training blends the CAM mask in by lambda(epoch); validation keeps DPAU alone, so best.pt
     and the plateau schedule compare one quantity across epochs."""
@@ -403,6 +415,7 @@ def test_plateau_schedule_stops_at_the_original_minimum() -> None:
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1e-7, 1e-7])
 
 
+@pytest.mark.slow
 def test_non_finite_gradients_stop_before_they_reach_the_weights(
     ucf_tiny, tmp_path, monkeypatch
 ) -> None:
@@ -425,6 +438,7 @@ def test_non_finite_gradients_stop_before_they_reach_the_weights(
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_validation_under_torchrun_counts_each_clip_once(tmp_path) -> None:
     """3 held-out videos (one group of 3 classes) over 2 ranks: the validation row equals a
     single-process evaluation of the validated weights (last.pt), clip for clip."""
@@ -506,6 +520,7 @@ def test_an_empty_training_part_is_one_line(case, ucf_tiny, tmp_path) -> None:
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_one_class_supervised_run_is_refused(ucf_tiny, tmp_path) -> None:
     data = csv_of(tmp_path, ucf_tiny, [(i, "walk", "train") for i in range(4)])
     with pytest.raises(DataError, match="all 'walk', the loss would be 0"):
@@ -513,6 +528,7 @@ def test_a_one_class_supervised_run_is_refused(ucf_tiny, tmp_path) -> None:
     train(tiny_config(data, tmp_path / "prp", task="prp", epochs=1), progress=False)  # fine
 
 
+@pytest.mark.slow
 def test_an_overwrite_that_fails_before_saving_puts_the_previous_run_back(ucf_tiny, tmp_path):
     out = tmp_path / "run"
     train(tiny_config(ucf_tiny, out, epochs=1), progress=False)
@@ -531,6 +547,7 @@ def test_an_overwrite_that_fails_before_saving_puts_the_previous_run_back(ucf_ti
     assert load_checkpoint(out / "last.pt")["config"]["seed"] == 5
 
 
+@pytest.mark.slow
 def test_a_failed_start_leaves_nothing_and_the_corrected_command_runs(ucf_tiny, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(DataError, match="no training video has the 161 frames"):
@@ -540,6 +557,7 @@ def test_a_failed_start_leaves_nothing_and_the_corrected_command_runs(ucf_tiny, 
     assert [r["epoch"] for r in read_metrics(out)] == [1]
 
 
+@pytest.mark.slow
 def test_resume_goes_on_past_a_torn_last_metrics_line(ucf_tiny, tmp_path) -> None:
     out = tmp_path / "run"
     train(tiny_config(ucf_tiny, out, epochs=1), progress=False)
@@ -550,6 +568,7 @@ def test_resume_goes_on_past_a_torn_last_metrics_line(ucf_tiny, tmp_path) -> Non
     assert (out / "metrics.jsonl").read_text().count("\n") == 2
 
 
+@pytest.mark.slow
 def test_under_torchrun_a_refusal_stops_every_rank(ucf_tiny, tmp_path) -> None:
     out = tmp_path / "run"
     out.mkdir()
@@ -647,6 +666,7 @@ def test_a_rate_1_sample_weighs_as_much_as_a_rate_8_sample() -> None:
 
 
 @pytest.mark.parametrize("arch", ["r3d10", "r21d10", "r3d18"])
+@pytest.mark.slow
 def test_a_residual_backbone_fits_the_rate_of_a_handful_of_clips(arch, synth_tiny) -> None:
     """PRP's own loss and optimiser, on two videos at each of the four rates: the rate's
     cross-entropy falls well below chance (ln 4) in a few steps. It stays near ln 4 when the
