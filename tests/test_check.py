@@ -48,6 +48,19 @@ def test_check_of_a_clean_ucf101(official_ucf) -> None:
     assert not report["too_short"] and report["usable_train_videos"] == 12
 
 
+def test_check_of_a_csv_list_reports_only_what_the_list_names(csv_list, tmp_path) -> None:
+    """A CSV may name any subset of the videos beside it: none is "unlisted"; a listed file
+    that is missing is."""
+    listed = tmp_path / "subset.csv"
+    header, *rows = csv_list.read_text().splitlines()
+    rows = [r if r.startswith("/") else f"{csv_list.parent}/{r}" for r in rows]
+    missing = f"{csv_list.parent}/gone.avi,run,train"
+    listed.write_text("\n".join([header, *rows[:3], rows[-2], missing]) + "\n")
+    report = check_dataset(f"csv:{listed}", split=1, workers=1, progress=False)
+    assert report["unlisted"] == [] and len(report["missing"]) == 1
+    assert report["missing"][0].endswith("gone.avi")
+
+
 def test_summary_shows_the_first_names_only() -> None:
     report = {
         "dataset": "csv",

@@ -102,7 +102,10 @@ def per_class_counts(index: DatasetIndex) -> dict[str, dict[str, int]]:
 
 
 def unlisted_videos(index: DatasetIndex) -> list[Path]:
-    """Video files under the dataset's video folder that no list (of any flag) names."""
+    """Video files under the dataset's video folder that no list (of any flag) names; none for a
+    CSV list, which may name any subset of the videos beside it."""
+    if index.name == "csv":
+        return []
     listed = {v.path for v in (*index.train, *index.test, *index.unused)}
     on_disk = (p for p in index.video_dir.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
     return sorted(p for p in on_disk if p not in listed and p.is_file())
