@@ -26,6 +26,7 @@ from smp_lite.harness.batches import EpochSampler, to_float
 from smp_lite.harness.runtime import cpu_has_native_bf16
 from smp_lite.index import load_index, split_by_group
 from smp_lite.models import MotionNet
+from smp_lite.train import make_config, make_optimizer
 
 INPUTS = {  # (B, 3, T, H, W) -> the same shape
     "rgb": lambda x: x,  # as the method: values in [0, 1]
@@ -63,10 +64,7 @@ def main() -> None:
     bf16 = cpu_has_native_bf16()
     if bf16:
         guard_cpu_bf16_conv3d(model)
-    fc = [p for n, p in model.named_parameters() if n.startswith("rate_heads.") and ".fc." in n]
-    rest = [p for p in model.parameters() if all(p is not q for q in fc)]
-    groups = [{"params": rest}, {"params": fc, "lr": 10 * args.lr}]
-    optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=0.9, weight_decay=5e-4)
+    optimizer = make_optimizer(model, make_config("prp", "quick", lr=args.lr))  # PRP's SGD
     shape = INPUTS[args.input]
 
     def logits(batch: dict) -> torch.Tensor:

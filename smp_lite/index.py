@@ -34,7 +34,7 @@ class DatasetIndex:
     classes: tuple[str, ...]
     train: tuple[Video, ...]
     test: tuple[Video, ...]
-    video_dir: Path  # the folder the lists cover: other videos in it are "unlisted"
+    video_dir: Path | None  # the folder the lists cover (others in it: "unlisted"); csv: none
     unused: tuple[Video, ...] = ()  # listed in neither split (HMDB51's flag 0)
 
 
@@ -224,7 +224,7 @@ def read_csv_list(path: Path) -> DatasetIndex:
     if not splits["train"]:
         raise DataError(f"{path} lists no training videos")
     train, test = tuple(splits["train"]), tuple(splits["test"])
-    return DatasetIndex("csv", path.parent, classes, train, test, path.parent)
+    return DatasetIndex("csv", path.parent, classes, train, test, None)  # any subset of a folder
 
 
 def split_by_group(

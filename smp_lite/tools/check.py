@@ -103,8 +103,8 @@ def per_class_counts(index: DatasetIndex) -> dict[str, dict[str, int]]:
 
 def unlisted_videos(index: DatasetIndex) -> list[Path]:
     """Video files under the dataset's video folder that no list (of any flag) names; none for a
-    CSV list, which may name any subset of the videos beside it."""
-    if index.name == "csv":
+    CSV list, which covers no folder (it may name any subset of the videos beside it)."""
+    if index.video_dir is None:
         return []
     listed = {v.path for v in (*index.train, *index.test, *index.unused)}
     on_disk = (p for p in index.video_dir.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
