@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
+import sys
 
 import pytest
 
@@ -37,54 +39,58 @@ def test_metrics_leave_out_a_torn_last_line_and_name_any_other_bad_line(tmp_path
 # One run per folder: the lock, --overwrite, failed starts (docs/reliability.md)
 
 
-def write_lock(out, host, pid) -> None:
-    out.mkdir(exist_ok=True)
-    holder = {"host": host, "pid": pid, "started": "2024-05-01 12:00:00"}
-    (out / "run.lock").write_text(json.dumps(holder) + "\n")
-
-
-def dead_pid() -> int:
-    """The pid of a process of this host that has ended."""
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return proc.pid
-
-
-@pytest.mark.parametrize(
-    "holder, message",
-    [
-        ("this process", r"is in use by another run \(pid {pid}, started 2024-05-01 12:00:00\)"),
-        ("another host", r"is in use by a run on node-7 \(pid 4242, .*delete .*run.lock$"),
-        ("garbage", r"run.lock is not a smp-lite lock: if no run uses the folder, delete it$"),
-    ],
-)
-def test_a_folder_held_by_another_run_is_refused(holder, message, tmp_path) -> None:
+def test_a_second_run_is_refused_at_once_naming_the_first(tmp_path) -> None:
     out = tmp_path / "run"
-    if holder == "garbage":
-        out.mkdir()
-        (out / "run.lock").write_text("\x00\x00\n")
-    else:
-        host = "node-7" if holder == "another host" else socket.gethostname()
-        write_lock(out, host, 4242 if holder == "another host" else os.getpid())
-    (out / "config.json").write_text("{}")
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
-    with pytest.raises(TrainError, match=message.format(pid=os.getpid())):
-        with run_folder(out, resume=False, overwrite=True):
-            pytest.fail("admitted")
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # untouched
-
-
-def test_the_lock_of_a_run_that_died_is_taken_over(tmp_path, capsys) -> None:
-    out, pid = tmp_path / "run", dead_pid()
-    write_lock(out, socket.gethostname(), pid)
     with run_folder(out, resume=False, overwrite=False):
-        holder = json.loads((out / "run.lock").read_text())
-        assert (holder["host"], holder["pid"]) == (socket.gethostname(), os.getpid())
-    assert (
-        f"taking over {out / 'run.lock'}: the run that held it (pid {pid}"
-        in capsys.readouterr().err
+        (out / "config.json").write_text("{}")
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        holder = rf"\(pid {os.getpid()}, host {re.escape(socket.gethostname())}, started [-\d: ]+\)"
+        message = rf"^{re.escape(str(out))} is in use by another run {holder}: wait for it to end"
+        with pytest.raises(TrainError, match=message) as refused:
+            with run_folder(out, resume=False, overwrite=True):
+                pytest.fail("admitted")
+        assert "\n" not in str(refused.value)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # untouched
+    assert not (out / "run.lock").exists()
+    with run_folder(out, resume=False, overwrite=True):  # released: the next run gets in
+        pass
+
+
+# holds a folder, with a forked child (a DataLoader worker) that outlives it
+HOLD = """
+import os, sys, time
+from pathlib import Path
+from smp_lite.harness.folders import run_folder
+with run_folder(Path(sys.argv[1]), resume=False, overwrite=False):
+    worker = os.fork()
+    if worker == 0:
+        time.sleep(60)
+        os._exit(0)
+    print(worker, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_run_killed_with_sigkill_blocks_no_one(tmp_path) -> None:
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True
     )
-    assert not list(out.iterdir())  # this run's lock is released, the stale one gone
+    try:
+        worker = int(holder.stdout.readline())
+        with pytest.raises(TrainError, match=rf"in use by another run \(pid {holder.pid}, "):
+            with run_folder(out, resume=False, overwrite=False):
+                pytest.fail("admitted")
+        holder.kill()
+        holder.wait()
+        assert (out / "run.lock").is_file()  # left behind, and its worker lives on
+        with run_folder(out, resume=False, overwrite=False):
+            assert (out / "run.lock").read_text().startswith(f"pid {os.getpid()}, ")
+        os.kill(worker, signal.SIGKILL)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (out / "run.lock").exists()
 
 
 def test_a_run_in_a_new_folder_releases_it_on_errors_and_sigterm(tmp_path) -> None:

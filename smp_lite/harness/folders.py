@@ -19,6 +19,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from .. import __version__
 from ..errors import TrainError
 from .checkpoint import (
@@ -36,7 +38,7 @@ from .checkpoint import (
     write_atomic,
 )
 
-LOCK = "run.lock"  # while a run holds its folder
+LOCK = "run.lock"  # flock()ed by the run that holds the folder; names it
 MOVING = ".previous-moving"  # files on their way into or out of .previous
 
 
@@ -248,103 +250,47 @@ def json_text(value: object, indent: int) -> str:
 # One run per folder: run.lock
 
 
-def take_lock(out: Path) -> Path:
-    """Create out/run.lock naming this process: host, pid, start time. O_CREAT|O_EXCL makes the
-    creation atomic, on NFSv3 and later too: of two runs, one gets it. A lock whose process is
-    gone (this host, no such pid) is taken over; any other is refused in one line."""
-    lock = out / LOCK
+def take_lock(out: Path) -> FileLock:
+    """Hold out/run.lock with an OS lock (flock), at once or refused in one line naming its
+    holder. The kernel drops the lock when the process ends, however it ends: a run killed with
+    SIGKILL leaves a run.lock that blocks no one."""
     started = time.strftime("%Y-%m-%d %H:%M:%S")
-    mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": started}
+    holder = f"pid {os.getpid()}, host {socket.gethostname()}, started {started}\n"
+    lock = FileLock(out / LOCK, timeout=0, on_acquired=lambda fd: write_holder(fd, holder))
     try:
         out.mkdir(parents=True, exist_ok=True)
-        for _ in range(3):
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                take_over_if_stale(lock)
-                continue
-            try:
-                with os.fdopen(fd, "w") as f:
-                    f.write(json.dumps(mine) + "\n")
-            except OSError:
-                lock.unlink()  # a full disk: a lock without its holder would stop every run
-                raise
-            return lock
+        lock.acquire()
+    except Timeout:  # before OSError, which it is
+        raise TrainError(
+            f"{out} is in use by another run{holder_of(out)}: "
+            "wait for it to end or choose another --out"
+        ) from None
     except OSError as err:
         raise TrainError(f"cannot write to output folder {out}: {err.strerror}") from None
-    raise TrainError(f"{lock} keeps changing: is another run starting in {out}?")
+    return lock
 
 
-def take_over_if_stale(lock: Path) -> None:
-    """Delete `lock` if the run that took it is gone; else refuse, naming that run."""
-    text = read_lock(lock)
-    if text is None:
-        return  # released meanwhile
-    holder = parse_lock(text)
-    if holder is None:
-        raise TrainError(f"{lock} is not a smp-lite lock: if no run uses the folder, delete it")
-    host, pid, started = holder["host"], holder["pid"], holder["started"]
-    if host != socket.gethostname():  # no way to see another machine's processes
-        raise TrainError(
-            f"{lock.parent} is in use by a run on {host} (pid {pid}, started {started}); "
-            f"if that run is over (killed, or its machine went down), delete {lock}"
-        )
-    if pid_alive(pid):
-        raise TrainError(
-            f"{lock.parent} is in use by another run (pid {pid}, started {started}): wait for "
-            f"it to end or choose another --out; if pid {pid} is no smp-lite run, delete {lock}"
-        )
-    note = f"the run that held it (pid {pid}, started {started}) is gone"
-    print(f"taking over {lock}: {note}", file=sys.stderr)
-    aside = lock.with_name(f"{LOCK}.{os.getpid()}")
+def write_holder(fd: int, holder: str) -> None:
+    """Name the run in the lock file it holds, through the lock's own descriptor."""
+    os.ftruncate(fd, 0)  # a killed holder's text
+    os.write(fd, holder.encode())
+
+
+def holder_of(out: Path) -> str:
+    """' (pid N, host H, started T)' from a held run.lock; '' while its holder writes it."""
     try:
-        os.rename(lock, aside)  # of two runs taking the lock over, one moves it
-    except FileNotFoundError:
-        return
-    if aside.read_text() != text:  # another run took it over first: give its lock back
-        with contextlib.suppress(FileExistsError):
-            os.link(aside, lock)
-    aside.unlink()
+        text = (out / LOCK).read_text(errors="replace").strip()
+    except OSError:
+        return ""
+    return f" ({text})" if text else ""
 
 
-def read_lock(lock: Path) -> str | None:
-    """The lock's text, waiting a little for a lock being written; None once it is gone."""
-    for _ in range(20):
-        try:
-            text = lock.read_text()
-        except FileNotFoundError:
-            return None
-        if text.endswith("\n"):
-            break
-        time.sleep(0.05)
-    return text
-
-
-def parse_lock(text: str) -> dict | None:
-    try:
-        holder = json.loads(text)
-    except ValueError:
-        return None
-    keys = {"host": str, "pid": int, "started": str}
-    ok = isinstance(holder, dict) and all(isinstance(holder.get(k), t) for k, t in keys.items())
-    return holder if ok and holder["pid"] > 0 else None
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
-
-
-def release_lock(lock: Path) -> None:
-    """Delete the lock if it is still this process's (deleted by hand, it may be another's)."""
-    holder = parse_lock(read_lock(lock) or "")
-    if holder and (holder["host"], holder["pid"]) == (socket.gethostname(), os.getpid()):
-        lock.unlink(missing_ok=True)
+def release_lock(lock: FileLock) -> None:
+    """Delete run.lock, then unlock it: a run that opened it just before then locks a deleted
+    file, which filelock gives up, so it is refused, never admitted beside the next run."""
+    with contextlib.suppress(OSError):
+        Path(lock.lock_file).unlink()
+    lock.release()
 
 
 @contextlib.contextmanager
