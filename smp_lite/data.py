@@ -15,13 +15,14 @@ another video (at most `max_skips` in a row) and names the skipped one in the sa
 training loop logs and counts it. A video with enough frames for some rates but not all (rate s
 needs clip_len * s + 1 frames, 129 for rate 8) gives the rates it allows; a training sample at
 another rate goes to a longer video, and an evaluation view at another rate is dropped and
-counted. A decode that hangs (decord on some MPEG-4 files with B-frames, docs/decoders.md) is
-given up after `decode_timeout` seconds and its video skipped the same way. `smp-lite data check`
-(check.py) finds all of these before training.
+counted. A decode that hangs (decord on some MPEG-4 files with B-frames: docs/benchmarks.md,
+"Video decoding") is given up after `decode_timeout` seconds and its video skipped the same way.
+`smp-lite data check` (check.py) finds all of these before training.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -144,22 +145,30 @@ def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def count_frames(
     videos: tuple[Video, ...], workers: int = 0, timeout: float | None = None
-) -> tuple[int, ...]:
-    """Each video's frame count from its container (nothing is decoded); 0 if it cannot be
-    opened within `timeout` seconds. Several processes when `workers` > 1 and the list is long."""
+) -> tuple[tuple[int, ...], dict[int, str]]:
+    """Each video's frame count from its container (nothing is decoded), and why for each that
+    cannot be opened within `timeout` seconds (its count 0). Counted in `workers` processes
+    (at least one) whose stderr goes nowhere: decord prints a native line of its own for a file
+    it cannot open, and the run names that video once, among its skipped ones, instead."""
     paths = [str(v.path) for v in videos]
     count = partial(frame_count, timeout=timeout or DECODE_TIMEOUT_S)
-    if workers <= 1 or len(paths) < 64:
-        return tuple(map(count, paths))
-    with ProcessPoolExecutor(workers) as pool:
-        return tuple(pool.map(count, paths, chunksize=16))
+    with ProcessPoolExecutor(max(1, workers), initializer=silence_stderr) as pool:
+        counted = list(pool.map(count, paths, chunksize=16))
+    return tuple(n for n, _ in counted), {i: why for i, (_, why) in enumerate(counted) if why}
 
 
-def frame_count(path: str, timeout: float) -> int:
+def frame_count(path: str, timeout: float) -> tuple[int, str]:
+    """(frames, "") or (0, why the video cannot serve)."""
     try:
-        return call_with_timeout(lambda: len(open_video(path)), timeout)
-    except (decord.DECORDError, RuntimeError, OSError, ValueError):
-        return 0
+        n = call_with_timeout(lambda: len(open_video(path)), timeout)
+    except READ_ERRORS as err:
+        return 0, str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+    return (n, "") if n else (0, "no frames")
+
+
+def silence_stderr() -> None:
+    """Point this process's fd 2 at /dev/null (a counting process's: see count_frames)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
 
 
 DECODE_TIMEOUT_S = 60.0  # a video that takes longer to open or to decode is taken for hung
@@ -257,7 +266,7 @@ class VideoDataset(Dataset):
         self.seed, self.rates, self.max_skips, self.views = seed, rates, max_skips, views
         self.random_crop = train and random_crop
         self.decode_timeout = decode_timeout
-        self.frames = count_frames(videos, workers, decode_timeout)
+        self.frames, self.unreadable = count_frames(videos, workers, decode_timeout)
         self.items = [(i, v) for i in range(len(videos)) for v in range(views) if self.fits(i, v)]
         self.views_dropped = len(videos) * views - len(self.items)
         # per rate, the videos long enough for it: where a too-short video's sample goes
@@ -392,11 +401,10 @@ class VideoDataset(Dataset):
 
     def frame_count(self, index: int) -> int:
         """The count read when the dataset was made; for a video that could not be read then,
-        another try, which raises why (or times out)."""
-        if self.frames[index]:
-            return self.frames[index]
-        path = self.videos[index].path
-        return call_with_timeout(lambda: len(open_video(path)), self.decode_timeout)
+        OSError saying why (as found then: a file is not opened twice to fail twice)."""
+        if not self.frames[index]:
+            raise OSError(self.unreadable[index])
+        return self.frames[index]
 
     def load_timed(self, plans: list[SamplePlan]) -> list[dict]:
         """`load` under the decode timeout."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..config import RATES
-from ..data import allowed_rates, open_video
+from ..data import allowed_rates, open_video, silence_stderr
 from ..index import DatasetIndex, load_index
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov")
@@ -39,10 +39,10 @@ def probe_video(path: Path) -> tuple[int, str]:
 
 
 def probe_all(paths: list[Path], workers: int, progress: bool) -> list[tuple[int, str]]:
+    """probe_video of each path, in `workers` processes (at least one) whose stderr goes nowhere:
+    the report says why each video failed, without decord's native lines."""
     bar = dict(total=len(paths), desc="decoding", unit="video", disable=not progress)
-    if workers <= 1:
-        return [probe_video(p) for p in tqdm(paths, **bar)]
-    with ProcessPoolExecutor(workers) as pool:
+    with ProcessPoolExecutor(max(1, workers), initializer=silence_stderr) as pool:
         return list(tqdm(pool.map(probe_video, paths, chunksize=4), **bar))
 
 
