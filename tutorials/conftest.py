@@ -1,5 +1,5 @@
-"""`make test` executes every tutorial with nbmake at its smallest sizes: each notebook's
-parameter cell reads SMP_LITE_TUTORIAL_SMOKE. `make notebooks` runs them at their full sizes."""
+"""`make test` executes every tutorial with nbmake at its smallest sizes: tutorial.py, which
+each notebook imports, reads SMP_LITE_TUTORIAL_SMOKE. `make notebooks` runs them at full size."""
 
 import os
 
