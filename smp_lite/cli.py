@@ -30,6 +30,7 @@ from .config import (
     RetrieveConfig,
     TrainConfig,
     check_settings,
+    show,
 )
 from .errors import DataError, MissingPath, RunInterrupted, TrainError
 
@@ -176,21 +177,13 @@ def shown_default(name: str, presets: dict[str, tuple], help: str, sep: str = "x
     if "default:" in help or first == "":
         return ""
     if len({v for each in values.values() for v in each}) == 1:
-        return f" [default: {show_value(first, sep)}]"
+        return f" [default: {show(first, sep)}]"
     shown = [
-        f"{preset} {show_value(v[0], sep)}"
-        + ("" if len(v) == 1 or v[1] == v[0] else f" (supervised {show_value(v[1], sep)})")
+        f"{preset} {show(v[0], sep)}"
+        + ("" if len(v) == 1 or v[1] == v[0] else f" (supervised {show(v[1], sep)})")
         for preset, v in values.items()
     ]
     return f" [default: {', '.join(shown)}]"
-
-
-def show_value(value: object, sep: str = "x") -> str:
-    if isinstance(value, tuple):
-        return sep.join(map(str, value))
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return "auto" if value is None else str(value)
 
 
 def option_type(hint: object) -> type:
@@ -211,8 +204,9 @@ def is_list(hint: object) -> bool:
 
 
 def parse_option(value: object, hint: object) -> object:
-    """A list setting from "A,B,C", a size from "HxW"; any other as typer parsed it."""
-    if typing.get_origin(without_none(hint)) is not tuple:
+    """A list setting from "A,B,C", a size from "HxW"; any other (or None: not given) as typer
+    parsed it."""
+    if value is None or typing.get_origin(without_none(hint)) is not tuple:
         return value
     if not is_list(hint):
         return parse_size(value)
@@ -263,6 +257,7 @@ def with_config_options(
 
     @functools.wraps(command)
     def checked(*args, **settings):
+        settings = {k: parse_option(v, hints[k]) if k in hints else v for k, v in settings.items()}
         refuse_bad_settings(config, settings)  # in well under a second: nothing heavy loaded
         return command(*args, **settings)
 
@@ -272,10 +267,10 @@ def with_config_options(
 
 def refuse_bad_settings(config: type, settings: dict) -> None:
     """ConfigError for the first setting given whose value fails its own check or choices, as
-    config.check_settings would after the heavy imports. Sizes and lists are parsed later."""
-    scalar = {f.name for f in fields(config) if not isinstance(f.default, tuple)}
+    config.check_settings would after the heavy imports."""
+    names = {f.name for f in fields(config)}  # not the command's own options
     for name, value in settings.items():
-        if name in scalar and value is not None:
+        if name in names and value is not None:
             check_settings(replace(config(), **{name: value}))
 
 
@@ -297,7 +292,9 @@ def metavar(setting: Field, hint: object) -> str:
 ShowProgress = Annotated[
     bool,
     typer.Option(
-        help="Show progress bars (the epoch rows print either way).", rich_help_panel="Run"
+        help="Show progress bars; without them each long phase prints one line when it ends "
+        "(the epoch rows print either way).",
+        rich_help_panel="Run",
     ),
 ]
 
@@ -311,8 +308,6 @@ def pretrain_command(
     """Pretrain a backbone by motion perception (SMP), playback rate (PRP) or action labels."""
     from .train import make_config, train
 
-    if settings["resize"] is not None:
-        settings["resize"] = parse_size(settings["resize"])
     result = interruptible(ctx, train, make_config(**settings), progress)
     if is_main_process():
         typer.echo(f"done: {result['out']} (best validation loss {result['best_val']:.4f})")
@@ -360,8 +355,6 @@ def evaluation(
 ) -> None:
     from . import evaluate
 
-    if settings["resize"] is not None:
-        settings["resize"] = parse_size(settings["resize"])
     if settings.get("features"):
         settings |= settings_of_features(ctx, settings["features"])
     cfg = evaluate.make_eval_config(kind, **settings)  # the other settings checked first
@@ -580,10 +573,13 @@ def bench_command(
     from .tools.bench import bench, bench_config, format_report, write_section
 
     hints = typing.get_type_hints(BenchConfig)
-    parsed = {k: parse_option(v, hints[k]) for k, v in settings.items() if v is not None}
-    options = [f"--{k.replace('_', '-')} {v}" for k, v in settings.items() if v is not None]
+    given = {k: v for k, v in settings.items() if v is not None}
+    options = [
+        f"--{k.replace('_', '-')} {show(v, ',' if is_list(hints[k]) else 'x')}"
+        for k, v in given.items()
+    ]
     text = format_report(
-        bench(bench_config(**parsed), progress), " ".join(["smp-lite bench", *options])
+        bench(bench_config(**given), progress), " ".join(["smp-lite bench", *options])
     )
     typer.echo(text)
     if write is not None:

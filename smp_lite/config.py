@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from .errors import ConfigError
@@ -65,14 +65,27 @@ def check_settings(cfg: object) -> None:
                 f"unknown {name} {value!r}: choose one of {', '.join(meta['choices'])}"
             )
         if meta.get("check") and not meta["check"][0](value):
-            raise ConfigError(f"{meta['check'][1]}, got {show(value, str(f.type))}")
+            sep = "," if "..." in str(f.type) else "x"
+            raise ConfigError(f"{meta['check'][1]}, got {show(value, sep)}")
 
 
-def show(value: object, hint: str) -> str:
-    """A value as the command line writes it: HxW for a size, A,B for a list."""
-    if not isinstance(value, tuple):
-        return str(value)
-    return ("," if "..." in hint else "x").join(map(str, value))
+def check_run_settings(cfg: RunConfig) -> None:
+    """`check_settings`, then what two settings of a run must agree on."""
+    check_settings(cfg)
+    if cfg.crop > min(cfg.resize):
+        raise ConfigError(f"crop {cfg.crop} is larger than resize {show(cfg.resize)}")
+    if cfg.resume and cfg.overwrite:
+        raise ConfigError("pass --resume or --overwrite, not both")
+
+
+def show(value: object, sep: str = "x") -> str:
+    """A value as the command line writes it: HxW for a size (A,B for a list: `sep` ","), on or
+    off for a flag, auto for None."""
+    if isinstance(value, tuple):
+        return sep.join(map(str, value))
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "auto" if value is None else str(value)
 
 
 def kept_on_resume(*configs: type) -> tuple[str, ...]:
@@ -87,7 +100,11 @@ def kept_on_resume(*configs: type) -> tuple[str, ...]:
 
 @dataclass
 class RunConfig:
-    """The settings of every run: backbone, data, clips, hardware, folder."""
+    """The settings of every run: backbone, data, clips, hardware, folder. `as_json()` is what
+    the run's config.json and checkpoints hold, with the run's `task` in it."""
+
+    def as_json(self) -> dict:
+        return {**asdict(self), "resize": list(self.resize), "task": self.task}
 
     arch: str = setting(
         "r3d18",
@@ -187,7 +204,7 @@ class RunConfig:
 
 @dataclass
 class LoopConfig(RunConfig):
-    """What a trained run adds, and the loop reads (engine.Run.settings): the optimiser's
+    """What a trained run adds, and the loop reads (engine.Run.cfg): the optimiser's
     settings, how long it trains and how often it saves. Defaults: PRP/SMP pretraining's; each
     task's presets set its own."""
 
@@ -311,13 +328,13 @@ class TrainConfig(LoopConfig):
 
 # Presets, (motion tasks, supervised) each: "paper" is method.md; "quick" keeps a pretraining run
 # on the generated dataset to minutes on 2 CPU cores (48x48 crops, 10 epochs). Its supervised lr
-# is the motion tasks' 0.01: at batch 8, 0.05 left `r21d10` and `r3d18` at chance (an H200
-# sweep, in git history as docs/arch_sweep.md).
+# stays the motion tasks' 0.01, not the paper's 0.1: at batch 8, 0.05 left `r21d10` and `r3d18`
+# at chance (an H200 sweep, in git history as docs/arch_sweep.md).
 PAPER = TrainConfig()
 QUICK = replace(PAPER, preset="quick", epochs=10, resize=(48, 64), crop=48)
 PRESETS: dict[str, tuple[TrainConfig, TrainConfig]] = {
     "paper": (PAPER, replace(PAPER, batch_size=32, lr=0.1, schedule="cosine", warmup_epochs=5)),
-    "quick": (QUICK, replace(QUICK, lr=0.01, schedule="cosine", warmup_epochs=1)),
+    "quick": (QUICK, replace(QUICK, schedule="cosine", warmup_epochs=1)),
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -396,11 +413,17 @@ class ProbeConfig(EvalConfig, LoopConfig):
         metavar="PATH",
     )
 
+    @property
+    def task(self) -> str:
+        return f"probe-{self.target}"
+
 
 @dataclass
 class FinetuneConfig(EvalConfig, LoopConfig):
     """Fine-tuning, random crops, tested with `test_views` clips per video; its protocol is the
     FINETUNE preset below."""
+
+    task = "finetune"
 
     lr_step_epoch: int = setting(
         100, "Epoch at which the learning rate drops 10x.", keep=True,
@@ -411,6 +434,8 @@ class FinetuneConfig(EvalConfig, LoopConfig):
 @dataclass
 class RetrieveConfig(EvalConfig):
     """Nearest-neighbour retrieval (VCOP): `test_views` clips per video, features averaged."""
+
+    task = "retrieve"  # a class constant, not a setting: config.json names the evaluation
 
 
 # Presets: "paper" is method.md: the seed's probe (SGD, batch 32, cosine from 0.0075 to 0, no

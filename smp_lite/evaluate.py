@@ -35,7 +35,6 @@ from torch import nn
 from torch.utils.data import Dataset
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
-from tqdm import tqdm  # text bars: the same in a terminal and a notebook
 
 from .config import (
     DEFAULT_DATA,
@@ -46,17 +45,17 @@ from .config import (
     FinetuneConfig,
     ProbeConfig,
     RetrieveConfig,
-    check_settings,
+    check_run_settings,
 )
 from .data import VideoDataset
 from .errors import ConfigError
 from .harness.batches import EpochSampler, to_float
 from .harness.checkpoint import BEST, CONFIG, LAST, load_backbone
-from .harness.engine import Run, loss_metrics, make_loader, opening_line, say
-from .harness.folders import write_results, write_run_folder
-from .harness.launch import Parts, launch, started
+from .harness.engine import Run, loss_metrics, make_loader, phase
+from .harness.folders import write_results
+from .harness.launch import Parts, fit_parts, started
 from .harness.runtime import Runtime, unwrap
-from .index import load_index
+from .index import DatasetIndex, load_index
 from .models import ActionNet, build_backbone, pooled_feature, retrieval_feature
 from .train import accuracy_at_rate, as_settings, is_generated, supervised_step
 
@@ -133,7 +132,7 @@ def run_config(folder: Path) -> dict:
 def validate_eval(cfg: EvalConfig) -> None:
     """Refuse a setting no evaluation can use: each field's own check (config.py), then those of
     several fields together."""
-    check_settings(cfg)
+    check_run_settings(cfg)
     checks = [
         (
             cfg.init in ("random", MOTION_ENERGY) or Path(cfg.init).is_file(),
@@ -143,7 +142,6 @@ def validate_eval(cfg: EvalConfig) -> None:
             cfg.init != MOTION_ENERGY or isinstance(cfg, ProbeConfig) and cfg.target == "speed",
             f"--init {MOTION_ENERGY} (no network) is a baseline of the speed probe only",
         ),
-        (cfg.crop <= min(cfg.resize), f"crop {cfg.crop} is larger than resize {cfg.resize}"),
         (
             not (isinstance(cfg, ProbeConfig) and cfg.refit_bn and cfg.init == MOTION_ENERGY),
             f"--refit-bn needs a network: --init {MOTION_ENERGY} has none",
@@ -159,25 +157,15 @@ def validate_eval(cfg: EvalConfig) -> None:
             raise ConfigError(message)
 
 
-def eval_kind(cfg: EvalConfig) -> str:
-    if isinstance(cfg, ProbeConfig):
-        return f"probe-{cfg.target}"
-    return "finetune" if isinstance(cfg, FinetuneConfig) else "retrieve"
-
-
 def eval_out(cfg: EvalConfig) -> Path:
     """`out`, or runs/<kind>-<arch>-<init>: the init's run folder name, or "random";
     runs/probe-speed-motion-energy for the baseline with no network."""
     if cfg.out:
         return Path(cfg.out)
     if cfg.init == MOTION_ENERGY:
-        return Path("runs") / f"{eval_kind(cfg)}-{MOTION_ENERGY}"
+        return Path("runs") / f"{cfg.task}-{MOTION_ENERGY}"
     init = "random" if cfg.init == "random" else Path(cfg.init).resolve().parent.name
-    return Path("runs") / f"{eval_kind(cfg)}-{cfg.arch}-{init}"
-
-
-def eval_config_dict(cfg: EvalConfig) -> dict:
-    return {**asdict(cfg), "resize": list(cfg.resize), "task": eval_kind(cfg)}
+    return Path("runs") / f"{cfg.task}-{cfg.arch}-{init}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,7 +220,8 @@ def frozen_outputs(
     """`fn` (a model or `backbone_feature`) on every item of `dataset` (views of its videos):
     "output" (N, D) float32, "label", "rate" (rate index in prp mode, else the label) and
     "video" (the index of the video the item was read from). `before`: the outputs of the first
-    items, computed earlier; the pass goes on after them. Ctrl-C raises CachingInterrupted
+    items, computed earlier; the pass goes on after them. Under a bar named `desc` with
+    `progress`, else one line once done (engine.phase). Ctrl-C raises CachingInterrupted
     with the outputs so far."""
     fn.eval()
     sampler = EpochSampler(len(dataset), shuffle=False)
@@ -241,11 +230,8 @@ def frozen_outputs(
     }
     sampler.set_epoch(0, skip=len(before["output"]) if before else 0)
     loader = make_loader(dataset, sampler, 16, workers, runtime, False)
-    bar = tqdm(
-        loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=not progress
-    )
     try:
-        for batch in bar:
+        for batch in phase(loader, desc, len(sampler), progress, runtime):
             batch = runtime.to_device(batch)
             with runtime.autocast():
                 output = fn(to_float(batch["clip"])).float().cpu()
@@ -421,18 +407,22 @@ def accuracy_report(
 def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     """Train the whole network on action labels; test with `test_views` clips per test video
     (centre crop, logits averaged). Returns results.json."""
-    return launch(cfg, checked_eval(cfg), finetuning_parts, progress)
+    out = checked_eval(cfg)
+    index = load_index(cfg.data, cfg.split)  # a bad dataset: refused before the run folder
+    with started(cfg, out) as (cfg, runtime):
+        parts = finetuning_parts(cfg, runtime, index, progress)
+        return fit_parts(cfg, parts, runtime, out, progress)
 
 
-def finetuning_parts(cfg: FinetuneConfig, runtime: Runtime, out: Path, progress: bool) -> Parts:
-    index = load_index(cfg.data, cfg.split)
+def finetuning_parts(
+    cfg: FinetuneConfig, runtime: Runtime, index: DatasetIndex, progress: bool
+) -> Parts:
     train_set = clip_dataset(cfg, index.train, "clip", 1, train=True, random_crop=True)
     backbone = initial_backbone(cfg)  # seeds first: the new head's weights follow from the seed
     model = ActionNet(cfg.arch, len(index.classes), weight_init=cfg.weight_init)
     model.backbone = backbone
     model = runtime.prepare(model)
     return Parts(
-        config=eval_config_dict(cfg),
         classes=index.classes,
         datasets={"train": train_set, "bn": train_set},
         model=model,
@@ -476,13 +466,9 @@ def retrieve(cfg: RetrieveConfig, progress: bool = True) -> dict:
     """Test videos query the training videos; a query hits at k when one of its k nearest
     (cosine similarity of the clip-averaged retrieval features) has its class."""
     out = checked_eval(cfg)
+    index = load_index(cfg.data, cfg.split)  # a bad dataset: refused before the run folder
     with started(cfg, out) as (cfg, runtime):
         t0 = time.perf_counter()
-        config = eval_config_dict(cfg)
-        index = load_index(cfg.data, cfg.split)  # a missing dataset: before anything is written
-        if runtime.is_main:  # no training loop to write config.json and open with its line
-            write_run_folder(out, config, 0)
-            say(opening_line(config, runtime, out))
         videos = retrieval_videos(cfg, runtime, index, progress)
         hits = retrieval_hits(videos["queries"][:2], videos["gallery"][:2], TOP_K)  # (Q, K)
         query_ids = videos["queries"][2]

@@ -25,13 +25,11 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from .config import MOTION_ENERGY, RATES, ProbeConfig
 from .data import VideoDataset
@@ -44,8 +42,6 @@ from .evaluate import (
     checked_eval,
     classifier_metrics,
     clip_dataset,
-    eval_config_dict,
-    eval_kind,
     first_of_each,
     frozen_outputs,
     initial_backbone,
@@ -58,16 +54,16 @@ from .harness.checkpoint import CONFIG, FEATURES, FEATURES_PARTIAL, RunState
 from .harness.engine import (
     Run,
     StepOutput,
+    loader_clips,
     make_loader,
-    opening_line,
+    phase,
     precise_bn,
     say,
     training_clips,
 )
-from .harness.folders import write_run_folder
-from .harness.launch import Parts, launch
+from .harness.launch import Parts, fit_parts, started
 from .harness.runtime import Runtime, unwrap
-from .index import load_index
+from .index import DatasetIndex, load_index
 from .train import warmup_cosine
 
 
@@ -81,7 +77,10 @@ def probe(cfg: ProbeConfig, progress: bool = True) -> dict:
     for cache in (FEATURES, FEATURES_PARTIAL):
         if cfg.resume and (out / cache).is_file():
             refuse_older_features(out / cache, cfg.init, "--resume", "start over with --overwrite")
-    return launch(cfg, out, functools.partial(probe_parts, source=source), progress)
+    index = load_index(cfg.data, cfg.split)  # a bad dataset: refused before the run folder
+    with started(cfg, out) as (cfg, runtime):
+        parts = probe_parts(cfg, runtime, index, out, progress, source)
+        return fit_parts(cfg, parts, runtime, out, progress)
 
 
 def refuse_older_features(features: Path, init: str, what: str, instead: str) -> None:
@@ -96,15 +95,15 @@ def refuse_older_features(features: Path, init: str, what: str, instead: str) ->
 
 
 def probe_parts(
-    cfg: ProbeConfig, runtime: Runtime, out: Path, progress: bool, source: Path | None
+    cfg: ProbeConfig,
+    runtime: Runtime,
+    index: DatasetIndex,
+    out: Path,
+    progress: bool,
+    source: Path | None,
 ) -> Parts:
     """The cached features (this run's own when resuming, else those of `source`, another
     probe's, else computed; saved in the run folder) and a linear layer to train on them."""
-    index = load_index(cfg.data, cfg.split)
-    if runtime.is_main:  # before the caching, which takes minutes: the folder and what runs
-        if not cfg.resume:  # a resume's config.json is there, and launch rewrites it
-            write_run_folder(out, eval_config_dict(cfg), 0)
-        say(opening_line(eval_config_dict(cfg), runtime, out))
     resumed = cfg.resume and (out / FEATURES).is_file()
     if resumed or source:
         cached = load_features(out / FEATURES if resumed else source)
@@ -117,7 +116,7 @@ def probe_parts(
         (out / FEATURES_PARTIAL).unlink(missing_ok=True)
     cached["test_groups"] = test_groups(index)  # what the spreads resample
     names = [str(r) for r in RATES] if cfg.target == "speed" else list(index.classes)
-    return replace(linear_parts(cfg, cached, names, runtime), announced=True)
+    return linear_parts(cfg, cached, names, runtime)
 
 
 def linear_parts(cfg: ProbeConfig, cached: dict, names: list[str], runtime: Runtime) -> Parts:
@@ -135,7 +134,6 @@ def linear_parts(cfg: ProbeConfig, cached: dict, names: list[str], runtime: Runt
         model = nn.Sequential(Standardize(features.mean(0), features.std(0)), model)
     model = model.to(runtime.device)
     return Parts(
-        config=eval_config_dict(cfg),
         classes=tuple(names),
         datasets=datasets,
         model=model,
@@ -146,6 +144,7 @@ def linear_parts(cfg: ProbeConfig, cached: dict, names: list[str], runtime: Runt
         step_for=functools.partial(same_step, step=functools.partial(probe_step, head=cfg.target)),
         metrics=classifier_metrics(cfg.target, len(names)),
         keep_best=False,
+        short_epochs=True,  # epochs over cached features take seconds
         results=functools.partial(probe_results, cfg, cached, names),
     )
 
@@ -176,12 +175,11 @@ def features_file(cfg: ProbeConfig) -> Path:
         theirs = json.loads(config.read_text())
     except ValueError:
         raise DataError(f"{config} is not readable JSON") from None
-    ours = eval_config_dict(cfg)
+    ours = cfg.as_json()
     if not str(theirs.get("task")).startswith("probe"):
         raise ConfigError(f"features {cfg.features}: not a probe run's {FEATURES}")
-    theirs = asdict(ProbeConfig()) | theirs  # a setting older runs lack had its default
     fields = FEATURE_FIELDS + (("test_views",) if cfg.target == "action" else ())
-    differ = [f"{f} {theirs[f]!r}, not {ours[f]!r}" for f in fields if theirs[f] != ours[f]]
+    differ = [f"{f} {theirs.get(f)!r}, not {ours[f]!r}" for f in fields if theirs.get(f) != ours[f]]
     if differ:
         raise ConfigError(f"{path} holds other clips than this probe's: {'; '.join(differ)}")
     return path
@@ -205,7 +203,7 @@ def probe_results(cfg: ProbeConfig, cached: dict, names: list[str], run: Run) ->
         logits, video = video_mean(logits, test["video"])
         labels = test["label"][first_of_each(test["video"], video)]
     return {
-        "kind": eval_kind(cfg),
+        "kind": cfg.task,
         **accuracy_report(logits, labels, video, cached["test_groups"], names, cfg.seed),
         "views_dropped": cached["views_dropped"],
     }
@@ -264,16 +262,13 @@ def refit_batchnorm(
     batches, so the features do not depend on the number of processes."""
     sampler = EpochSampler(len(clips), cfg.seed)
     loader = make_loader(clips, sampler, cfg.batch_size, cfg.workers, runtime, drop_last=True)
-    bar = tqdm(
-        loader,
-        desc="BatchNorm statistics",
-        total=min(cfg.refit_bn, len(loader)),
-        unit="batch",
-        leave=False,
-        dynamic_ncols=True,
-        disable=not progress,
+    batches = training_clips(loader, cfg.refit_bn, runtime, RunState())
+    total = loader_clips(loader, cfg.refit_bn)
+    precise_bn(
+        backbone,
+        phase(batches, "BatchNorm statistics of train clips", total, progress, runtime),
+        runtime,
     )
-    precise_bn(backbone, training_clips(bar, cfg.refit_bn, runtime, RunState()), runtime)
 
 
 class MotionEnergy(nn.Module):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -39,22 +39,19 @@ from .config import (
     TASK_CROPS,
     TASKS,
     TrainConfig,
-    check_settings,
+    check_run_settings,
 )
 from .data import VideoDataset
 from .errors import ConfigError, DataError
 from .harness.batches import to_float
 from .harness.checkpoint import load_backbone
 from .harness.engine import StepFn, StepOutput, loss_metrics
-from .harness.launch import Parts, launch
+from .harness.launch import Parts, fit_parts, started
 from .harness.runtime import Runtime, unwrap
-from .index import load_index, split_by_group
+from .index import DatasetIndex, load_index, split_by_group
 from .masks import blend_lambda, motion_mask_cam, upsample_mask
 from .models import NUM_RATES, ActionNet, MotionNet, build_backbone
 
-# best.pt and the plateau schedule follow the validation loss; for SMP it is taken under the
-# DPAU mask alone, so that it means the same at every epoch (the training mask moves to CAM)
-BEST_BY = "val_loss (SMP: under the DPAU mask alone, the same definition at every epoch)"
 HEAD_NAMES = ("rate_c5", "rate_c4", "rate_c3", "rate_c2")
 
 # ---------------------------------------------------------------------------------------------
@@ -78,7 +75,7 @@ def make_config(task: str | None = None, preset: str | None = None, **overrides)
         raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
     cfg = replace(PRESETS[preset][task == "supervised"], task=task, **overrides)
     cfg.train_crop = cfg.train_crop or TASK_CROPS[task]
-    validate(cfg)
+    check_run_settings(cfg)  # ConfigError (exit code 2) before anything is read
     return cfg
 
 
@@ -94,21 +91,6 @@ def is_generated(data: str) -> bool:
     return (
         kind == "synth" or data == DEFAULT_DATA or (not sep and Path(data, "meta.json").is_file())
     )
-
-
-def validate(cfg: TrainConfig) -> None:
-    """Refuse a setting no run can use (ConfigError, exit code 2) before anything is read: each
-    field's own check (config.py), then those of two fields together."""
-    check_settings(cfg)
-    if cfg.crop > min(cfg.resize):
-        raise ConfigError(f"crop {cfg.crop} is larger than resize {cfg.resize}")
-    if cfg.resume and cfg.overwrite:
-        raise ConfigError("pass --resume or --overwrite, not both")
-
-
-def config_dict(cfg: TrainConfig) -> dict:
-    """The config as JSON-ready values (config.json, checkpoints)."""
-    return {**asdict(cfg), "resize": list(cfg.resize)}
 
 
 def default_out(cfg: TrainConfig) -> Path:
@@ -205,7 +187,8 @@ def supervised_step(model: nn.Module, batch: dict) -> StepOutput:
 
 def make_step(cfg: TrainConfig, epoch: int, training: bool = True) -> StepFn:
     """The step of the task at 0-based `epoch`: SMP's training mask moves from DPAU to CAM over
-    the epochs; its validation keeps DPAU alone (BEST_BY)."""
+    the epochs; its validation keeps DPAU alone, so that best.pt's validation loss means the
+    same at every epoch."""
     if cfg.task == "supervised":
         return supervised_step
     smp_training = cfg.task == "smp" and training
@@ -303,20 +286,22 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     Ctrl-C or SIGTERM stops the run between two steps, after saving last.pt, by raising
     RunInterrupted (a KeyboardInterrupt).
     """
-    validate(cfg)
+    check_run_settings(cfg)  # ConfigError (exit code 2) before anything is read
     if cfg.init_from and not cfg.resume:  # a wrong checkpoint is refused before any data is read
         load_backbone(build_backbone(cfg.arch, cfg.weight_init), cfg.init_from, cfg.arch)
-    return launch(cfg, Path(cfg.out) if cfg.out else default_out(cfg), pretraining_parts, progress)
-
-
-def pretraining_parts(cfg: TrainConfig, runtime: Runtime, out: Path, progress: bool) -> Parts:
-    """The task's clips, model, optimiser, schedule, step and metrics (launch.py runs them)."""
-    index = load_index(cfg.data, cfg.split)
+    index = load_index(cfg.data, cfg.split)  # a bad dataset: refused before the run folder
     if cfg.task == "supervised" and len({v.label for v in index.train}) < 2:
         raise DataError(
             f"{cfg.data}: supervised training needs two classes or more; its training videos "
             f"are all {index.classes[index.train[0].label]!r}, the loss would be 0"
         )
+    out = Path(cfg.out) if cfg.out else default_out(cfg)
+    with started(cfg, out) as (cfg, runtime):
+        return fit_parts(cfg, pretraining_parts(cfg, runtime, index), runtime, out, progress)
+
+
+def pretraining_parts(cfg: TrainConfig, runtime: Runtime, index: DatasetIndex) -> Parts:
+    """The task's clips, model, optimiser, schedule, step and metrics (launch.py runs them)."""
     datasets = pretraining_datasets(cfg, index.train)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, len(index.classes))
@@ -324,7 +309,6 @@ def pretraining_parts(cfg: TrainConfig, runtime: Runtime, out: Path, progress: b
         load_backbone(model, cfg.init_from, cfg.arch)
     model = runtime.prepare(model)
     return Parts(
-        config={**config_dict(cfg), "best_by": BEST_BY},
         classes=index.classes,
         datasets=datasets,
         model=model,

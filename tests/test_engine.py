@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import textwrap
 from pathlib import Path
@@ -12,13 +13,15 @@ from helpers import tiny_config, torchrun
 from torchmetrics import MeanMetric, MetricCollection
 
 from smp_lite.harness.batches import EpochSampler
-from smp_lite.harness.checkpoint import RunState, load_checkpoint
+from smp_lite.harness.checkpoint import load_checkpoint
 from smp_lite.harness.engine import (
+    duration,
     format_row,
     load_metrics_state,
     loss_metrics,
     make_loader,
     opening_line,
+    phase,
     precise_bn,
 )
 from smp_lite.harness.folders import read_metrics
@@ -183,9 +186,9 @@ def test_the_opening_line_says_what_where_and_how() -> None:
     probe |= {"data": "data/synth", "preset": "quick", "clip_len": 16, "crop": 48}
     probe |= {"batch_size": 32, "epochs": 30}
     ranks = Runtime(torch.device("cuda", 0), "bf16", True, rank=0, world=2, compile=True)
-    assert opening_line(probe, ranks, Path("runs/p"), RunState(epoch=2, step=40)) == (
+    assert opening_line(probe, ranks, Path("runs/p")) == (
         "probe speed r3d18 from runs/smp/best.pt on data/synth (quick preset): 16x48x48 clips, "
-        "batch 32, 30 epochs, 2x cuda bf16 compiled -> runs/p (resumed at step 40)"
+        "batch 32, 30 epochs, 2x cuda bf16 compiled -> runs/p"
     )
     retrieve = {**probe, "task": "retrieve", "init": "random"}
     del retrieve["batch_size"], retrieve["epochs"]
@@ -194,3 +197,53 @@ def test_the_opening_line_says_what_where_and_how() -> None:
         "retrieve r3d18 with random weights on data/synth (quick preset): 16x48x48 clips, "
         "cpu fp32 -> runs/r"
     )
+
+
+CLIPS_IN = r"[\d,]+ clips in [\d.]+ s \([\d,.]+ clips/s\)"  # a phase's line, after its name
+
+
+def test_a_long_phase_is_a_bar_on_a_terminal_and_one_line_in_a_log(capsys) -> None:
+    rank0, rank1 = (Runtime(torch.device("cpu"), "fp32", False, rank, world=2) for rank in (0, 1))
+    batches = [{"label": torch.zeros(3)}, {"label": torch.zeros(2)}]
+    # without bars: one line once done; sharded over 2 ranks, this one's clips count twice
+    passed = list(phase(batches, "validation (epoch 1)", 5, False, rank0, sharded=True))
+    assert passed == batches
+    out, err = capsys.readouterr()
+    assert re.fullmatch(r"validation \(epoch 1\): 10 clips in 0.0 s \([\d,.]+ clips/s\)\n", out)
+    assert err == ""
+    # with bars: a bar counting clips on stderr, no line
+    list(phase([torch.zeros(4, 3), torch.zeros(4, 3)], "BatchNorm statistics", 8, True, rank0))
+    out, err = capsys.readouterr()
+    assert out == "" and "BatchNorm statistics:" in err and "clip/s" in err
+    # other ranks, and the quiet phases of short epochs, show nothing
+    list(phase(batches, "validation", 5, False, rank1))
+    list(phase(batches, "validation", 5, True, rank1))
+    list(phase(batches, "validation", 5, False, rank0, quiet=True))
+    assert capsys.readouterr() == ("", "")
+
+
+def test_durations_read_at_a_glance() -> None:
+    assert [duration(s) for s in (0.42, 41.4, 422.3, 7500)] == [
+        "0.4 s",
+        "41 s",
+        "7 min 2 s",
+        "2 h 5 min",
+    ]
+
+
+@pytest.mark.slow
+def test_without_bars_precise_bn_and_validation_each_print_one_line(
+    ucf_tiny, tmp_path, capsys
+) -> None:
+    """What a --no-progress log shows of an epoch: the two phases after its training, one line
+    each, then its row; no bars."""
+    train(tiny_config(ucf_tiny, tmp_path / "run", epochs=1, precise_bn=2), progress=False)
+    out, err = capsys.readouterr()
+    lines = out.splitlines()[1:]  # after the opening line
+    assert len(lines) == 3, out
+    assert re.fullmatch(rf"BatchNorm statistics \(epoch 1\): {CLIPS_IN}", lines[0])
+    # precise_bn=2, but 6 training videos fill one whole batch of 4
+    assert lines[0].startswith("BatchNorm statistics (epoch 1): 4 clips in ")
+    assert re.fullmatch(rf"validation \(epoch 1\): {CLIPS_IN}", lines[1])
+    assert lines[2].startswith("epoch=1  train_loss=")
+    assert "clip/s" not in err and "step/s" not in err

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -41,10 +42,9 @@ from smp_lite.probe import (
 from smp_lite.tools.synth import write_video
 
 
-@pytest.mark.slow
-def test_a_standardised_probe_sees_what_tiny_features_hold(tmp_path) -> None:
-    """Features 1000x smaller than usual, their class in one dimension: with the seed's SGD the
-    linear layer hardly moves; standardised, it finds the class."""
+def tiny_features(train: int, test: int) -> dict:
+    """A probe's cached features as probe_parts holds them: 16 dimensions 1000x smaller than
+    usual, the class (of 2) along one of them."""
     g = torch.Generator().manual_seed(0)
 
     def split(n: int) -> dict:
@@ -54,8 +54,15 @@ def test_a_standardised_probe_sees_what_tiny_features_hold(tmp_path) -> None:
         return {"output": 1e-3 * features, "label": labels, "rate": labels,
                 "video": torch.arange(n)}  # fmt: skip
 
-    cached = {"train": split(256), "test": split(128), "views_dropped": {"train": 0, "test": 0},
-              "test_groups": [f"g{v % 8}" for v in range(128)]}  # fmt: skip
+    return {"train": split(train), "test": split(test), "views_dropped": {"train": 0, "test": 0},
+            "test_groups": [f"g{v % 8}" for v in range(test)]}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_standardised_probe_sees_what_tiny_features_hold(tmp_path) -> None:
+    """Features 1000x smaller than usual, their class in one dimension: with the seed's SGD the
+    linear layer hardly moves; standardised, it finds the class."""
+    cached = tiny_features(256, 128)
     accuracy = {}
     for standardize in (False, True):
         (tmp_path / str(standardize)).mkdir()
@@ -67,6 +74,28 @@ def test_a_standardised_probe_sees_what_tiny_features_hold(tmp_path) -> None:
         fit(run, progress=False)
         accuracy[standardize] = probe_results(cfg, cached, names, run)["accuracy"]
     assert accuracy[True] > 0.95 > 0.7 > accuracy[False]  # chance: 0.5
+
+
+def test_a_probes_epochs_share_one_bar_and_print_no_phase_lines(tmp_path, capsys) -> None:
+    """A probe's epochs take seconds: on a terminal one bar over all of them (its count only
+    grows, to every epoch's steps), in a log no line for each epoch's test pass; either way a
+    row and a line of metrics.jsonl per epoch."""
+    cached, names = tiny_features(64, 32), ["1", "2", "4", "8"]
+    runtime = make_runtime("cpu", "fp32")
+    for progress in (True, False):
+        out = tmp_path / str(progress)
+        out.mkdir()
+        cfg = make_eval_config("probe", preset="quick", epochs=3, batch_size=16, out=str(out))
+        fit(new_run(cfg, linear_parts(cfg, cached, names, runtime), runtime, out), progress)
+        printed, bars = capsys.readouterr()
+        assert [row["epoch"] for row in read_metrics(out)] == [1, 2, 3]
+        assert [line[:8] for line in printed.splitlines()] == ["epoch=1 ", "epoch=2 ", "epoch=3 "]
+        counts = [(int(n), int(total)) for n, total in re.findall(r"(\d+)/(\d+) \[", bars)]
+        if progress:  # 64 clips in batches of 16: 4 steps an epoch
+            assert counts[0] == (0, 12) and {total for _, total in counts} == {12}
+            assert [n for n, _ in counts] == sorted(n for n, _ in counts)
+        else:
+            assert counts == []
 
 
 @pytest.mark.slow
@@ -179,20 +208,6 @@ def test_features_older_than_their_checkpoint_are_refused(ucf_tiny, pretrained, 
 
 
 @pytest.mark.slow
-def test_older_features_without_refit_bn_count_as_not_refitted(ucf_tiny, tmp_path) -> None:
-    """A run from before refit_bn existed has no such setting in its config.json: its features
-    are the un-refitted ones, and reused as such."""
-    common = dict(data=str(ucf_tiny), arch="r3d10", epochs=1, **TINY)
-    probe(make_eval_config("probe", out=str(tmp_path / "old"), **common), progress=False)
-    config = json.loads((tmp_path / "old" / "config.json").read_text())
-    del config["refit_bn"]
-    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
-    reused = dict(common, out=str(tmp_path / "new"), features=str(tmp_path / "old"))
-    results = probe(make_eval_config("probe", **reused), progress=False)
-    assert results["items"] == len(RATES) * len(load_index(ucf_tiny).test)
-
-
-@pytest.mark.slow
 def test_refit_bn_spreads_random_features_and_keeps_the_weights(ucf_tiny) -> None:
     """Random weights under BatchNorm's initial statistics (0 and 1) give features that barely
     vary; re-estimated on the training clips, the same weights give normalised activations."""
@@ -228,12 +243,14 @@ def grating_video(path: Path, frames: int = 140, speed: int = 3) -> Path:
     return path
 
 
-def test_motion_energy_grows_with_the_playback_rate(tmp_path) -> None:
+def test_motion_energy_grows_with_the_playback_rate(tmp_path, capsys) -> None:
     video = Video(grating_video(tmp_path / "grating.mp4"), 0, "1")
     clips = VideoDataset(
         (video,), mode="prp", clip_len=8, resize=(32, 40), crop=32, train=False, views=len(RATES)
     )
-    energy = frozen_outputs(MotionEnergy(), clips, make_runtime("cpu", "fp32"), "", 0, False)
+    energy = frozen_outputs(MotionEnergy(), clips, make_runtime("cpu", "fp32"), "energy", 0, False)
+    line = capsys.readouterr().out  # no bars: the pass in one line
+    assert re.fullmatch(r"energy: 4 clips in [\d.]+ s \([\d,.]+ clips/s\)\n", line)
     assert energy["output"].shape == (len(RATES), 1)
     assert energy["rate"].tolist() == [0, 1, 2, 3]  # rates 1, 2, 4, 8: the same video
     assert energy["output"][:, 0].diff().min() > 0.5  # log energy: each rate's well above

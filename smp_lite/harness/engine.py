@@ -7,8 +7,10 @@ training loop (where it computes is `runtime.py`).
   function plugged in and its metrics (a torchmetrics MetricCollection) updated;
 - `precise_bn`: BatchNorm statistics recomputed at the current weights, averaged over ranks;
 - `fit(run)`: epochs of training, precise BatchNorm and validation, with metrics.jsonl, best.pt
-  and last.pt written, resumable mid-epoch; on stdout the run's `opening_line` and a
-  `format_row` per epoch, bars or not. `launch.py` builds a task's `Run` and calls `fit`.
+  and last.pt written, resumable mid-epoch; on stdout a `format_row` per epoch, bars or not.
+  `launch.py` prints the run's `opening_line`, builds a task's `Run` and calls `fit`;
+- `phase`: a pass that may take minutes (BatchNorm statistics, validation, a feature pass)
+  under a bar, or without bars (logs) as one line once it is done.
 
 A step function maps (model, batch on the device) to a `StepOutput`: the loss, the loss terms
 to average (each needs a metric of its name: `loss_metrics`) and, per head, (logits, labels) for its
@@ -24,7 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -333,6 +335,70 @@ def state_holder(metric: Metric) -> Metric:
 
 
 # ---------------------------------------------------------------------------------------------
+# Long phases: a bar in a terminal, a line in a log
+
+
+def phase(
+    batches: Iterable,
+    what: str,
+    clips: int,
+    progress: bool,
+    runtime: Runtime,
+    *,
+    sharded: bool = False,
+    quiet: bool = False,
+) -> Iterator:
+    """The batches (dicts with a "label", or clip tensors) of a pass that may take minutes,
+    counted in clips (`clips` on this process): with `progress` under a bar (clips/s, time
+    left), without it one `phase_line` on stdout once done, so that a log shows where the time
+    went. `sharded`: each rank takes its share of the clips, counted for all as this one's
+    times the ranks. On the main process only; `quiet`: neither (a probe's seconds-long
+    epochs)."""
+    shown = runtime.is_main and not quiet
+    ranks = runtime.world if sharded else 1
+    bar = tqdm(
+        desc=what,
+        total=clips * ranks,
+        unit="clip",
+        disable=not (progress and shown),
+        leave=False,
+        dynamic_ncols=True,
+    )
+    done, t0 = 0, time.perf_counter()
+    with bar:
+        for batch in batches:
+            yield batch
+            n = len(batch) if isinstance(batch, torch.Tensor) else len(batch["label"])
+            bar.update(n * ranks)  # once the batch is done with
+            done += n * ranks
+    if shown and not progress:
+        say(phase_line(what, done, time.perf_counter() - t0))
+
+
+def loader_clips(loader: DataLoader, batches: int) -> int:
+    """The clips in the loader's first `batches` batches on this process."""
+    whole = len(loader) * loader.batch_size if loader.drop_last else len(loader.sampler)
+    return min(whole, batches * loader.batch_size)
+
+
+def phase_line(what: str, clips: int, seconds: float) -> str:
+    """E.g. "validation (epoch 3): 1,200 clips in 1 min 41 s (11.9 clips/s)"."""
+    rate = clips / max(seconds, 1e-9)
+    return f"{what}: {clips:,} clips in {duration(seconds)} ({rate:,.1f} clips/s)"
+
+
+def duration(seconds: float) -> str:
+    """Seconds as a log reads them: "0.4 s", "41 s", "7 min 2 s", "2 h 5 min"."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
+# ---------------------------------------------------------------------------------------------
 # Precise BatchNorm
 
 
@@ -362,10 +428,9 @@ def precise_bn(model: nn.Module, clips: Iterable[torch.Tensor], runtime: Runtime
 @dataclass
 class Run:
     """One training run as the loop sees it; `state` says where it stands. A checkpoint holds the
-    state of `objects()`, `state`, and `config` (the run's settings as JSON values)."""
+    state of `objects()`, `state`, and the run's settings as JSON values."""
 
-    settings: LoopConfig  # what the loop reads: epochs, batch size, saving, limits, precise BN
-    config: dict
+    cfg: LoopConfig  # the run's settings; a checkpoint holds cfg.as_json()
     step_for: Callable[[int, bool], StepFn]  # the task's step at a 0-based epoch, training or not
     runtime: Runtime
     out: Path
@@ -379,6 +444,7 @@ class Run:
     epoch_batches: int  # training batches in an epoch (launch.epoch_batches)
     state: RunState = field(default_factory=RunState)
     keep_best: bool = True  # best.pt by validation loss; not when "validation" is the test set
+    short_epochs: bool = False  # seconds each (a probe's): one bar over the run, quiet phases
 
     def objects(self) -> dict:
         """The objects whose state a checkpoint holds."""
@@ -390,49 +456,54 @@ class Run:
         }
 
     def resume(self) -> None:
-        self.state = load_run(self.out / "last.pt", self.config, self.classes, self.objects())
+        self.state = load_run(
+            self.out / "last.pt", self.cfg.as_json(), self.classes, self.objects()
+        )
 
     def save(self, names: list[str], row: dict) -> None:
         """Save the run as each of `names` in order (save_run): last.pt whole, to resume from;
         best.pt the model alone, what evaluation reads (half the size without the optimizer)."""
         for name in names:
             objects = self.objects() if name == "last.pt" else {"model": unwrap(self.model)}
-            save_run(self.out / name, self.config, self.classes, objects, self.state, row)
+            save_run(self.out / name, self.cfg.as_json(), self.classes, objects, self.state, row)
 
 
-def fit(run: Run, progress: bool = True, opening: bool = True) -> dict:
+def fit(run: Run, progress: bool = True) -> dict:
     """Train `run` from where it stands to its last epoch; returns the last epoch's row.
 
-    Prints the run's opening line (unless `opening` is off: the task said it), then after each
-    epoch its row (with or without `progress`,
-    which shows the bars: a log without bars still needs the numbers). After each epoch:
+    Prints after each epoch its row (with or without `progress`, which shows the bars: a log
+    without bars still needs the numbers). After each epoch:
     precise BatchNorm, validation, metrics.jsonl, best.pt (lowest validation loss) and
-    last.pt. Ctrl-C or SIGTERM stops between two steps, after saving last.pt, by raising
-    RunInterrupted (a KeyboardInterrupt).
+    last.pt; without `progress` each of the two phases prints one line (`phase`), unless the
+    epochs are short. Ctrl-C or SIGTERM stops between two steps, after saving last.pt, by
+    raising RunInterrupted (a KeyboardInterrupt).
     """
     row: dict = {}
-    if run.runtime.is_main and opening:
-        say(opening_line(run.config, run.runtime, run.out, run.state))
-    with stop_on_signals() as stop:
-        for epoch in range(run.state.epoch, run.settings.epochs):
-            row = train_epoch(run, epoch, stop, progress)
+    with stop_on_signals() as stop, ExitStack() as held:
+        # a probe's epochs of a second share one bar; others each have their own, closed before
+        # the epoch's BatchNorm and validation bars: one bar on screen at a time
+        whole = held.enter_context(steps_bar(run, progress)) if run.short_epochs else None
+        for epoch in range(run.state.epoch, run.cfg.epochs):
+            with nullcontext(whole) if whole is not None else steps_bar(run, progress) as bar:
+                row = train_epoch(run, epoch, stop, bar)
             row = end_epoch(run, epoch, row, stop, progress)
             if run.runtime.is_main:
                 say(format_row(row, len(run.classes), "val" if run.keep_best else "test"))
     return row
 
 
-def train_epoch(run: Run, epoch: int, stop: threading.Event, progress: bool) -> dict:
-    """Train one epoch (the rest of it, when resumed mid-epoch); returns its training row."""
-    cfg, runtime, state = run.settings, run.runtime, run.state
+def train_epoch(run: Run, epoch: int, stop: threading.Event, bar: tqdm) -> dict:
+    """Train one epoch (the rest of it, when resumed mid-epoch), counting its steps on `bar`
+    (`steps_bar`: the epoch's or the run's); returns its training row."""
+    cfg, runtime, state = run.cfg, run.runtime, run.state
     # the sampler skips within this rank's shard: a resumed epoch decodes no sample twice
     run.loaders["train"].sampler.set_epoch(epoch, skip=state.batches_done * cfg.batch_size)
     metrics = run.metrics.clone(prefix="train_")
     load_metrics_state(metrics, state.metric_state, runtime)
-    bar = epoch_bar(run, epoch, progress)
+    bar.set_description(f"epoch {epoch + 1}/{run.cfg.epochs}", refresh=False)  # a whole run's
     steps = train_steps(
         run.model,
-        bar,
+        itertools.islice(run.loaders["train"], run.epoch_batches - state.batches_done),
         run.step_for(epoch, True),
         run.optimizer,
         run.scaler,
@@ -449,6 +520,7 @@ def train_epoch(run: Run, epoch: int, stop: threading.Event, progress: bool) -> 
             state.batches_done += 1
             clips += n * runtime.world
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)  # drawn at the bar's own pace
+            bar.update()
             if stop_requested(stop, runtime):
                 save_mid_epoch(run, metrics)
                 raise RunInterrupted(run.out / "last.pt")
@@ -480,15 +552,17 @@ def train_epoch(run: Run, epoch: int, stop: threading.Event, progress: bool) -> 
     }
 
 
-def epoch_bar(run: Run, epoch: int, progress: bool) -> tqdm:
-    """The epoch's training batches (what is left of them when resumed) under a progress bar,
-    on the main process only and with `progress` only."""
-    state = run.state
+def steps_bar(run: Run, progress: bool) -> tqdm:
+    """A bar of training steps from where the run stands, on the main process only and with
+    `progress` only: the epoch's, or with `short_epochs` the whole run's (a probe's 150 epochs
+    of a second would otherwise flood the screen with bars)."""
+    state, per_epoch = run.state, run.epoch_batches
+    done_before = state.epoch * per_epoch if run.short_epochs else 0
     return tqdm(
-        itertools.islice(run.loaders["train"], run.epoch_batches - state.batches_done),
-        desc=f"epoch {epoch + 1}/{run.settings.epochs}",
-        total=run.epoch_batches,
-        initial=state.batches_done,
+        desc=f"epoch {state.epoch + 1}/{run.cfg.epochs}",
+        total=per_epoch * (run.cfg.epochs if run.short_epochs else 1),
+        initial=done_before + state.batches_done,  # where a resumed run stands
+        unit="step",
         disable=not (progress and run.runtime.is_main),
         leave=False,
         dynamic_ncols=True,
@@ -514,32 +588,13 @@ def end_epoch(
     run: Run, epoch: int, row: dict, stop: threading.Event, progress: bool = False
 ) -> dict:
     """Precise BatchNorm, validation, the plateau schedule, then the epoch's row and checkpoints.
-    A stop during validation saves the epoch's training, which a resume then validates. With
-    `progress`, each of the two phases under a bar of its own."""
-    cfg, runtime, state = run.settings, run.runtime, run.state
-    bn_batches = min(cfg.precise_bn, cfg.limit_batches or cfg.precise_bn)
-    show = dict(disable=not (progress and runtime.is_main), leave=False, dynamic_ncols=True)
-    if bn_batches:  # before validation and saving: both should see the current weights
-        run.loaders["bn"].sampler.set_epoch(epoch)
-        clips = training_clips(run.loaders["bn"], bn_batches, runtime, state)
-        desc = f"epoch {epoch + 1}: BatchNorm statistics"
-        precise_bn(unwrap(run.model), tqdm(clips, desc, bn_batches, **show), runtime)
+    A stop during validation saves the epoch's training, which a resume then validates. Each of
+    the two phases under a bar of its own with `progress`, else in one line (`phase`)."""
+    runtime, state = run.runtime, run.state
+    if run.cfg.precise_bn:  # before validation and saving: both should see the current weights
+        refresh_batchnorm(run, epoch, progress)
     if run.loaders["val"] is not None:
-        metrics = run.metrics.clone(prefix="val_")
-        val = run.loaders["val"]
-        total = min(len(val), cfg.limit_batches or len(val))
-        desc = f"epoch {epoch + 1}: validation" if run.keep_best else f"epoch {epoch + 1}: test"
-        batches = tqdm(itertools.islice(val, total), desc, total, **show)
-        step = run.step_for(epoch, False)
-        if not evaluate_batches(
-            unwrap(run.model), batches, step, metrics, runtime, stop, state.skipped
-        ):
-            if runtime.is_main:
-                run.save(["last.pt"], {})
-            raise RunInterrupted(run.out / "last.pt")
-        row |= metrics_row(metrics) | {
-            "val_views_dropped": run.loaders["val"].dataset.views_dropped
-        }
+        row |= validate(run, epoch, stop, progress)
     val_loss = row.get("val_loss", row["train_loss"])
     if isinstance(run.scheduler, ReduceLROnPlateau):
         run.scheduler.step(val_loss)
@@ -555,6 +610,48 @@ def end_epoch(
     return row
 
 
+def refresh_batchnorm(run: Run, epoch: int, progress: bool) -> None:
+    """Precise BatchNorm on `cfg.precise_bn` batches of the epoch's "bn" clips."""
+    batches = min(run.cfg.precise_bn, run.cfg.limit_batches or run.cfg.precise_bn)
+    loader = run.loaders["bn"]
+    loader.sampler.set_epoch(epoch)
+    clips = phase(
+        training_clips(loader, batches, run.runtime, run.state),
+        f"BatchNorm statistics (epoch {epoch + 1})",
+        loader_clips(loader, batches),
+        progress,
+        run.runtime,
+        sharded=True,
+        quiet=run.short_epochs,
+    )
+    precise_bn(unwrap(run.model), clips, run.runtime)
+
+
+def validate(run: Run, epoch: int, stop: threading.Event, progress: bool) -> dict:
+    """The epoch's validation metrics ("test" where the held-out clips are the test split);
+    a stop saves last.pt and raises RunInterrupted."""
+    val = run.loaders["val"]
+    batches = min(len(val), run.cfg.limit_batches or len(val))
+    held_out = "validation" if run.keep_best else "test"
+    clips = phase(
+        itertools.islice(val, batches),
+        f"{held_out} (epoch {epoch + 1})",
+        loader_clips(val, batches),
+        progress,
+        run.runtime,
+        sharded=True,
+        quiet=run.short_epochs,
+    )
+    metrics = run.metrics.clone(prefix="val_")
+    step = run.step_for(epoch, False)
+    model = unwrap(run.model)
+    if not evaluate_batches(model, clips, step, metrics, run.runtime, stop, run.state.skipped):
+        if run.runtime.is_main:
+            run.save(["last.pt"], {})
+        raise RunInterrupted(run.out / "last.pt")
+    return metrics_row(metrics) | {"val_views_dropped": val.dataset.views_dropped}
+
+
 def training_clips(loader: DataLoader, batches: int, runtime: Runtime, state: RunState):
     """The clips of the loader's first `batches` batches, on the device, as floats."""
     for batch in on_device(itertools.islice(loader, batches), state.skipped, runtime):
@@ -568,7 +665,7 @@ def say(line: str) -> None:
     sys.stdout.flush()
 
 
-def opening_line(config: dict, runtime: Runtime, out: Path, state: RunState | None = None) -> str:
+def opening_line(config: dict, runtime: Runtime, out: Path) -> str:
     """What a run does, in the one line it starts with: the command, task and backbone (and its
     init), the data and preset, clips and steps, where it computes and where it writes, e.g.
     "pretrain smp r3d18 on data/synth (quick preset): 16x48x48 clips, batch 8, 10 epochs,
@@ -584,10 +681,9 @@ def opening_line(config: dict, runtime: Runtime, out: Path, state: RunState | No
     steps += [f"{epochs} epoch{'s' * (epochs != 1)}"] if epochs else []
     device = f"{runtime.world}x {runtime.device.type}" if runtime.world > 1 else str(runtime.device)
     compiled = " compiled" if runtime.compile else ""
-    resumed = f" (resumed at step {state.step})" if state is not None and state.step else ""
     return (
         f"{what} {config['arch']}{source} on {config['data']} ({config['preset']} preset): "
-        f"{', '.join([size, *steps])}, {device} {runtime.precision}{compiled} -> {out}{resumed}"
+        f"{', '.join([size, *steps])}, {device} {runtime.precision}{compiled} -> {out}"
     )
 
 

@@ -1,14 +1,15 @@
 """How every run starts, written once.
 
 - `started(cfg, out)`: where the run computes (runtime.py), its folder held (folders.py: the
-  refusals come before any data is read);
-- `launch(cfg, out, build_parts)`: a trained run. The task's `build_parts` brings its `Parts`
-  (datasets, model, optimiser, schedule, step, metrics, and what to compute once trained);
-  `launch` builds the loaders and the `Run`, resumes it from last.pt when asked, writes
-  config.json, trains it on the engine's loop (`fit`) and writes results.json.
+  refusals come before any data is read), config.json written, the opening line printed;
+- `fit_parts(cfg, parts, ...)`: a trained run. The task brings its `Parts` (datasets, model,
+  optimiser, schedule, step, metrics, and what to compute once trained); `fit_parts` builds
+  the loaders and the `Run`, resumes it from last.pt when asked, trains it on the engine's
+  loop (`fit`) and writes results.json.
 
-Pretraining (train.py), fine-tuning (evaluate.py) and the probe (probe.py) are each a
-`build_parts`; retrieval, which trains nothing, uses `started` alone.
+Pretraining (train.py), fine-tuning (evaluate.py) and the probe (probe.py) each build their
+`Parts` inside `started` and hand them to `fit_parts`; retrieval, which trains nothing, uses
+`started` alone.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from torchmetrics import MetricCollection
 from ..config import LoopConfig, RunConfig
 from .batches import EpochSampler
 from .checkpoint import LAST
-from .engine import Run, StepFn, fit, hold_run_folder, make_loader
+from .engine import Run, StepFn, fit, hold_run_folder, make_loader, opening_line, say
 from .folders import write_results, write_run_folder
 from .runtime import Runtime, loader_workers, make_runtime
 
@@ -40,7 +41,6 @@ Scheduler = LRScheduler | ReduceLROnPlateau
 class Parts:
     """What a task brings to a trained run; `launch` does the rest."""
 
-    config: dict  # config.json (each checkpoint holds it too)
     classes: tuple[str, ...]
     # "train"; "bn": training clips for precise BatchNorm; "val": evaluated after each epoch
     datasets: dict[str, Dataset]
@@ -52,49 +52,50 @@ class Parts:
     workers: int = 0  # loader processes
     repeats: int = 1  # training clips per video and epoch (repeated sampling)
     keep_best: bool = True  # best.pt by validation loss; not when "val" is the test set
+    short_epochs: bool = False  # seconds each (a probe's): one bar over the run (engine.Run)
     results: Callable[[Run], dict] | None = None  # once trained: results.json; None: none
-    announced: bool = False  # the task printed the opening line itself (before a long step)
 
 
 @contextmanager
 def started(cfg: RunConfig, out: Path) -> Iterator[tuple[Any, Runtime]]:
-    """(`cfg` with its loader workers settled, the runtime), with the run folder `out` held;
-    under torchrun the process group is left once the run is done."""
+    """(`cfg` with its loader workers settled, the runtime), with the run folder `out` held, its
+    config.json written and the run's opening line printed before any long work (a refusal
+    or a failed start leaves the folder as it was: folders.run_folder). Under torchrun the
+    process group is left once the run is done."""
     runtime = make_runtime(cfg.device, cfg.precision, cfg.channels_last, cfg.compile)
     cfg = replace(cfg, workers=loader_workers(cfg.workers, runtime))
     with hold_run_folder(out, cfg.resume, cfg.overwrite, runtime):
+        if runtime.is_main:
+            if not cfg.resume:  # a resume rewrites it once it knows its epoch (fit_parts)
+                write_run_folder(out, cfg.as_json(), 0)
+            say(opening_line(cfg.as_json(), runtime, out))
         yield cfg, runtime
     if runtime.world > 1:
         torch.distributed.destroy_process_group()
 
 
-def launch(
-    cfg: LoopConfig,
-    out: Path,
-    build_parts: Callable[[Any, Runtime, Path, bool], Parts],
-    progress: bool,
-) -> dict:
-    """Run (or resume) a trained run: results.json's contents, or where the task computes no
-    results (pretraining) the last epoch's row with the run's folder and best validation loss.
+def fit_parts(cfg: LoopConfig, parts: Parts, runtime: Runtime, out: Path, progress: bool) -> dict:
+    """Train the task's `parts` in the folder `started` holds (resumed from last.pt when asked):
+    results.json's contents, or where the task computes no results (pretraining) the last
+    epoch's row with the run's folder and best validation loss.
 
     `cfg` is a trained run's config (config.LoopConfig: TrainConfig, ProbeConfig or
-    FinetuneConfig). Ctrl-C or SIGTERM stops
-    between two steps after saving last.pt, by raising RunInterrupted (a KeyboardInterrupt).
+    FinetuneConfig). Ctrl-C or SIGTERM stops between two steps after saving last.pt, by raising
+    RunInterrupted (a KeyboardInterrupt).
     """
-    with started(cfg, out) as (cfg, runtime):
-        t0 = time.perf_counter()
-        parts = build_parts(cfg, runtime, out, progress)
-        run = new_run(cfg, parts, runtime, out)
-        if runtime.is_main:
-            write_run_folder(out, run.config, run.state.epoch)
-        row = fit(run, progress, opening=not parts.announced)
-        if parts.results is None:
-            return {**row, "out": str(out), "best_val": run.state.best_val}
-        results = parts.results(run)
-        results |= {"seconds": time.perf_counter() - t0, "device": str(runtime.device)}
-        if runtime.is_main:
-            write_results(out, results)
-        return results
+    t0 = time.perf_counter()
+    run = new_run(cfg, parts, runtime, out)
+    if runtime.is_main and cfg.resume:
+        write_run_folder(out, cfg.as_json(), run.state.epoch)
+        say(f"resumed at epoch {run.state.epoch + 1}, step {run.state.step}")
+    row = fit(run, progress)
+    if parts.results is None:
+        return {**row, "out": str(out), "best_val": run.state.best_val}
+    results = parts.results(run)
+    results |= {"seconds": time.perf_counter() - t0, "device": str(runtime.device)}
+    if runtime.is_main:
+        write_results(out, results)
+    return results
 
 
 def new_run(cfg: LoopConfig, parts: Parts, runtime: Runtime, out: Path) -> Run:
@@ -106,7 +107,6 @@ def new_run(cfg: LoopConfig, parts: Parts, runtime: Runtime, out: Path) -> Run:
     batches = epoch_batches(loaders["train"], cfg.limit_batches)
     run = Run(
         cfg,
-        parts.config,
         parts.step_for,
         runtime,
         out,
@@ -119,6 +119,7 @@ def new_run(cfg: LoopConfig, parts: Parts, runtime: Runtime, out: Path) -> Run:
         metrics=parts.metrics.to(runtime.device),
         epoch_batches=batches,
         keep_best=parts.keep_best,
+        short_epochs=parts.short_epochs,
     )
     if cfg.resume and (out / LAST).is_file():  # a probe may resume from its features alone
         run.resume()
