@@ -54,6 +54,15 @@ def at_least(n: int, label: str) -> Check:
     return (lambda v: v is None or v >= n, f"{label} must be {n} or more")
 
 
+def is_device(name: str) -> bool:
+    """auto, cpu, cuda or cuda:N as written; whether this machine has it is runtime.py's."""
+    kind, _, index = name.partition(":")
+    return name in ("auto", "cpu", "cuda") or (kind == "cuda" and index.isdigit())
+
+
+DEVICE_CHECK: Check = (is_device, "device must be auto, cpu, cuda or cuda:N")
+
+
 def check_settings(cfg: object) -> None:
     """Refuse the first field of `cfg` whose value fails its check or is not among its choices:
     ConfigError (exit code 2), before anything is read."""
@@ -173,7 +182,8 @@ class RunConfig:
     device: str = setting(
         "auto",
         "auto (a GPU if there is one), cpu, cuda (under torchrun: the rank's own), cuda:N.",
-        metavar="[auto|cpu|cuda|cuda:N]",  # checked by runtime.pick_device
+        metavar="[auto|cpu|cuda|cuda:N]",
+        check=DEVICE_CHECK,
     )
     precision: str = setting(
         "auto",
@@ -481,6 +491,7 @@ class BenchConfig:
         "auto",
         "auto (a GPU if there is one), cpu, cuda, cuda:N.",
         metavar="[auto|cpu|cuda|cuda:N]",
+        check=DEVICE_CHECK,
     )
     preset: str = setting(
         "",  # clip sizes of a pretraining preset; empty: paper on a GPU, quick on a CPU

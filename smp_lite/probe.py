@@ -77,8 +77,7 @@ def probe(cfg: ProbeConfig, progress: bool = True) -> dict:
     for cache in (FEATURES, FEATURES_PARTIAL):
         if cfg.resume and (out / cache).is_file():
             refuse_older_features(out / cache, cfg.init, "--resume", "start over with --overwrite")
-    index = load_index(cfg.data, cfg.split)  # a bad dataset: refused before the run folder
-    with started(cfg, out) as (cfg, runtime):
+    with started(cfg, out, load_index) as (cfg, runtime, index):
         parts = probe_parts(cfg, runtime, index, out, progress, source)
         return fit_parts(cfg, parts, runtime, out, progress)
 

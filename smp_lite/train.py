@@ -289,15 +289,21 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     check_run_settings(cfg)  # ConfigError (exit code 2) before anything is read
     if cfg.init_from and not cfg.resume:  # a wrong checkpoint is refused before any data is read
         load_backbone(build_backbone(cfg.arch, cfg.weight_init), cfg.init_from, cfg.arch)
-    index = load_index(cfg.data, cfg.split)  # a bad dataset: refused before the run folder
-    if cfg.task == "supervised" and len({v.label for v in index.train}) < 2:
+    out = Path(cfg.out) if cfg.out else default_out(cfg)
+    load = functools.partial(load_training_index, task=cfg.task)
+    with started(cfg, out, load) as (cfg, runtime, index):
+        return fit_parts(cfg, pretraining_parts(cfg, runtime, index), runtime, out, progress)
+
+
+def load_training_index(data: str, split: int, task: str) -> DatasetIndex:
+    """The dataset's index; refused if supervised training would have one class only."""
+    index = load_index(data, split)
+    if task == "supervised" and len({v.label for v in index.train}) < 2:
         raise DataError(
-            f"{cfg.data}: supervised training needs two classes or more; its training videos "
+            f"{data}: supervised training needs two classes or more; its training videos "
             f"are all {index.classes[index.train[0].label]!r}, the loss would be 0"
         )
-    out = Path(cfg.out) if cfg.out else default_out(cfg)
-    with started(cfg, out) as (cfg, runtime):
-        return fit_parts(cfg, pretraining_parts(cfg, runtime, index), runtime, out, progress)
+    return index
 
 
 def pretraining_parts(cfg: TrainConfig, runtime: Runtime, index: DatasetIndex) -> Parts:

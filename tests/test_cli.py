@@ -219,8 +219,8 @@ def test_pretrain_end_to_end(ucf_tiny, tmp_path) -> None:
         (["--seed", "99999999999999999999"], 2, "seed must be in 0..4294967295"),
         (["--workers", "-1"], 2, "workers must be 0 or more"),
         (["--resume", "--overwrite"], 2, "pass --resume or --overwrite, not both"),
-        (["--device", "gpu"], 2, "unknown device 'gpu': use auto, cpu, cuda or cuda:N"),
-        (["--device", "mps"], 2, "unknown device 'mps'"),
+        (["--device", "gpu"], 2, "device must be auto, cpu, cuda or cuda:N, got gpu"),
+        (["--device", "mps"], 2, "device must be auto, cpu, cuda or cuda:N, got mps"),
         (["--device", "cpu", "--precision", "fp16"], 2, "precision fp16 is for GPUs"),
     ],
 )

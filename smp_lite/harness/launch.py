@@ -1,7 +1,7 @@
 """How every run starts, written once.
 
-- `started(cfg, out)`: where the run computes (runtime.py), its folder held (folders.py: the
-  refusals come before any data is read), config.json written, the opening line printed;
+- `started(cfg, out, load_data)`: where the run computes (runtime.py), its folder held
+  (folders.py), its dataset indexed, config.json written, the opening line printed;
 - `fit_parts(cfg, parts, ...)`: a trained run. The task brings its `Parts` (datasets, model,
   optimiser, schedule, step, metrics, and what to compute once trained); `fit_parts` builds
   the loaders and the `Run`, resumes it from last.pt when asked, trains it on the engine's
@@ -57,19 +57,23 @@ class Parts:
 
 
 @contextmanager
-def started(cfg: RunConfig, out: Path) -> Iterator[tuple[Any, Runtime]]:
-    """(`cfg` with its loader workers settled, the runtime), with the run folder `out` held, its
-    config.json written and the run's opening line printed before any long work (a refusal
-    or a failed start leaves the folder as it was: folders.run_folder). Under torchrun the
-    process group is left once the run is done."""
+def started(
+    cfg: RunConfig, out: Path, load_data: Callable[[str, int], Any]
+) -> Iterator[tuple[Any, Runtime, Any]]:
+    """(`cfg` with its loader workers settled, the runtime, the dataset's index from
+    `load_data(cfg.data, cfg.split)`), refused in this order: the device, the run folder `out`
+    (then held), the dataset. Once all three are there, config.json is written and the run's
+    opening line printed, before any long work; a failed start leaves the folder as it was
+    (folders.run_folder). Under torchrun the process group is left once the run is done."""
     runtime = make_runtime(cfg.device, cfg.precision, cfg.channels_last, cfg.compile)
     cfg = replace(cfg, workers=loader_workers(cfg.workers, runtime))
     with hold_run_folder(out, cfg.resume, cfg.overwrite, runtime):
+        index = load_data(cfg.data, cfg.split)
         if runtime.is_main:
             if not cfg.resume:  # a resume rewrites it once it knows its epoch (fit_parts)
                 write_run_folder(out, cfg.as_json(), 0)
             say(opening_line(cfg.as_json(), runtime, out))
-        yield cfg, runtime
+        yield cfg, runtime, index
     if runtime.world > 1:
         torch.distributed.destroy_process_group()
 
