@@ -47,7 +47,7 @@ from .harness.batches import to_float
 from .harness.checkpoint import load_backbone
 from .harness.engine import StepFn, StepOutput, loss_metrics
 from .harness.launch import Parts, fit_parts, started
-from .harness.runtime import Runtime, unwrap
+from .harness.runtime import unwrap
 from .index import DatasetIndex, load_index, split_by_group
 from .masks import blend_lambda, motion_mask_cam, upsample_mask
 from .models import NUM_RATES, ActionNet, MotionNet, build_backbone
@@ -292,7 +292,24 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     load = functools.partial(load_training_index, task=cfg.task)
     with started(cfg, out, load) as (cfg, runtime, index):
-        return fit_parts(cfg, pretraining_parts(cfg, runtime, index), runtime, out, progress)
+        datasets = pretraining_datasets(cfg, index.train)
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg, len(index.classes))
+        if cfg.init_from and not cfg.resume:
+            load_backbone(model, cfg.init_from, cfg.arch)
+        model = runtime.prepare(model)
+        parts = Parts(  # what launch.fit_parts trains
+            classes=index.classes,
+            datasets=datasets,
+            model=model,
+            optimizer=make_optimizer(model, cfg),
+            schedule=functools.partial(make_scheduler, cfg=cfg),
+            step_for=functools.partial(make_step, cfg),
+            metrics=task_metrics(cfg, len(index.classes)),
+            workers=cfg.workers,
+            repeats=cfg.clips_per_video,
+        )
+        return fit_parts(cfg, parts, runtime, out, progress)
 
 
 def load_training_index(data: str, split: int, task: str) -> DatasetIndex:
@@ -304,27 +321,6 @@ def load_training_index(data: str, split: int, task: str) -> DatasetIndex:
             f"are all {index.classes[index.train[0].label]!r}, the loss would be 0"
         )
     return index
-
-
-def pretraining_parts(cfg: TrainConfig, runtime: Runtime, index: DatasetIndex) -> Parts:
-    """The task's clips, model, optimiser, schedule, step and metrics (launch.py runs them)."""
-    datasets = pretraining_datasets(cfg, index.train)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg, len(index.classes))
-    if cfg.init_from and not cfg.resume:
-        load_backbone(model, cfg.init_from, cfg.arch)
-    model = runtime.prepare(model)
-    return Parts(
-        classes=index.classes,
-        datasets=datasets,
-        model=model,
-        optimizer=make_optimizer(model, cfg),
-        schedule=functools.partial(make_scheduler, cfg=cfg),
-        step_for=functools.partial(make_step, cfg),
-        metrics=task_metrics(cfg, len(index.classes)),
-        workers=cfg.workers,
-        repeats=cfg.clips_per_video,
-    )
 
 
 def pretraining_datasets(cfg: TrainConfig, videos: tuple) -> dict[str, VideoDataset]:
