@@ -498,9 +498,13 @@ class BenchConfig:
         "Clip sizes of this pretraining preset [default: paper on a GPU, quick on a CPU].",
         choices=("", "paper", "quick"),
     )
-    # each checked by train.make_config
-    archs: tuple[str, ...] = setting(("r3d18",), "Backbones, comma-separated.")
-    tasks: tuple[str, ...] = setting(("smp", "supervised"), "Tasks, comma-separated.")
+    # all checked before anything is timed, not one by one as the bench reaches them
+    archs: tuple[str, ...] = setting(
+        ("r3d18",), "Backbones, comma-separated.", check=among(ARCHS, "archs")
+    )
+    tasks: tuple[str, ...] = setting(
+        ("smp", "supervised"), "Tasks, comma-separated.", check=among(TASKS, "tasks")
+    )
     clip_len: int = setting(0, "Frames per clip [default: the preset's].")  # 0: the preset's
     resize: tuple[int, int] | None = setting(None, "Decode frames at HxW [default: the preset's].")
     crop: int = setting(0, "Crop side [default: the preset's].")

@@ -87,7 +87,8 @@ def test_the_report_replaces_its_section_and_keeps_the_rest(tmp_path) -> None:
         (dict(clips_per_video=(0,)), "clips per video"),
         (dict(step_workers=-1), "step workers"),
         (dict(steps=0), "steps must be positive"),
-        (dict(archs=("c4d",)), "unknown architecture"),
+        (dict(archs=("r3d18", "c4d")), "archs must be among"),
+        (dict(tasks=("smp", "jigsaw")), "tasks must be among"),
     ],
 )
 def test_bad_settings_are_refused_before_anything_runs(synth_tiny, override, message) -> None:

@@ -1,20 +1,20 @@
 """`smp-lite bench` (`make bench`): where the time of a pretraining step goes, each part
 measured alone, in one run on one machine, so that the ratios between them hold.
 
-- peak: the matmul throughput of the device in the run's precision (the roofline);
+- peak: the device's matmul throughput in the run's precision (the roofline);
 - compute: forward, backward and SGD of a task's model on one batch kept on the device
-  ("bare"), and the same batch through the training loop's own step (`engine.train_steps`:
-  the copy to the device, the finite-loss and gradient checks, the metrics); FLOPs per clip
-  from torch's flop counter, and the share of the peak they reach;
+  ("bare"), and the same batch through the training loop's step (`engine.train_steps`: the
+  copy to the device, the finite-loss and gradient checks, the metrics); FLOPs per clip from
+  torch's flop counter, and the share of the peak they reach;
 - loader: `VideoDataset` through a `DataLoader` alone, per playback rate and worker count;
-- original: the original PRP/SMP code's style, the baseline: its loading on the same files, in
-  one process (all 16*s + 1 frames decoded in sequence at full size, each frame resized with
-  PIL, the clip, target and DPAU mask built per sample in float32; method.md section 7), and
-  its compute (fp32, batch 8, no channels_last);
-- step: `train()` itself, a whole epoch of `step_batches` batches, loader included.
+- original: the original PRP/SMP code's style, the baseline: its loading of the same files in
+  one process (all 16*s + 1 frames decoded at full size, each resized with PIL, the clip,
+  target and DPAU mask built per sample in float32; method.md section 7), and its compute
+  (fp32 at `original_batch`, no channels_last);
+- step: `train()` itself, one epoch of `step_batches` batches, loader included.
 
-Timings are wall clock after a warm-up; on a GPU around a synchronisation. Nothing here is a
-test: no number is checked against a target (docs/benchmarks.md holds the targets).
+Timings are wall clock after a warm-up, on a GPU between synchronisations. No number is
+checked against a target (docs/benchmarks.md holds the targets).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def bench(cfg: BenchConfig, progress: bool = True) -> dict:
     runtime = make_runtime(cfg.device)
     ensure_default_dataset(cfg.data)
     preset = cfg.preset or ("paper" if runtime.device.type == "cuda" else "quick")
-    sizes = task_config(cfg, preset, "smp")
+    sizes = task_config(cfg, preset, "smp")  # refuses a bad clip size before anything is timed
     say = print if progress else (lambda *_: None)
     peak = matmul_peak(runtime)
     say(f"matmul peak: {peak / 1e12:.2f} TFLOP/s ({runtime.precision})")
@@ -68,22 +68,17 @@ def bench(cfg: BenchConfig, progress: bool = True) -> dict:
     results["clip"] = f"{sizes.clip_len}x{sizes.crop}x{sizes.crop} from {h}x{w}"
     results["batch_size"] = cfg.batch_size
     results["compute"] = []
-    for arch in cfg.archs:
-        for task in cfg.tasks:
-            tcfg = task_config(cfg, preset, task, arch=arch)
-            for variant in ["", *cfg.variants]:
-                numbers = compute_alone(tcfg, runtime, cfg.steps, peak, variant=variant)
-                row = {"arch": arch, "task": task, "variant": variant, **numbers}
-                say(f"compute {arch} {task}: {row}")
-                results["compute"].append(row)
+    for arch, task in itertools.product(cfg.archs, cfg.tasks):
+        tcfg = task_config(cfg, preset, task, arch=arch)
+        for variant in ["", *cfg.variants]:
+            row = {"arch": arch, "task": task, "variant": variant}
+            row |= compute_alone(tcfg, runtime, cfg.steps, peak, variant)
+            say(f"compute {arch} {task}: {row}")
+            results["compute"].append(row)
     first = task_config(cfg, preset, cfg.tasks[0], batch_size=cfg.original_batch)
     fp32 = replace(runtime, precision="fp32", channels_last=False, compile=False)
-    results["original_compute"] = {
-        "arch": first.arch,
-        "task": first.task,
-        "batch_size": cfg.original_batch,
-        **compute_alone(first, fp32, cfg.steps, peak),
-    }
+    original = {"arch": first.arch, "task": first.task, "batch_size": cfg.original_batch}
+    results["original_compute"] = original | compute_alone(first, fp32, cfg.steps, peak)
     say(f"compute, original style (fp32, no channels_last): {results['original_compute']}")
     results["loader"] = loader_rows(cfg, sizes, runtime, say)
     if cfg.step_batches:
@@ -114,26 +109,20 @@ def synchronize(runtime: Runtime) -> None:
         torch.cuda.synchronize(runtime.device)
 
 
-# ---------------------------------------------------------------------------------------------
-# Compute
-
-
-def matmul_peak(runtime: Runtime, n: int = 0, repeats: int = 10, rounds: int = 3) -> float:
-    """FLOP/s of an n x n matmul in the run's precision, the best of `rounds` rounds: the most
-    this device can do (a single round varied by 15% on the 2-core CPU)."""
-    n = n or (8192 if runtime.device.type == "cuda" else 2048)
+def matmul_peak(runtime: Runtime) -> float:
+    """FLOP/s of a square matmul in the run's precision: the most this device can do. The best
+    of 3 rounds (one round alone varied by 15% on the 2-core CPU), the first after a warm-up."""
+    n = 8192 if runtime.device.type == "cuda" else 2048
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(runtime.precision, torch.float32)
     a = torch.randn(n, n, device=runtime.device, dtype=dtype)
     b = torch.randn(n, n, device=runtime.device, dtype=dtype)
-    seconds = timed(lambda: a @ b, repeats, runtime, warmup=1)
-    for _ in range(rounds - 1):
-        seconds = min(seconds, timed(lambda: a @ b, repeats, runtime, warmup=0))
+    seconds = min(timed(lambda: a @ b, 10, runtime, warmup=int(i == 0)) for i in range(3))
     return 2 * n**3 / seconds
 
 
-def synthetic_batch(cfg, classes: int, seed: int = 0) -> dict[str, torch.Tensor]:
+def synthetic_batch(cfg: TrainConfig, classes: int) -> dict[str, torch.Tensor]:
     """A batch shaped as the loader's (uint8 clips on the CPU), of random content."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(0)
     b, t, c = cfg.batch_size, cfg.clip_len, cfg.crop
     batch = {
         "clip": torch.randint(0, 256, (b, 3, t, c, c), generator=g, dtype=torch.uint8),
@@ -148,16 +137,17 @@ def synthetic_batch(cfg, classes: int, seed: int = 0) -> dict[str, torch.Tensor]
 
 
 def compute_alone(
-    cfg, runtime: Runtime, steps: int, peak: float, classes: int = 101, variant: str = ""
+    cfg: TrainConfig, runtime: Runtime, steps: int, peak: float, variant: str = ""
 ) -> dict:
     """Clips/s of the task's step on one batch, bare and through the loop, with the FLOPs;
     `variant` "fused" steps a fused SGD, "eager" and "compiled" turn torch.compile off or on."""
     if variant in ("eager", "compiled"):
         runtime = replace(runtime, compile=variant == "compiled")
+    classes = 101  # UCF101's: the supervised head's size
     torch.manual_seed(cfg.seed)
     model = runtime.prepare(build_model(cfg, classes))
     optimizer = make_optimizer(model, cfg)
-    if variant == "fused":
+    if variant == "fused":  # new groups: the old ones' "fused": None would override fused=True
         groups = [{"params": g["params"], "lr": g["lr"]} for g in optimizer.param_groups]
         optimizer = torch.optim.SGD(
             groups, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=True
@@ -211,10 +201,6 @@ def timed(fn, steps: int, runtime: Runtime, warmup: int = 2) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-# ---------------------------------------------------------------------------------------------
-# Loading
-
-
 def loader_rows(cfg: BenchConfig, sizes: TrainConfig, runtime: Runtime, say) -> list[dict]:
     """Per rate, then with the rates mixed as training draws them ("mixed"): our loader with
     each worker count, and the original code's style, on the same training videos (frame
@@ -232,7 +218,7 @@ def loader_rows(cfg: BenchConfig, sizes: TrainConfig, runtime: Runtime, say) -> 
             rates=rates,
             workers=2,
         )
-        settings = [(w, k) for w in cfg.workers for k in cfg.clips_per_video]
+        settings = itertools.product(cfg.workers, cfg.clips_per_video)
         for workers, repeats in [*settings, ("original", 1)]:
             if workers == "original":
                 per_s = original_style_loader(dataset, cfg.original_batch, cfg.loader_batches)
@@ -258,7 +244,7 @@ def loader_alone(
     decoded video): timed from the end of the workers' first round (each worker's first batch,
     made together with the start-up) over whole rounds, `loader_batches` batches at least."""
     sampler = EpochSampler(len(dataset), seed=0, repeats=repeats)
-    loader = make_loader(dataset, sampler, cfg.batch_size, workers, runtime, True)
+    loader = make_loader(dataset, sampler, cfg.batch_size, workers, runtime, drop_last=True)
     first_round = max(workers, 1)
     timed_batches = -(-cfg.loader_batches // first_round) * first_round
     clips, seen, t0 = 0, 0, 0.0
@@ -289,8 +275,7 @@ def original_style_loader(dataset: VideoDataset, batch: int, batches: int) -> fl
 
 
 def original_style_sample(dataset: VideoDataset, index: int, rate: int, rng) -> dict:
-    """A rate-`rate` sample of video `index` as the original code read it: every frame of the
-    span at full size, each resized with PIL, a centre crop, float32 clip, target and DPAU."""
+    """A rate-`rate` sample of video `index` as the original code built it (the module's doc)."""
     video, num_frames = dataset.videos[index], dataset.frames[index]
     clip_len, (h, w), c = dataset.clip_len, dataset.resize, dataset.crop
     start = int(rng.integers(num_frames - clip_len * rate))
@@ -302,22 +287,18 @@ def original_style_sample(dataset: VideoDataset, index: int, rate: int, rng) -> 
     top, left = (h - c) // 2, (w - c) // 2
     frames = resized[:, top : top + c, left : left + c]
     ids = sample_dilated_clip(len(frames), rate, clip_len, 0)
-    chunks = float_clip(frames[ids.dpau.ravel()]).unflatten(1, (rate, 4))  # (3, s, 4, c, c)
+    # the original's DPAU: avg_pool3d over the squared differences of each chunk of 4 frames,
+    # rescaled into [0.8, 2] per map; (s, 3, 4, c, c) -> (3, s, 13, 13)
+    chunks = float_clip(frames[ids.dpau.ravel()]).unflatten(1, (rate, 4)).transpose(0, 1)
+    diff = (chunks[:, :, 1:] - chunks[:, :, :-1]).pow(2)
+    pooled = F.avg_pool3d(diff, (3, c // 4, c // 4), stride=(3, c // 16, c // 16))[:, :, 0]
+    dpau = rescale_per_map(pooled.flatten(2)).view_as(pooled).transpose(0, 1)
     return {
         "clip": float_clip(frames[ids.clip]),
         "target": float_clip(frames[ids.target]),
-        "dpau": original_dpau(chunks.transpose(0, 1)).repeat_interleave(2 * clip_len // rate, 1),
+        "dpau": dpau.repeat_interleave(2 * clip_len // rate, 1),  # one map per target frame
         "rate": RATES.index(rate),
     }
-
-
-def original_dpau(chunks: torch.Tensor) -> torch.Tensor:
-    """(s, 3, 4, c, c) float frames -> (3, s, 13, 13): the original's DPAU, avg_pool3d over the
-    squared differences, rescaled into [0.8, 2] per map."""
-    c = chunks.shape[-1]
-    diff = (chunks[:, :, 1:] - chunks[:, :, :-1]).pow(2)
-    pooled = F.avg_pool3d(diff, (3, c // 4, c // 4), stride=(3, c // 16, c // 16))[:, :, 0]
-    return rescale_per_map(pooled.flatten(2)).view_as(pooled).transpose(0, 1)
 
 
 def float_clip(frames: np.ndarray) -> torch.Tensor:
@@ -325,17 +306,11 @@ def float_clip(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 255
 
 
-# ---------------------------------------------------------------------------------------------
-# The whole step
-
-
 def end_to_end(cfg: BenchConfig, preset: str, runtime: Runtime) -> dict:
-    """`train()` on the first arch and task, loading with `step_workers` (training's default
-    unless set), no validation, no mid-epoch saves: the clips/s of one epoch of `step_batches`
-    batches, and the steady clips/s, from that epoch and one a quarter as long (the start-up,
-    the same in both, cancels out of their difference). A one-batch epoch before them warms
-    the caches that would make the first one's start-up longer (torch.compile's graphs, cuDNN's
-    kernel choice). The training videos are listed as many times as the long epoch needs."""
+    """`train()` on the first arch and task (no validation, no mid-epoch saves): the clips/s of
+    one epoch of `step_batches` batches, and the steady clips/s from its difference with an
+    epoch a quarter as long, where the start-up, the same in both, cancels out. A one-batch
+    epoch first warms the caches (torch.compile's graphs, cuDNN's kernel choice)."""
     long, short = cfg.step_batches, max(cfg.step_batches // 4, 1)
     seconds: list[float] = []  # of the warm-up, short and long epochs
     with tempfile.TemporaryDirectory() as tmp:
@@ -370,8 +345,8 @@ def end_to_end(cfg: BenchConfig, preset: str, runtime: Runtime) -> dict:
 
 
 def repeated_list(data: str, clips: int, folder: Path) -> str:
-    """A CSV list (data.read_csv_list) of `data`'s training videos, repeated to `clips` rows
-    at least: an epoch as long as a benchmark needs, on a small dataset."""
+    """`data`'s training videos as a CSV list, repeated to `clips` rows at least: an epoch as
+    long as the bench needs, on a small dataset."""
     index = load_index(data)
     repeats = -(-clips // len(index.train))
     path = folder / "train.csv"
@@ -383,17 +358,12 @@ def repeated_list(data: str, clips: int, folder: Path) -> str:
     return str(path)
 
 
-# ---------------------------------------------------------------------------------------------
-# Report
-
-
 def format_report(results: dict, command: str) -> str:
     """The numbers as markdown: the machine, then one table per part."""
-    peak = results["peak_flops"]
     lines = [
         f"`{command}` on {results['machine']}; {results['preset']} preset clips "
         f"({results['clip']}), batch {results['batch_size']}. Matmul peak measured in the same "
-        f"run: {peak / 1e12:.2f} TFLOP/s.",
+        f"run: {results['peak_flops'] / 1e12:.2f} TFLOP/s.",
         "",
         "| arch | task | variant | GFLOP per clip (fwd+bwd) | compute alone, clips/s | "
         "share of peak | through the loop's step, clips/s |",
@@ -402,9 +372,8 @@ def format_report(results: dict, command: str) -> str:
     for r in results["compute"]:
         lines.append(
             f"| `{r['arch']}` | {r['task']} | {r['variant'] or 'as trained'} | "
-            f"{r['gflop_per_clip']:.1f} | "
-            f"{r['bare_clips_per_s']:.1f} | {100 * r['peak_share']:.1f}% | "
-            f"{r['loop_clips_per_s']:.1f} |"
+            f"{r['gflop_per_clip']:.1f} | {r['bare_clips_per_s']:.1f} | "
+            f"{100 * r['peak_share']:.1f}% | {r['loop_clips_per_s']:.1f} |"
         )
     o = results["original_compute"]
     lines += [

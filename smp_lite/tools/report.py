@@ -1,12 +1,6 @@
 """Results of runs as tables and a picture, from their config.json, metrics.jsonl and
-results.json.
-
-`pretrain_table(runs)` gives a markdown table of each pretraining's held-out accuracy (the c5
-rate head for PRP and SMP, the action head for supervised runs) at best.pt and at the last
-epoch; `eval_table(runs)` one of each evaluation's result (probe, fine-tuning, retrieval) and
-last epoch; `plot_curves(runs, png)` draws the per-epoch accuracy of each run that has epochs.
-`smp-lite report RUN...` prints `report_text` and writes the picture; `make reproduce` calls
-`pretrain_table` and the tables below.
+results.json: `smp-lite report RUN...` prints `report_text` and draws `plot_curves`;
+`make reproduce` writes Table 1, Table 2, retrieval and their pictures (`write_reproduce_report`).
 """
 
 from __future__ import annotations
@@ -37,6 +31,14 @@ def report_text(runs: list[str | Path]) -> tuple[str, list[str]]:
     return "\n\n".join(tables), notes
 
 
+PRETRAIN_LEGEND = (
+    "Accuracies on held-out groups (val) at the end of an epoch, of the main head (the c5 rate "
+    "head; supervised: the action); best.pt is the epoch of lowest validation loss; mean of "
+    "last 3 smooths the epoch-to-epoch noise; last train acc is over the last epoch's training "
+    "batches."
+)
+
+
 def pretrain_table(runs: list[str | Path]) -> str:
     """One markdown row per run: accuracies in %, best.pt being the lowest validation loss (the
     training loss, and "-" for held-out numbers, in a run without validation)."""
@@ -49,38 +51,27 @@ def pretrain_table(runs: list[str | Path]) -> str:
     for run in runs:
         config, rows = read_run(run)
         head = main_head(rows)
+        val, last = f"val_acc_{head}", rows[-1]
         best = min(rows, key=lambda r: r.get("val_loss", r["train_loss"]))
-        last = rows[-1]
-        tail = [r[f"val_acc_{head}"] for r in rows[-3:] if f"val_acc_{head}" in r]
+        tail = [r[val] for r in rows[-3:] if val in r]
         mean = pct(sum(tail) / len(tail)) if tail else "-"
-        mg = "-"  # PRP and supervised runs have no multiple-granularity heads
-        if "val_acc_rate_c4" in last:
-            mg = " / ".join(pct(last[f"val_acc_rate_{c}"]) for c in ("c4", "c3", "c2"))
-        at_rate = "-"  # the c5 head's accuracy at each playback rate (motion tasks)
-        if "val_acc_at_rate_1" in last:
-            at_rate = " / ".join(pct(last[f"val_acc_at_rate_{r}"]) for r in (1, 2, 4, 8))
+        # SMP's multiple-granularity heads; the c5 head at each playback rate (motion tasks)
+        mg = slash_cell(last, [f"val_acc_rate_{c}" for c in ("c4", "c3", "c2")])
+        at_rate = slash_cell(last, [f"val_acc_at_rate_{r}" for r in (1, 2, 4, 8)])
         lines.append(
             f"| {Path(run).name} | `{config['arch']}` | {config['task']} | "
-            f"{epochs_cell(last['epoch'], config)} | "
-            f"{best['epoch']}: {cell(best, f'val_acc_{head}')} | "
-            f"{cell(last, f'val_acc_{head}')} | {mean} | {mg} | {at_rate} | "
-            f"{cell(last, f'train_acc_{head}')} |"
+            f"{epochs_cell(last['epoch'], config)} | {best['epoch']}: {cell(best, val)} | "
+            f"{cell(last, val)} | {mean} | {mg} | {at_rate} | {cell(last, f'train_acc_{head}')} |"
         )
     return "\n".join([*lines, "", PRETRAIN_LEGEND])
 
 
-PRETRAIN_LEGEND = (
-    "Accuracies on held-out groups (val) at the end of an epoch, of the main head (the c5 rate "
-    "head; supervised: the action); best.pt is the epoch of lowest validation loss; mean of "
-    "last 3 smooths the epoch-to-epoch noise; last train acc is over the last epoch's training "
-    "batches."
+EVAL_LEGEND = (
+    "last train / test-clip acc: the metrics row of the last epoch, per clip, as training "
+    "logged it (a probe tests every epoch; fine-tuning tests only at the end). result: "
+    "results.json, the final weights on every test item (per video for action, averaging its "
+    "clips), ± the bootstrap std over test groups, then videos."
 )
-
-
-def epochs_cell(done: int, config: dict) -> str:
-    """ "10", or "1 of 10 (not finished)" for a run stopped or still running."""
-    planned = config.get("epochs", done)
-    return str(done) if done >= planned else f"{done} of {planned} (not finished)"
 
 
 def eval_table(runs: list[str | Path]) -> str:
@@ -96,20 +87,21 @@ def eval_table(runs: list[str | Path]) -> str:
         head = main_head(rows) if rows else ""
         arch = "-" if config.get("init") == MOTION_ENERGY else f"`{config['arch']}`"
         epochs = epochs_cell(last["epoch"], config) if last else "-"
+        # random, motion-energy, or a checkpoint as its run folder's name and file
+        init = Path(str(config.get("init", "random")))
+        init = init.name if len(init.parts) < 2 else f"{init.parent.name}/{init.name}"
         lines.append(
-            f"| {Path(run).name} | {arch} | {config['task']} | {init_name(config)} | "
-            f"{epochs} | {cell(last, f'train_acc_{head}')} | "
-            f"{cell(last, f'val_acc_{head}')} | {result_cell(read_results(run))} |"
+            f"| {Path(run).name} | {arch} | {config['task']} | {init} | {epochs} | "
+            f"{cell(last, f'train_acc_{head}')} | {cell(last, f'val_acc_{head}')} | "
+            f"{result_cell(read_results(run))} |"
         )
     return "\n".join([*lines, "", EVAL_LEGEND])
 
 
-EVAL_LEGEND = (
-    "last train / test-clip acc: the metrics row of the last epoch, per clip, as training "
-    "logged it (a probe tests every epoch; fine-tuning tests only at the end). result: "
-    "results.json, the final weights on every test item (per video for action, averaging its "
-    "clips), ± the bootstrap std over test groups, then videos."
-)
+def epochs_cell(done: int, config: dict) -> str:
+    """ "10", or "1 of 10 (not finished)" for a run stopped or still running."""
+    planned = config.get("epochs", done)
+    return str(done) if done >= planned else f"{done} of {planned} (not finished)"
 
 
 def result_cell(results: dict | None) -> str:
@@ -125,12 +117,6 @@ def result_cell(results: dict | None) -> str:
     text = f"{100 * results['accuracy']:.1f}"
     text += f" ± {100 * results['accuracy_std']:.1f}" if "accuracy_std" in results else ""
     return text + (f" ({results['items']} test items)" if "items" in results else "")
-
-
-def init_name(config: dict) -> str:
-    """random, motion-energy, or a checkpoint as its run folder's name and file."""
-    init = Path(str(config.get("init", "random")))
-    return init.name if len(init.parts) < 2 else f"{init.parent.name}/{init.name}"
 
 
 def run_notes(run: str | Path, config: dict, rows: list[dict]) -> list[str]:
@@ -154,24 +140,19 @@ def plot_curves(runs: list[str | Path], out_png: str | Path) -> Path:
     """Per epoch, the held-out accuracy (solid: pretraining's validation, a probe's test clips)
     and training accuracy (dashed) of each run's main head; pretrainings and evaluations on
     axes of their own (their epochs are not the same thing); runs without epochs left out."""
-    from matplotlib.figure import Figure  # no pyplot: works headless, no global state
-
     read = [(i, run, *read_run(run)) for i, run in enumerate(runs)]
     groups = {
         "pretraining": [r for r in read if r[3] and r[2]["task"] in TASKS],
         "evaluation": [r for r in read if r[3] and r[2]["task"] not in TASKS],
     }
     groups = {title: group for title, group in groups.items() if group}
-    fig = Figure(figsize=(7 * max(1, len(groups)), 4), dpi=100)
-    axes = fig.subplots(1, len(groups), squeeze=False)[0] if groups else [fig.subplots()]
+    fig = new_figure(7 * max(1, len(groups)), 4)
+    axes = fig.subplots(1, max(1, len(groups)), squeeze=False)[0]  # one empty axis if none
     for ax, (title, group) in zip(axes, groups.items(), strict=False):
         draw_curves(ax, group)
         ax.set_title(f"{title} epochs", fontsize=10)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png)
-    return out_png
+    save_figure(fig, Path(out_png))
+    return Path(out_png)
 
 
 def draw_curves(ax, runs: list[tuple[int, Path, dict, list[dict]]]) -> None:
@@ -247,18 +228,31 @@ def cell(row: dict, key: str) -> str:
     return pct(row[key]) if key in row else "-"
 
 
+def slash_cell(row: dict, keys: list[str]) -> str:
+    """ "a / b / c", or "-" for a run without these heads."""
+    return " / ".join(pct(row[key]) for key in keys) if keys[0] in row else "-"
+
+
 def pct(x: float) -> str:
     return f"{100 * x:.1f}%"
+
+
+def new_figure(width: float, height: float):
+    from matplotlib.figure import Figure  # no pyplot: works headless, no global state
+
+    return Figure(figsize=(width, height), dpi=100)
+
+
+def save_figure(fig, png: Path) -> None:
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png)
 
 
 # ---------------------------------------------------------------------------------------------
 # make reproduce: Table 1, Table 2, retrieval, and their pictures from summary.json (older
 # summaries, without the newer probes or per-item correctness, still render)
 
-SEED_TABLE1 = {  # method.md section 4: UCF101 split 1, C3D / 3D-R18 / R(2+1)D
-    "Random": (42.48, 40.89, 41.53),
-    "Fully-supervised": (48.83, 45.97, 51.27),
-}
 INIT_NAMES = {"random": "Random", "supervised": "Fully-supervised", "prp": "PRP", "smp": "SMP"}
 ENERGY, ENERGY_NAME = "probe-speed-energy", "Motion energy (no network)"  # one result, no arch
 FAMILY = {
@@ -267,6 +261,11 @@ FAMILY = {
     "r21d10": "R(2+1)D-10",
     "r3d18": "R3D-18",  # torchvision's r3d_18
     "r21d18": "R(2+1)D-18",
+}
+CEILING_NAMES = {  # tools/synth.rate_ceilings's keys
+    "actor": "Ceiling: the actor's speed",
+    "actor + distractor": "Ceiling: + the distractor's",
+    "actor + distractor + pan": "Ceiling: + the camera's pan",
 }
 
 
@@ -277,7 +276,7 @@ def write_reproduce_report(summary: dict, runs: Path, results: Path) -> None:
     (results / "table1.md").write_text(table1(summary))
     (results / "table2.md").write_text(table2(summary))
     (results / "retrieval.md").write_text(retrieval_table(summary))
-    pretrained = sorted(p.parent for p in runs.glob("pretrain-*/metrics.jsonl"))
+    pretrained = sorted(p.parent for p in runs.glob(f"pretrain-*/{METRICS}"))
     pretrained = [run for run in pretrained if read_metrics(run)]
     if pretrained:
         (results / "pretrain.md").write_text(pretrain_table(pretrained) + "\n")
@@ -289,81 +288,27 @@ def write_reproduce_report(summary: dict, runs: Path, results: Path) -> None:
 
 def accuracy_cell(numbers: dict | None, random: dict | None) -> str:
     """ "48.8 ± 1.1 (+6.3 ± 0.9)": accuracy in %, its bootstrap std, the difference to random
-    init and its paired bootstrap std (left out for results without per-item correctness)."""
+    init and its paired bootstrap std (none where a result predates per-item correctness)."""
     if not numbers:
         return "not run yet"
     text = f"{100 * numbers['accuracy']:.1f} ± {100 * numbers['accuracy_std']:.1f}"
-    if random and numbers is not random:
-        spread = paired_spread(numbers, random)
-        shown = "" if spread is None else f" ± {100 * spread:.1f}"
-        text += f" ({100 * (numbers['accuracy'] - random['accuracy']):+.1f}{shown})"
-    return text
+    if not random or numbers is random:
+        return text
+    text += f" ({100 * (numbers['accuracy'] - random['accuracy']):+.1f}"
+    if "correct" in numbers and "correct" in random and numbers["video"] == random["video"]:
+        correct, base = torch.tensor(numbers["correct"]), torch.tensor(random["correct"])
+        video, group = torch.tensor(numbers["video"]), numbers["group"]
+        text += f" ± {100 * paired_bootstrap_std(correct, base, video, group, seed=0):.1f}"
+    return text + ")"
 
 
-def paired_spread(a: dict, b: dict) -> float | None:
-    """The bootstrap std of accuracy a - b with the same test videos drawn for both, or None
-    unless both results hold per-item correctness of the same items (older ones do not)."""
-    if "correct" not in a or "correct" not in b or a["video"] != b["video"]:
-        return None
-    correct_a, correct_b = torch.tensor(a["correct"]), torch.tensor(b["correct"])
-    return paired_bootstrap_std(correct_a, correct_b, torch.tensor(a["video"]), a["group"], seed=0)
+def md_row(first: str, cells: list[str]) -> str:
+    return f"| {first} | " + " | ".join(cells) + " |"
 
 
-def init_rows(summary: dict, kind: str) -> list[str]:
-    """Markdown rows, one per initialisation, one column per backbone evaluated so."""
-    rows = []
-    for init, name in INIT_NAMES.items():
-        cells = []
-        for arch in archs_of(summary, kind):
-            by_init = summary.get(kind, {}).get(arch, {})  # older summaries lack newer probes
-            cells.append(accuracy_cell(by_init.get(init), by_init.get("random")))
-        rows.append(f"| {name} | " + " | ".join(cells) + " |")
-    return rows
-
-
-def refit_rows(summary: dict) -> list[str]:
-    """The BatchNorm-refit probe's table, or why there is none (a profile runs it on some
-    backbones only)."""
-    if not archs_of(summary, "probe-speed-bn"):
-        return ["Not run: the profile re-estimates BatchNorm on none of these backbones."]
-    return arch_header(summary, "Initialisation", "probe-speed-bn") + init_rows(
-        summary, "probe-speed-bn"
-    )
-
-
-def energy_row(summary: dict) -> str:
-    """Motion energy's row: one result in every column, compared with each column's Random."""
-    energy = summary.get(ENERGY)
-    randoms = [summary["probe-speed"].get(arch, {}).get("random") for arch in summary["archs"]]
-    return f"| {ENERGY_NAME} | " + " | ".join(accuracy_cell(energy, r) for r in randoms) + " |"
-
-
-CEILING_NAMES = {  # tools/synth.rate_ceilings's keys
-    "actor": "Ceiling: the actor's speed",
-    "actor + distractor": "Ceiling: + the distractor's",
-    "actor + distractor + pan": "Ceiling: + the camera's pan",
-}
-
-
-def ceiling_rows(summary: dict) -> list[str]:
-    """A generated dataset's simulated ceilings, one row each, the same in every column."""
-    cells = len(summary["archs"])
-    return [
-        f"| {CEILING_NAMES[name]} | " + " | ".join([f"{100 * value:.1f}"] * cells) + " |"
-        for name, value in summary.get("rate_ceilings", {}).items()
-    ]
-
-
-def ceiling_note(summary: dict) -> list[str]:
-    if not summary.get("rate_ceilings"):
-        return []
-    return [
-        "The ceilings are simulated, no video involved: the best any classifier can do that",
-        "measures exactly the actor's speed, then also the distractor ball's, then also the",
-        "camera's pan, given the ranges the generator draws them from (`tools/synth.py`,",
-        "`rate_ceilings`). A network beats motion energy only by telling these speeds apart.",
-        "",
-    ]
+def header(columns: list[str]) -> list[str]:
+    """A table's first two lines: "Initialisation", then `columns`."""
+    return [md_row("Initialisation", columns), "|---" * (len(columns) + 1) + "|"]
 
 
 def archs_of(summary: dict, kind: str) -> list[str]:
@@ -373,9 +318,18 @@ def archs_of(summary: dict, kind: str) -> list[str]:
     return summary["archs"]
 
 
-def arch_header(summary: dict, first: str, kind: str = "") -> list[str]:
-    names = [f"{FAMILY.get(a, a)} (`{a}`)" for a in archs_of(summary, kind)]
-    return [f"| {first} | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+def arch_header(archs: list[str]) -> list[str]:
+    return header([f"{FAMILY.get(a, a)} (`{a}`)" for a in archs])
+
+
+def init_table(summary: dict, kind: str) -> list[str]:
+    """A table of one row per initialisation, one column per backbone evaluated so."""
+    archs = archs_of(summary, kind)
+    lines = arch_header(archs)
+    for init, name in INIT_NAMES.items():
+        by_arch = [summary.get(kind, {}).get(a, {}) for a in archs]  # older: no newer probes
+        lines.append(md_row(name, [accuracy_cell(b.get(init), b.get("random")) for b in by_arch]))
+    return lines
 
 
 def profile_line(summary: dict) -> str:
@@ -386,6 +340,18 @@ def profile_line(summary: dict) -> str:
 
 
 def table1(summary: dict) -> str:
+    archs = summary["archs"]
+    randoms = [summary["probe-speed"].get(a, {}).get("random") for a in archs]
+    # motion energy: one result in every column, compared with each column's Random
+    energy = md_row(ENERGY_NAME, [accuracy_cell(summary.get(ENERGY), r) for r in randoms])
+    # a generated dataset's simulated ceilings: the same in every column
+    ceilings = [
+        md_row(CEILING_NAMES[name], [f"{100 * value:.1f}"] * len(archs))
+        for name, value in summary.get("rate_ceilings", {}).items()
+    ]
+    refit = ["Not run: the profile re-estimates BatchNorm on none of these backbones."]
+    if archs_of(summary, "probe-speed-bn"):  # a profile may run it on some backbones only
+        refit = init_table(summary, "probe-speed-bn")
     lines = [
         "# Table 1: speed discrimination by linear probing",
         "",
@@ -401,19 +367,17 @@ def table1(summary: dict) -> str:
         "consecutive frames (standardised); it is the same in every column, compared with each",
         "one's Random:",
         "",
-        *arch_header(summary, "Initialisation"),
-        *init_rows(summary, "probe-speed"),
-        energy_row(summary),
-        *ceiling_rows(summary),
+        *init_table(summary, "probe-speed"),
+        energy,
+        *ceilings,
         "",
-        *ceiling_note(summary),
+        *(CEILING_NOTE if ceilings else []),
         "The same linear layer trained on the same cached features standardised (each dimension",
         "less the training clips' mean, over their std; not the seed's protocol). With plain SGD",
         "at one learning rate a layer learns faster on larger features, so the table above ranks",
         "features by their scale as well as by what they hold; this one does not:",
         "",
-        *arch_header(summary, "Initialisation"),
-        *init_rows(summary, "probe-speed-std"),
+        *init_table(summary, "probe-speed-std"),
         "",
         "BatchNorm statistics re-estimated on training clips (weights frozen): before caching the",
         "features, each BatchNorm layer's running mean and variance are recomputed over batches",
@@ -422,28 +386,40 @@ def table1(summary: dict) -> str:
         "otherwise keep BatchNorm's initial statistics (0 and 1), under which their features",
         "barely vary; the seed's Random row (41-42%) most likely saw normalised activations:",
         "",
-        *refit_rows(summary),
+        *refit,
         "",
         *per_rate_lines(summary),
         "",
-        *seed_lines(),
+        *SEED_LINES,
     ]
     return "\n".join(lines) + "\n"
 
 
+CEILING_NOTE = [
+    "The ceilings are simulated, no video involved: the best any classifier can do that",
+    "measures exactly the actor's speed, then also the distractor ball's, then also the",
+    "camera's pan, given the ranges the generator draws them from (`tools/synth.py`,",
+    "`rate_ceilings`). A network beats motion energy only by telling these speeds apart.",
+    "",
+]
+
+SEED_LINES = [  # docs/method.md section 4, as the seed prints it
+    "The seed's published rows (UCF101 split 1, 112x112 clips, not this data):",
+    "",
+    "| Initialisation | C3D | 3D-R18 | R(2+1)D |",
+    "|---|---|---|---|",
+    "| Random | 42.48 | 40.89 | 41.53 |",
+    "| Fully-supervised | 48.83 (+6.35) | 45.97 (+5.08) | 51.27 (+9.74) |",
+]
+
+
 def per_rate_lines(summary: dict) -> list[str]:
     """The speed probe's accuracy at each rate (features as cached), motion energy's last."""
-    lines = [
-        "Accuracy (%) at each rate, 1 / 2 / 4 / 8 (features as cached):",
-        "",
-        *arch_header(summary, "Initialisation"),
-    ]
-    archs = summary["archs"]
-    rows = {
-        name: [summary["probe-speed"].get(a, {}).get(init) for a in archs]
-        for init, name in INIT_NAMES.items()
-    }
+    archs, speed = summary["archs"], summary["probe-speed"]
+    rows = {name: [speed.get(a, {}).get(init) for a in archs] for init, name in INIT_NAMES.items()}
     rows[ENERGY_NAME] = [summary.get(ENERGY)] * len(archs)
+    lines = ["Accuracy (%) at each rate, 1 / 2 / 4 / 8 (features as cached):", ""]
+    lines += arch_header(archs)
     for name, results in rows.items():
         cells = [
             " / ".join(f"{100 * v:.0f}" for v in numbers["per_class"].values())
@@ -451,20 +427,7 @@ def per_rate_lines(summary: dict) -> list[str]:
             else "not run yet"
             for numbers in results
         ]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def seed_lines() -> list[str]:
-    lines = ["The seed's published rows (UCF101 split 1, 112x112 clips, not this data):", ""]
-    lines += ["| Initialisation | C3D | 3D-R18 | R(2+1)D |", "|---|---|---|---|"]
-    random = SEED_TABLE1["Random"]
-    for name, values in SEED_TABLE1.items():
-        cells = [
-            f"{v:.2f}" + (f" ({v - r:+.2f})" if name != "Random" else "")
-            for v, r in zip(values, random, strict=True)
-        ]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(md_row(name, cells))
     return lines
 
 
@@ -482,8 +445,7 @@ def table2(summary: dict) -> str:
             "difference to Random and its std over draws of the same groups and videos for both",
             "rows (paired).",
             "",
-            *arch_header(summary, "Initialisation"),
-            *init_rows(summary, kind),
+            *init_table(summary, kind),
             "",
         ]
     return "\n".join(lines)
@@ -508,38 +470,24 @@ def retrieval_table(summary: dict) -> str:
             lines += ["Not run yet.", ""]
             continue
         ks = next(iter(by_init.values()))["top_k"]
-        lines += ["| Initialisation | " + " | ".join(f"top-{k}" for k in ks) + " |"]
-        lines += ["|---" * (len(ks) + 1) + "|"]
+        lines += header([f"top-{k}" for k in ks])
         random = by_init.get("random")
         for init, name in INIT_NAMES.items():
-            numbers = by_init.get(init)
             base = None if init == "random" else random
-            cells = [accuracy_cell(at_k(numbers, k), at_k(base, k)) for k in ks]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            cells = [accuracy_cell(at_k(by_init.get(init), k), at_k(base, k)) for k in ks]
+            lines.append(md_row(name, cells))
         lines.append("")
     return "\n".join(lines)
 
 
 def at_k(numbers: dict | None, k: str) -> dict | None:
-    """A retrieval result at top-k in the form of an accuracy: hit rate, its std, and each
-    query's hit, video and group."""
+    """A retrieval result at top-k as an accuracy result (with each query's hit, if it has them)."""
     if not numbers:
         return None
     hits = {}
     if "hits" in numbers:
         hits = {"correct": numbers["hits"][k], "video": numbers["video"], "group": numbers["group"]}
     return {"accuracy": numbers["top_k"][k], "accuracy_std": numbers["top_k_std"][k], **hits}
-
-
-def new_figure(width: float, height: float):
-    from matplotlib.figure import Figure  # no pyplot: works headless, no global state
-
-    return Figure(figsize=(width, height), dpi=100)
-
-
-def save_figure(fig, png: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(png)
 
 
 def plot_table1(summary: dict, png: Path) -> None:
@@ -581,7 +529,7 @@ def plot_pretraining(summary: dict, runs: Path, png: Path) -> None:
     for ax, arch in zip(axes, summary["archs"], strict=True):
         for i, task in enumerate(("supervised", "prp", "smp")):
             run = runs / f"pretrain-{task}-{arch}"
-            rows = read_metrics(run) if (run / "metrics.jsonl").is_file() else []
+            rows = read_metrics(run) if (run / METRICS).is_file() else []
             if not rows or "val_loss" not in rows[-1]:
                 continue
             head = main_head(rows)
@@ -610,8 +558,7 @@ def plot_speed_confusions(summary: dict, png: Path) -> None:
             if not numbers:
                 ax.set_title(f"{arch}, {name}: not run", fontsize=8)
                 continue
-            counts = numbers["confusion"]
-            matrix = [[c / max(1, sum(line)) for c in line] for line in counts]
+            matrix = [[c / max(1, sum(line)) for c in line] for line in numbers["confusion"]]
             ax.imshow(matrix, vmin=0, vmax=1, cmap="Blues")
             rates = list(numbers["per_class"])
             ax.set_xticks(range(len(rates)), rates, fontsize=7)
@@ -622,7 +569,7 @@ def plot_speed_confusions(summary: dict, png: Path) -> None:
     save_figure(fig, png)
 
 
-def plot_neighbours(summary: dict, png: Path, queries: int = 4) -> None:
+def plot_neighbours(summary: dict, png: Path) -> None:
     """Retrieval from random weights and from SMP, for the profile's second backbone (the seed's
     3D-R18), drawn by `plot_neighbour_frames`."""
     archs = summary["archs"]
@@ -630,7 +577,7 @@ def plot_neighbours(summary: dict, png: Path, queries: int = 4) -> None:
     shown = {INIT_NAMES[i]: summary["retrieve"].get(arch, {}).get(i) for i in ("random", "smp")}
     shown = {name: numbers for name, numbers in shown.items() if numbers}
     if shown:
-        plot_neighbour_frames(shown, load_index(summary["data"]).root, png, queries)
+        plot_neighbour_frames(shown, load_index(summary["data"]).root, png)
 
 
 def plot_neighbour_frames(
@@ -651,15 +598,11 @@ def plot_neighbour_frames(
             videos = [(pick["query"], pick["class"])]
             videos += list(zip(near["nearest"], near["classes"], strict=True))[:5]
             for j, (ax, (video, cls)) in enumerate(zip(row, videos, strict=False)):
-                ax.imshow(middle_frame(Path(root) / video))
+                reader = open_video(Path(root) / video)
+                ax.imshow(read_frames(reader, [len(reader) // 2], (96, 128))[0])  # middle frame
                 ax.set_xticks([])
                 ax.set_yticks([])
                 label = f"{name}: query" if j == 0 else f"#{j}"
                 color = "black" if j == 0 else ("green" if cls == pick["class"] else "red")
                 ax.set_title(f"{label}\n{cls}", fontsize=7, color=color)
     save_figure(fig, png)
-
-
-def middle_frame(path: Path):
-    reader = open_video(path)
-    return read_frames(reader, [len(reader) // 2], (96, 128))[0]
