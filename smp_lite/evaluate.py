@@ -409,8 +409,9 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     (centre crop, logits averaged). Returns results.json."""
     out = checked_eval(cfg)
     with started(cfg, out, load_index) as (cfg, runtime, index):
+        t0 = time.perf_counter()
         parts = finetuning_parts(cfg, runtime, index, progress)
-        return fit_parts(cfg, parts, runtime, out, progress)
+        return fit_parts(cfg, parts, runtime, out, progress, t0)
 
 
 def finetuning_parts(

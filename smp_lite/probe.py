@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -78,8 +79,9 @@ def probe(cfg: ProbeConfig, progress: bool = True) -> dict:
         if cfg.resume and (out / cache).is_file():
             refuse_older_features(out / cache, cfg.init, "--resume", "start over with --overwrite")
     with started(cfg, out, load_index) as (cfg, runtime, index):
+        t0 = time.perf_counter()
         parts = probe_parts(cfg, runtime, index, out, progress, source)
-        return fit_parts(cfg, parts, runtime, out, progress)
+        return fit_parts(cfg, parts, runtime, out, progress, t0)
 
 
 def refuse_older_features(features: Path, init: str, what: str, instead: str) -> None:

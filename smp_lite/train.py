@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -292,6 +293,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     load = functools.partial(load_training_index, task=cfg.task)
     with started(cfg, out, load) as (cfg, runtime, index):
+        t0 = time.perf_counter()
         datasets = pretraining_datasets(cfg, index.train)
         torch.manual_seed(cfg.seed)
         model = build_model(cfg, len(index.classes))
@@ -309,7 +311,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             workers=cfg.workers,
             repeats=cfg.clips_per_video,
         )
-        return fit_parts(cfg, parts, runtime, out, progress)
+        return fit_parts(cfg, parts, runtime, out, progress, t0)
 
 
 def load_training_index(data: str, split: int, task: str) -> DatasetIndex:

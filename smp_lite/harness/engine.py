@@ -577,9 +577,8 @@ def end_bar_line(bar: tqdm) -> None:
 
 
 def save_mid_epoch(run: Run, metrics: MetricCollection) -> None:
-    run.state.metric_state = metrics_state(
-        metrics, run.runtime
-    )  # on every rank: a collective under DDP
+    # on every rank: a collective under DDP
+    run.state.metric_state = metrics_state(metrics, run.runtime)
     if run.runtime.is_main:
         run.save(["last.pt"], {})
 
@@ -615,15 +614,9 @@ def refresh_batchnorm(run: Run, epoch: int, progress: bool) -> None:
     batches = min(run.cfg.precise_bn, run.cfg.limit_batches or run.cfg.precise_bn)
     loader = run.loaders["bn"]
     loader.sampler.set_epoch(epoch)
-    clips = phase(
-        training_clips(loader, batches, run.runtime, run.state),
-        f"BatchNorm statistics (epoch {epoch + 1})",
-        loader_clips(loader, batches),
-        progress,
-        run.runtime,
-        sharded=True,
-        quiet=run.short_epochs,
-    )
+    clips = training_clips(loader, batches, run.runtime, run.state)
+    what = f"BatchNorm statistics (epoch {epoch + 1})"
+    clips = epoch_phase(run, clips, what, loader, batches, progress)
     precise_bn(unwrap(run.model), clips, run.runtime)
 
 
@@ -632,16 +625,8 @@ def validate(run: Run, epoch: int, stop: threading.Event, progress: bool) -> dic
     a stop saves last.pt and raises RunInterrupted."""
     val = run.loaders["val"]
     batches = min(len(val), run.cfg.limit_batches or len(val))
-    held_out = "validation" if run.keep_best else "test"
-    clips = phase(
-        itertools.islice(val, batches),
-        f"{held_out} (epoch {epoch + 1})",
-        loader_clips(val, batches),
-        progress,
-        run.runtime,
-        sharded=True,
-        quiet=run.short_epochs,
-    )
+    what = f"{'validation' if run.keep_best else 'test'} (epoch {epoch + 1})"
+    clips = epoch_phase(run, itertools.islice(val, batches), what, val, batches, progress)
     metrics = run.metrics.clone(prefix="val_")
     step = run.step_for(epoch, False)
     model = unwrap(run.model)
@@ -650,6 +635,15 @@ def validate(run: Run, epoch: int, stop: threading.Event, progress: bool) -> dic
             run.save(["last.pt"], {})
         raise RunInterrupted(run.out / "last.pt")
     return metrics_row(metrics) | {"val_views_dropped": val.dataset.views_dropped}
+
+
+def epoch_phase(
+    run: Run, items: Iterable, what: str, loader: DataLoader, batches: int, progress: bool
+) -> Iterator:
+    """`items` (from the loader's first `batches` batches) as one of an epoch's `phase`s: each
+    rank on its shard, quiet within a probe's seconds-long epochs."""
+    clips = loader_clips(loader, batches)
+    return phase(items, what, clips, progress, run.runtime, sharded=True, quiet=run.short_epochs)
 
 
 def training_clips(loader: DataLoader, batches: int, runtime: Runtime, state: RunState):

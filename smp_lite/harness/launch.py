@@ -70,24 +70,27 @@ def started(
     with hold_run_folder(out, cfg.resume, cfg.overwrite, runtime):
         index = load_data(cfg.data, cfg.split)
         if runtime.is_main:
+            config = cfg.as_json()
             if not cfg.resume:  # a resume rewrites it once it knows its epoch (fit_parts)
-                write_run_folder(out, cfg.as_json(), 0)
-            say(opening_line(cfg.as_json(), runtime, out))
+                write_run_folder(out, config, 0)
+            say(opening_line(config, runtime, out))
         yield cfg, runtime, index
     if runtime.world > 1:
         torch.distributed.destroy_process_group()
 
 
-def fit_parts(cfg: LoopConfig, parts: Parts, runtime: Runtime, out: Path, progress: bool) -> dict:
+def fit_parts(
+    cfg: LoopConfig, parts: Parts, runtime: Runtime, out: Path, progress: bool, t0: float
+) -> dict:
     """Train the task's `parts` in the folder `started` holds (resumed from last.pt when asked):
-    results.json's contents, or where the task computes no results (pretraining) the last
-    epoch's row with the run's folder and best validation loss.
+    results.json's contents (its "seconds" counted from `t0`, before the parts were built: a
+    probe's caching is part of its run), or where the task computes no results (pretraining)
+    the last epoch's row with the run's folder and best validation loss.
 
     `cfg` is a trained run's config (config.LoopConfig: TrainConfig, ProbeConfig or
     FinetuneConfig). Ctrl-C or SIGTERM stops between two steps after saving last.pt, by raising
     RunInterrupted (a KeyboardInterrupt).
     """
-    t0 = time.perf_counter()
     run = new_run(cfg, parts, runtime, out)
     if runtime.is_main and cfg.resume:
         write_run_folder(out, cfg.as_json(), run.state.epoch)
