@@ -33,6 +33,7 @@ INPUTS = {  # (B, 3, T, H, W) -> the same shape
     "diff": lambda x: F.pad(x.diff(dim=2) * 4, (0, 0, 0, 0, 0, 1)),  # frame differences
     "demean": lambda x: x - x.mean(2, keepdim=True),  # the clip less its temporal mean
     "center": lambda x: (x - 0.45) / 0.225,  # normalised like torchvision's video models
+    "grey0": lambda x: x - 0.5,  # mid-grey (a plain background) at zero
 }
 
 
@@ -48,6 +49,9 @@ def main() -> None:
     parser.add_argument("--rate-weight", type=float, default=0.1, help="as PRP's loss")
     parser.add_argument("--repeats", type=int, default=1, help="clips of a video per batch")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--standardize-head", action="store_true", help="pooled features standardised before fc"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -61,6 +65,11 @@ def main() -> None:
     val_loader = DataLoader(val_set, batch_size=32)
 
     model = MotionNet(args.arch, mg=False, decoder=False, weight_init=args.weight_init)
+    if args.standardize_head:  # the batch's pooled features at zero mean, unit variance
+        head = model.rate_heads[0]
+        head.fc = torch.nn.Sequential(
+            torch.nn.BatchNorm1d(head.fc.in_features, affine=False), head.fc
+        )
     bf16 = cpu_has_native_bf16()
     if bf16:
         guard_cpu_bf16_conv3d(model)

@@ -95,7 +95,13 @@ def main(
 @friendly_errors
 def data_synth(
     out: Annotated[Path, typer.Option(help="Folder to write the dataset to.")] = Path(DEFAULT_DATA),
-    preset: Annotated[str, typer.Option(help="Dataset size: default or tiny.")] = "default",
+    preset: Annotated[
+        str,
+        typer.Option(
+            help="default; tiny (for tests); plain, muted: default's backgrounds at 0 or 35% "
+            "contrast (docs/reproduce.md)."
+        ),
+    ] = "default",
     seed: Annotated[
         int, typer.Option(help="Random seed; the same seed writes the same videos.")
     ] = 0,

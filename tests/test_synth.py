@@ -1,5 +1,6 @@
 import json
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -235,6 +236,24 @@ def test_a_dataset_from_other_settings_is_named_when_reused(root, meta, monkeypa
     monkeypatch.setitem(PRESETS, "tiny", SynthConfig(**config))
     with pytest.warns(UserWarning, match="other settings"):
         assert synthesize(root, preset="tiny", progress=False) == root
+
+
+def test_a_dataset_older_than_a_setting_is_reused_without_a_warning(meta, tmp_path):
+    """A setting added since the dataset was made: its default is what made it."""
+    older = {k: v for k, v in meta["config"].items() if k != "background_contrast"}
+    (tmp_path / "meta.json").write_text(json.dumps({**meta, "config": older}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert synthesize(tmp_path, preset="tiny", progress=False) == tmp_path
+
+
+def test_background_contrast_scales_the_background_around_mid_grey():
+    """The variants docs/reproduce.md trains on: the same looks, plain or at 35% contrast."""
+    look = {p: draw_look(look_rng(0, "Wave", 2), PRESETS[p]) for p in ("default", "plain", "muted")}
+    background = look["default"]["background"]
+    assert background.std() > 0.05 and torch.all(look["plain"]["background"] == 0.5)
+    torch.testing.assert_close(look["muted"]["background"], 0.5 + 0.35 * (background - 0.5))
+    assert look["muted"]["figure"].equal(look["default"]["figure"])  # only the background
 
 
 @pytest.fixture
