@@ -98,8 +98,8 @@ def data_synth(
     preset: Annotated[
         str,
         typer.Option(
-            help="default; tiny (for tests); plain, muted: default's backgrounds at 0 or 35% "
-            "contrast (docs/reproduce.md)."
+            help="default; tiny (for tests); in-place, plain, muted: the data until 2026-12-08 "
+            "(actors in place) and that with backgrounds at 0 or 35% contrast (docs/reproduce.md)."
         ),
     ] = "default",
     seed: Annotated[

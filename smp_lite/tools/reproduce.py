@@ -26,7 +26,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -231,8 +231,7 @@ def prepare_data(prof: Profile, data: str, progress: bool) -> None:
         synth.synthesize(data, prof.synth, progress=progress, overwrite=Path(data).exists())
         return
     meta = json.loads(meta_file.read_text())
-    expected = asdict(synth.PRESETS[prof.synth])
-    if meta["preset"] != prof.synth or meta["config"] != jsonable(expected):
+    if meta["preset"] != prof.synth or not synth.generated_with(meta, synth.PRESETS[prof.synth]):
         raise DataError(
             f"{data} was generated with other settings than this profile's {prof.synth!r} "
             f"dataset; regenerate it: smp-lite data synth --out {data} --preset {prof.synth} "
