@@ -255,6 +255,14 @@ def test_a_dataset_from_other_settings_is_named_when_reused(root, meta, monkeypa
         assert synthesize(root, preset="tiny", progress=False) == root
 
 
+def test_a_dataset_older_than_a_setting_is_named_when_reused(meta, tmp_path):
+    """Made before `drift` existed: its videos were not drifting, whatever drift's default."""
+    older = {k: v for k, v in meta["config"].items() if k != "drift"}
+    (tmp_path / "meta.json").write_text(json.dumps({**meta, "config": older}))
+    with pytest.warns(UserWarning, match="other settings"):
+        assert synthesize(tmp_path, preset="tiny", progress=False) == tmp_path
+
+
 def test_background_contrast_scales_the_background_around_mid_grey():
     """The variants docs/reproduce.md trains on: the same looks, plain or at 35% contrast."""
     look = {p: draw_look(look_rng(0, "Wave", 2), PRESETS[p]) for p in ("default", "plain", "muted")}

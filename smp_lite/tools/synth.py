@@ -632,8 +632,8 @@ def synthesize(
 
 
 def generated_with(meta: dict, cfg: SynthConfig) -> bool:
-    """Whether a dataset's meta.json says `cfg` generated it (a dataset older than a setting
-    was not: the settings' defaults change with the data)."""
+    """Whether a dataset's meta.json says `cfg` generated it. A dataset made before a setting
+    existed lacks it and was not: a new setting's default can change the videos (`drift` did)."""
     return meta["config"] == json.loads(json.dumps(asdict(cfg)))
 
 
