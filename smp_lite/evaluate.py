@@ -408,8 +408,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     """Train the whole network on action labels; test with `test_views` clips per test video
     (centre crop, logits averaged). Returns results.json."""
     out = checked_eval(cfg)
-    with started(cfg, out, load_index) as (cfg, runtime, index):
-        t0 = time.perf_counter()
+    with started(cfg, out, load_index) as (cfg, runtime, index, t0):
         parts = finetuning_parts(cfg, runtime, index, progress)
         return fit_parts(cfg, parts, runtime, out, progress, t0)
 
@@ -466,8 +465,7 @@ def retrieve(cfg: RetrieveConfig, progress: bool = True) -> dict:
     """Test videos query the training videos; a query hits at k when one of its k nearest
     (cosine similarity of the clip-averaged retrieval features) has its class."""
     out = checked_eval(cfg)
-    with started(cfg, out, load_index) as (cfg, runtime, index):
-        t0 = time.perf_counter()
+    with started(cfg, out, load_index) as (cfg, runtime, index, t0):
         videos = retrieval_videos(cfg, runtime, index, progress)
         hits = retrieval_hits(videos["queries"][:2], videos["gallery"][:2], TOP_K)  # (Q, K)
         query_ids = videos["queries"][2]

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -78,8 +77,7 @@ def probe(cfg: ProbeConfig, progress: bool = True) -> dict:
     for cache in (FEATURES, FEATURES_PARTIAL):
         if cfg.resume and (out / cache).is_file():
             refuse_older_features(out / cache, cfg.init, "--resume", "start over with --overwrite")
-    with started(cfg, out, load_index) as (cfg, runtime, index):
-        t0 = time.perf_counter()
+    with started(cfg, out, load_index) as (cfg, runtime, index, t0):
         parts = probe_parts(cfg, runtime, index, out, progress, source)
         return fit_parts(cfg, parts, runtime, out, progress, t0)
 

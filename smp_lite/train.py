@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import math
-import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -292,8 +291,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         load_backbone(build_backbone(cfg.arch, cfg.weight_init), cfg.init_from, cfg.arch)
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     load = functools.partial(load_training_index, task=cfg.task)
-    with started(cfg, out, load) as (cfg, runtime, index):
-        t0 = time.perf_counter()
+    with started(cfg, out, load) as (cfg, runtime, index, t0):
         datasets = pretraining_datasets(cfg, index.train)
         torch.manual_seed(cfg.seed)
         model = build_model(cfg, len(index.classes))

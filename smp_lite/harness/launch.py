@@ -59,9 +59,10 @@ class Parts:
 @contextmanager
 def started(
     cfg: RunConfig, out: Path, load_data: Callable[[str, int], Any]
-) -> Iterator[tuple[Any, Runtime, Any]]:
+) -> Iterator[tuple[Any, Runtime, Any, float]]:
     """(`cfg` with its loader workers settled, the runtime, the dataset's index from
-    `load_data(cfg.data, cfg.split)`), refused in this order: the device, the run folder `out`
+    `load_data(cfg.data, cfg.split)`, the time.perf_counter() the run's work starts from: its
+    results' "seconds" count from there), refused in this order: the device, the run folder `out`
     (then held), the dataset. Once all three are there, config.json is written and the run's
     opening line printed, before any long work; a failed start leaves the folder as it was
     (folders.run_folder). Under torchrun the process group is left once the run is done."""
@@ -74,7 +75,7 @@ def started(
             if not cfg.resume:  # a resume rewrites it once it knows its epoch (fit_parts)
                 write_run_folder(out, config, 0)
             say(opening_line(config, runtime, out))
-        yield cfg, runtime, index
+        yield cfg, runtime, index, time.perf_counter()
     if runtime.world > 1:
         torch.distributed.destroy_process_group()
 
